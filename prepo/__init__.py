@@ -1,0 +1,5 @@
+"""prepo: PREPO (prompt-perplexity schedule + relative-entropy weighting) on top of GRPO.
+
+A lean RL training loop for LLMs with verifiable rewards, built on the fused ops in ``prepo_kernels``.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,18 @@
+"""prepo_kernels: fused per-token log-probs, entropies and perplexities from logits or hidden states.
+
+Drop-in torch functions with autograd; Triton on CUDA, C++ on CPU, plain torch everywhere (see ``dispatch``).
+"""
+from prepo_kernels.logprobs_entropy import logprobs_and_entropy, token_entropy, token_logprobs
+from prepo_kernels.native import native_available
+from prepo_kernels.perplexity import sequence_perplexity
+from prepo_kernels.dispatch import BACKENDS
+
+__all__ = [
+    "BACKENDS",
+    "logprobs_and_entropy",
+    "native_available",
+    "sequence_perplexity",
+    "token_entropy",
+    "token_logprobs",
+]
+__version__ = "0.1.0"

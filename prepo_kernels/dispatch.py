@@ -1,0 +1,41 @@
+"""Backend choice for every fused op, in one place.
+
+"auto" picks Triton on CUDA, native C++ on CPU when built, else torch; a backend named explicitly fails loudly.
+"""
+from __future__ import annotations
+
+import torch
+
+from prepo_kernels import native, torch_backend, triton_backend
+
+BACKENDS = ("auto", "triton", "native", "torch")
+
+_MODULES = {"torch": torch_backend, "triton": triton_backend, "native": native}
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """Turn a requested backend into the concrete one that will run, or raise saying why it cannot."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda" and triton_backend.usable_on(device)[0]:
+            return "triton"
+        if device.type == "cpu" and native.native_available()[0]:
+            return "native"
+        return "torch"
+    if backend == "triton":
+        ok, why = triton_backend.usable_on(device)
+        if not ok:
+            raise RuntimeError(f"backend='triton' is unavailable: {why}")
+    if backend == "native":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='native' runs on CPU tensors only, got {device.type}")
+        ok, why = native.native_available()
+        if not ok:
+            raise RuntimeError(f"backend='native' is unavailable: {why}")
+    return backend
+
+
+def module(name: str):
+    """The backend module implementing forward/backward (see torch_backend for the contract)."""
+    return _MODULES[name]

@@ -1,0 +1,30 @@
+"""Builds the optional C++ CPU kernels (csrc/) as prepo_kernels._C; everything else is in pyproject.toml.
+
+If no compiler is available the extension is skipped and prepo_kernels falls back to its torch backend.
+"""
+import glob
+import os
+
+from setuptools import setup
+
+ext_modules = []
+cmdclass = {}
+sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+if sources and os.environ.get("PREPO_NO_NATIVE", "0") != "1":
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+        ext_modules.append(
+            CppExtension(
+                "prepo_kernels._C",
+                sources,
+                extra_compile_args=["-O3", "-fopenmp", "-march=native", "-ffast-math", "-fno-finite-math-only"],
+                extra_link_args=["-fopenmp"],
+                optional=True,  # a failed compile leaves a working pure-Python install
+            )
+        )
+        cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+    except ImportError:  # torch missing at build time: no native kernels
+        pass
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
