@@ -1,0 +1,91 @@
+"""The GRPO/PREPO objective as plain tensor functions: group advantages, relative-entropy weights, clipped loss.
+
+Each function is independent of models and data so the trainer and the TRL/verl integrations share one definition.
+"""
+from __future__ import annotations
+
+import torch
+
+WEIGHTINGS = ("none", "entropy", "entropy_token")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+
+
+def group_advantages(rewards: torch.Tensor, *, normalize_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages per group: (r - mean) / (std + eps), or r - mean when ``normalize_std`` is False (Dr. GRPO).
+
+    ``rewards`` is (num_groups, G); std is the unbiased one (as in GRPO's reference code). A group whose
+    rewards are all equal gets advantage 0 for every member.
+
+    >>> group_advantages(torch.tensor([[1., 0., 0., 1.], [1., 1., 1., 1.]]))
+    tensor([[ 0.8660, -0.8660, -0.8660,  0.8660],
+            [ 0.0000,  0.0000,  0.0000,  0.0000]])
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (num_groups, G), got shape {tuple(rewards.shape)}")
+    r = rewards.double()
+    centred = r - r.mean(dim=1, keepdim=True)
+    if normalize_std and r.shape[1] > 1:
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    return centred.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+def entropy_weights(mean_entropy: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                    mode: str = "entropy") -> torch.Tensor:
+    """PREPO relative-entropy weights w_i = H̄_i / H̄ (constants: no gradient flows through them).
+
+    ``mean_entropy`` (n,) is each rollout's mean token entropy over its response tokens; ``lengths`` (n,) the
+    response lengths. ``mode="entropy"`` uses H̄ = mean_i H̄_i (mean weight 1); ``"entropy_token"`` uses the
+    token-weighted H̄ = Σ_i H̄_i·|o_i| / Σ_i |o_i|, which keeps Σ_i w_i·|o_i| = Σ_i |o_i|; ``"none"`` gives ones.
+    If H̄ is 0 (every rollout deterministic) all weights are 1.
+
+    >>> entropy_weights(torch.tensor([1.0, 3.0]))
+    tensor([0.5000, 1.5000])
+    """
+    if mode not in WEIGHTINGS:
+        raise ValueError(f"weighting mode must be one of {WEIGHTINGS}, got {mode!r}")
+    h = mean_entropy.detach().double()
+    if mode == "none" or h.numel() == 0:
+        return torch.ones_like(mean_entropy, dtype=torch.float32)
+    if mode == "entropy":
+        h_bar = h.mean()
+    else:
+        if lengths is None:
+            raise ValueError("mode='entropy_token' needs the response lengths")
+        n = lengths.detach().double()
+        if n.shape != h.shape:
+            raise ValueError(f"lengths has shape {tuple(n.shape)}, expected {tuple(h.shape)}")
+        h_bar = (h * n).sum() / n.sum().clamp_min(1.0)
+    if h_bar <= 0:
+        return torch.ones_like(mean_entropy, dtype=torch.float32)
+    return (h / h_bar).float()
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, *,
+                      eps_low: float = 0.2, eps_high: float = 0.28) -> torch.Tensor:
+    """Per-token PPO/DAPO clip-higher surrogate *loss*: −min(s·A, clip(s, 1−ε_low, 1+ε_high)·A), s = e^(logp−old).
+
+    ``advantages`` broadcasts against ``logp`` (per token, or (B, 1) per sequence).
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    return -torch.minimum(unclipped, clipped)
+
+
+def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, *, mode: str = "token-mean",
+                   num_tokens: float | None = None, num_seqs: float | None = None) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss over the response mask.
+
+    "token-mean": Σ loss·mask / Σ mask (``num_tokens`` overrides the denominator, e.g. the global token count of a
+    batch split into micro-batches or ranks); "seq-mean-token-mean": mean over sequences of each sequence's token
+    mean (``num_seqs`` overrides the number of sequences).
+    """
+    if mode not in LOSS_AGGREGATIONS:
+        raise ValueError(f"loss aggregation must be one of {LOSS_AGGREGATIONS}, got {mode!r}")
+    m = mask.to(token_loss.dtype)
+    if mode == "token-mean":
+        denom = m.sum() if num_tokens is None else torch.as_tensor(float(num_tokens))
+        return (token_loss * m).sum() / denom.clamp_min(1.0)
+    per_seq = (token_loss * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1.0)
+    denom = float(per_seq.numel()) if num_seqs is None else float(num_seqs)
+    return per_seq.sum() / max(denom, 1.0)

@@ -1,0 +1,98 @@
+"""GRPO advantages, PREPO entropy weights, the clipped surrogate and the ppl window, against hand computations."""
+import doctest
+import math
+import random
+
+import pytest
+import torch
+
+from prepo import algorithm, selection_window
+from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_weights, group_advantages
+from prepo.selection_window import ppl_window, window_start
+
+
+@pytest.mark.parametrize("module", [algorithm, selection_window])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
+def test_window_positions():
+    # |B| = 10, K = 2: l = floor(rho * 8)
+    assert [window_start(10, 2, r) for r in (0.0, 0.25, 0.5, 0.99, 1.0)] == [0, 2, 4, 7, 8]
+    # |B| not a multiple of K: |B| = 7, K = 3 -> l = floor(rho * 4)
+    assert [window_start(7, 3, r) for r in (0.0, 0.3, 0.5, 0.8, 1.0)] == [0, 1, 2, 3, 4]
+    assert window_start(5, 5, 0.7) == 0
+    with pytest.raises(ValueError, match="k="):
+        window_start(5, 6, 0.1)
+    with pytest.raises(ValueError, match="k="):
+        window_start(5, 0, 0.1)
+
+
+def test_ppl_window_selects_sorted_band():
+    n, k = 23, 5
+    ppl = [random.uniform(1, 30) for _ in range(n)]
+    order = sorted(range(n), key=lambda i: ppl[i])
+    for rho in (0.0, random.random(), 1.0):
+        chosen = ppl_window(ppl, k, rho)
+        start = math.floor(rho * (n - k))
+        assert chosen == order[start:start + k]
+        assert len(set(chosen)) == k
+    lo = [ppl[i] for i in ppl_window(ppl, k, 0.0)]
+    hi = [ppl[i] for i in ppl_window(ppl, k, 1.0)]
+    assert max(lo) <= min(hi)
+    with pytest.raises(ValueError, match="NaN"):
+        ppl_window([1.0, float("nan")], 1, 0.0)
+
+
+def test_group_advantages_hand_values():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 1.0, 1.0]])
+    adv = group_advantages(r)
+    # group 0: mean 0.25, unbiased std = sqrt(((0.75)^2 + 3 * 0.25^2) / 3) = 0.5
+    torch.testing.assert_close(adv[0], torch.tensor([1.5, -0.5, -0.5, -0.5]), rtol=1e-5, atol=1e-5)
+    assert (adv[1] == 0).all() and (adv[2] == 0).all()
+    torch.testing.assert_close(adv[3], torch.tensor([1.0, -1.0, 0.0, 0.0]) / (math.sqrt(2 / 3) + 1e-6))
+    torch.testing.assert_close(group_advantages(r, normalize_std=False)[0], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    with pytest.raises(ValueError, match="rewards"):
+        group_advantages(torch.ones(8))
+
+
+def test_entropy_weights_mean_one_and_token_variant():
+    h = torch.rand(16) * 3 + 0.1
+    w = entropy_weights(h)
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    torch.testing.assert_close(w, (h / h.mean()).float())
+    n = torch.randint(1, 50, (16,)).float()
+    wt = entropy_weights(h, n, mode="entropy_token")
+    # the token-weighted variant preserves the total token count: Σ w_i |o_i| = Σ |o_i|
+    torch.testing.assert_close((wt * n).sum(), n.sum(), rtol=1e-5, atol=1e-3)
+    assert (entropy_weights(h, mode="none") == 1).all()
+    assert (entropy_weights(torch.zeros(4)) == 1).all()
+    hg = h.clone().requires_grad_(True)
+    assert not entropy_weights(hg).requires_grad
+    with pytest.raises(ValueError, match="lengths"):
+        entropy_weights(h, mode="entropy_token")
+    with pytest.raises(ValueError, match="weighting"):
+        entropy_weights(h, mode="bogus")
+
+
+def test_clipped_surrogate_against_direct_formula():
+    logp = torch.randn(4, 9) * 0.3
+    old = logp + torch.randn(4, 9) * 0.3
+    adv = torch.randn(4, 1)
+    loss = clipped_surrogate(logp, old, adv, eps_low=0.2, eps_high=0.28)
+    for i in range(4):
+        for j in range(9):
+            s = math.exp(logp[i, j].item() - old[i, j].item())
+            a = adv[i, 0].item()
+            expected = -min(s * a, min(max(s, 0.8), 1.28) * a)
+            assert abs(loss[i, j].item() - expected) < 1e-5
+
+
+def test_aggregate_loss_modes():
+    tl = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert aggregate_loss(tl, m).item() == pytest.approx(10 / 4)
+    assert aggregate_loss(tl, m, mode="seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    assert aggregate_loss(tl, m, num_tokens=8).item() == pytest.approx(10 / 8)
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate_loss(tl, m, mode="sum")
