@@ -72,7 +72,8 @@ if HAVE_TRITON:
             e = tl.exp(z - m_ref)                            # the one exp per element
             zs = tl.where(e > 0, z - m_ref, 0.0)             # 0 * -inf guard for masked columns
             alpha = tl.exp(m - m_ref)                        # rescale of the old sums (0 on the first tile)
-            s1 = tl.where(s0 > 0, (s1 + (m - m_ref) * s0) * alpha, 0.0) + tl.sum(e * zs, axis=0)
+            shift = tl.where(s0 > 0, m - m_ref, 0.0)         # (z-m) -> (z-m') for the old terms
+            s1 = (s1 + shift * s0) * alpha + tl.sum(e * zs, axis=0)
             s0 = s0 * alpha + tl.sum(e, axis=0)
             m = m_new
         m_ref = tl.where(m == neg_inf, 0.0, m)
@@ -110,7 +111,8 @@ if HAVE_TRITON:
             valid = cols < V
             z = tl.load(row_ptr + cols, mask=valid, other=float("-inf")).to(tl.float32) * inv_temp
             p = tl.exp(z - lse)
-            dz = tl.where(p > 0, g_ent * p * (ez - z), 0.0) - g_lp * p
+            gap = tl.where(p > 0, ez - z, 0.0)               # -inf columns: p = 0, keep 0 * inf out
+            dz = g_ent * p * gap - g_lp * p
             dz = tl.where(cols == tgt, dz + g_lp, dz)
             tl.store(out_row + cols, (dz * inv_temp).to(out_ptr.dtype.element_ty), mask=valid)
 
