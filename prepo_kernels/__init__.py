@@ -6,9 +6,14 @@ from prepo_kernels.logprobs_entropy import logprobs_and_entropy, token_entropy, 
 from prepo_kernels.native import native_available
 from prepo_kernels.perplexity import sequence_perplexity
 from prepo_kernels.dispatch import BACKENDS
+from prepo_kernels.linear import linear_logprobs_and_entropy, linear_sequence_perplexity
+from prepo_kernels import hf  # noqa: E402  (Hugging Face glue; imports no transformers itself)
 
 __all__ = [
     "BACKENDS",
+    "hf",
+    "linear_logprobs_and_entropy",
+    "linear_sequence_perplexity",
     "logprobs_and_entropy",
     "native_available",
     "sequence_perplexity",

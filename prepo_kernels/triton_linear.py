@@ -1,0 +1,261 @@
+"""Triton kernels of the fused linear path: logits tiles from tl.dot, consumed in registers, never stored whole.
+
+Forward: split-vocabulary online softmax statistics + a merge kernel. Backward: dZ for one bounded vocabulary slice
+at a time (recomputed), then GEMMs for dHidden, dW, db. Same contract as ``linear_chunked`` (read it first).
+"""
+from __future__ import annotations
+
+import torch
+
+from prepo_kernels import triton_backend
+
+HAVE_TRITON = triton_backend.HAVE_TRITON
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+# Tile shapes. tl.dot needs every dimension >= 16. On a GPU, 128-token x 128-vocabulary tiles with a 64-wide
+# hidden step keep the tensor cores fed; the CPU interpreter runs numpy per tile, so small tiles keep tests fast.
+_GPU_TILES = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
+_INTERPRET_TILES = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=1, num_stages=1)
+# Forward: enough (row block x vocabulary split) programs to fill a GPU several times over; splits are merged after.
+# The interpreter runs programs one by one: 2 splits there keep the merge kernel exercised at little cost.
+_TARGET_PROGRAMS = 1024
+_INTERPRET_SPLITS = 2
+# Backward: one vocabulary slice of dZ holds at most this many elements (64 Mi: 128 MiB in bf16).
+BWD_SLICE_ELEMENTS = 1 << 26
+_BWD_SLICE_ELEMENTS_INTERPRET = 1 << 12
+
+
+def _tiles():
+    return _INTERPRET_TILES if triton_backend.interpret_mode() else _GPU_TILES
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs follow torch's own matmul setting (TF32 only when the caller allowed it for torch matmuls too)
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    if dtype == torch.bfloat16 and triton_backend.interpret_mode():
+        return "upcast"  # the CPU interpreter's tl.dot multiplies raw bf16 bits: feed it fp32 tiles (exact)
+    return "tf32"
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _logits_tile(h_ptr, rows, row_mask, w_ptr, b_ptr, cols, col_mask, H, stride_hn, stride_hh,
+                     stride_wv, stride_wh, inv_temp,
+                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+        """z = (hidden[rows] @ weight[cols].T + bias[cols]) / T as an fp32 [BLOCK_N, BLOCK_V] tile; pads are -inf."""
+        acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_H):
+            ks = k0 + tl.arange(0, BLOCK_H)
+            k_mask = ks < H
+            a = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hh,
+                        mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(w_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wh,
+                        mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+            if PRECISION == "upcast":
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        # padded vocabulary columns are -inf, never 0: a 0 would add e^(0 - m) to the softmax sum
+        return tl.where(col_mask[None, :], acc * inv_temp, float("-inf"))
+
+    @triton.jit
+    def _linear_fwd_kernel(
+        h_ptr, rows_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s0_ptr, s1_ptr, zt_ptr,
+        Nk, V, H, v_per_split, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        split = tl.program_id(1)
+        offs = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64 offsets throughout
+        row_mask = offs < Nk
+        rows = tl.load(rows_ptr + offs, mask=row_mask, other=0)
+        tgt = tl.load(t_ptr + offs, mask=row_mask, other=-1)
+        v_start = split.to(tl.int64) * v_per_split
+        v_end = tl.minimum(v_start + v_per_split, V)
+        neg_inf = float("-inf")
+        # per row: running max m, S0 = sum e^(z-m), S1 = sum (z-m) e^(z-m), and the target logit
+        m = tl.full([BLOCK_N], neg_inf, tl.float32)
+        s0 = tl.zeros([BLOCK_N], tl.float32)
+        s1 = tl.zeros([BLOCK_N], tl.float32)
+        zt = tl.zeros([BLOCK_N], tl.float32)
+        for v0 in range(v_start, v_end, BLOCK_V):
+            cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+            z = _logits_tile(h_ptr, rows, row_mask, w_ptr, b_ptr, cols, cols < v_end, H, stride_hn, stride_hh,
+                             stride_wv, stride_wh, inv_temp, HAS_BIAS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+            zt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
+            m_new = tl.maximum(m, tl.max(z, axis=1))
+            m_ref = tl.where(m_new == neg_inf, 0.0, m_new)       # keep arithmetic finite on empty rows
+            e = tl.exp(z - m_ref[:, None])                        # the one exp per logit
+            zs = tl.where(e > 0, z - m_ref[:, None], 0.0)         # 0 * -inf guard on padded columns
+            alpha = tl.exp(m - m_ref)                             # rescale of the old sums (0 on the first tile)
+            shift = tl.where(s0 > 0, m - m_ref, 0.0)             # never -inf * 0
+            s1 = (s1 + shift * s0) * alpha + tl.sum(e * zs, axis=1)
+            s0 = s0 * alpha + tl.sum(e, axis=1)
+            m = m_new
+        stat = split.to(tl.int64) * Nk + offs
+        tl.store(m_ptr + stat, m, mask=row_mask)
+        tl.store(s0_ptr + stat, s0, mask=row_mask)
+        tl.store(s1_ptr + stat, s1, mask=row_mask)
+        # exactly one split holds each target column: only it writes the target logit
+        tl.store(zt_ptr + offs, zt, mask=row_mask & (tgt >= v_start) & (tgt < v_end))
+
+    @triton.jit
+    def _linear_merge_kernel(
+        m_ptr, s0_ptr, s1_ptr, zt_ptr, lp_ptr, ent_ptr, lse_ptr, ez_ptr, Nk, SPLITS,
+        BLOCK_S: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        sp = tl.arange(0, BLOCK_S)
+        smask = sp < SPLITS
+        idx = sp.to(tl.int64) * Nk + row
+        m = tl.load(m_ptr + idx, mask=smask, other=float("-inf"))
+        s0 = tl.load(s0_ptr + idx, mask=smask, other=0.0)
+        s1 = tl.load(s1_ptr + idx, mask=smask, other=0.0)
+        big = tl.max(m, axis=0)
+        alpha = tl.where(s0 > 0, tl.exp(m - big), 0.0)
+        # shift each split's S1 from its own max to the global one: (z - big) = (z - m) + (m - big)
+        t0 = tl.sum(s0 * alpha, axis=0)
+        t1 = tl.sum((s1 + tl.where(s0 > 0, m - big, 0.0) * s0) * alpha, axis=0)
+        log_s0 = tl.log(t0)
+        lse = big + log_s0
+        ent = log_s0 - t1 / t0
+        tl.store(lse_ptr + row, lse)
+        tl.store(ez_ptr + row, lse - ent)
+        tl.store(ent_ptr + row, ent)
+        tl.store(lp_ptr + row, tl.load(zt_ptr + row) - lse)
+
+    @triton.jit
+    def _linear_dz_kernel(
+        h_ptr, rows_ptr, w_ptr, b_ptr, t_ptr, glp_ptr, gent_ptr, lse_ptr, ez_ptr, dz_ptr,
+        Nk, V, H, v_begin, stride_hn, stride_hh, stride_wv, stride_wh, stride_dz, inv_temp,
+        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):
+        """dZ[:, j] for vocabulary columns v_begin + j: recompute z, then g_lp (onehot - p)/T + g_H p (E[z] - z)/T."""
+        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        local = tl.program_id(1).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
+        cols = v_begin + local
+        row_mask = offs < Nk
+        col_mask = cols < V
+        rows = tl.load(rows_ptr + offs, mask=row_mask, other=0)
+        z = _logits_tile(h_ptr, rows, row_mask, w_ptr, b_ptr, cols, col_mask, H, stride_hn, stride_hh,
+                         stride_wv, stride_wh, inv_temp, HAS_BIAS, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        tgt = tl.load(t_ptr + offs, mask=row_mask, other=-1)
+        g_lp = tl.load(glp_ptr + offs, mask=row_mask, other=0.0)
+        g_ent = tl.load(gent_ptr + offs, mask=row_mask, other=0.0)
+        lse = tl.load(lse_ptr + offs, mask=row_mask, other=0.0)
+        ez = tl.load(ez_ptr + offs, mask=row_mask, other=0.0)
+        p = tl.exp(z - lse[:, None])
+        gap = tl.where(p > 0, ez[:, None] - z, 0.0)  # padded columns: p = 0 and z = -inf, so never 0 * inf
+        dz = g_ent[:, None] * p * gap - g_lp[:, None] * p
+        dz = tl.where(cols[None, :] == tgt[:, None], dz + g_lp[:, None], dz)  # formed in fp32, rounded once
+        dz = tl.where(row_mask[:, None], dz * inv_temp, 0.0)
+        tl.store(dz_ptr + offs[:, None] * stride_dz + local[None, :], dz.to(dz_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & col_mask[None, :])
+
+
+def _all_rows(hidden, rows):
+    return torch.arange(hidden.shape[0], device=hidden.device) if rows is None else rows
+
+
+def _common(hidden, weight):
+    return (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
+
+
+def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_index: int = -100, splits=None):
+    """Per kept row: (lp, ent, lse, ez) float32. ``splits`` overrides the number of vocabulary splits (tests)."""
+    Nk = targets.shape[0]
+    V, H = weight.shape
+    dev = hidden.device
+    lp = torch.empty(Nk, dtype=torch.float32, device=dev)
+    ent, lse, ez = torch.empty_like(lp), torch.empty_like(lp), torch.empty_like(lp)
+    if Nk == 0:
+        return lp, ent, lse, ez
+    tiles = _tiles()
+    bn, bv = tiles["BLOCK_N"], tiles["BLOCK_V"]
+    row_blocks = triton.cdiv(Nk, bn)
+    v_tiles = triton.cdiv(V, bv)
+    if splits is None:
+        splits = _INTERPRET_SPLITS if triton_backend.interpret_mode() else triton.cdiv(_TARGET_PROGRAMS, row_blocks)
+    splits = max(1, min(int(splits), v_tiles))
+    v_per_split = triton.cdiv(v_tiles, splits) * bv
+    splits = triton.cdiv(V, v_per_split)  # no empty split
+    stats = torch.empty(3, splits, Nk, dtype=torch.float32, device=dev)
+    zt = torch.empty(Nk, dtype=torch.float32, device=dev)
+    rows = _all_rows(hidden, rows)
+    _linear_fwd_kernel[(row_blocks, splits)](
+        hidden, rows, weight, bias if bias is not None else weight, targets, stats[0], stats[1], stats[2], zt,
+        Nk, V, H, v_per_split, *_common(hidden, weight), 1.0 / temperature,
+        HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype), **tiles,
+    )
+    _linear_merge_kernel[(Nk,)](
+        stats[0], stats[1], stats[2], zt, lp, ent, lse, ez, Nk, splits,
+        BLOCK_S=triton.next_power_of_2(splits), num_warps=1,
+    )
+    return lp, ent, lse, ez
+
+
+def _acc_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (fp32) += a @ b, without rounding the product to a's dtype where the device allows it."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    try:
+        acc += torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):  # no mixed-dtype GEMM for this device
+        acc += torch.mm(a, b).float()
+
+
+def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, temperature: float,
+             ignore_index: int, needs, slice_elements=None):
+    need_dh, need_dw, need_db = needs
+    Nk = targets.shape[0]
+    V, H = weight.shape
+    dev = hidden.device
+    dw = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_dw else None
+    db = torch.zeros(V, dtype=bias.dtype if bias is not None else torch.float32, device=dev) if need_db else None
+    if Nk == 0:
+        dh = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_dh else None
+        return dh, dw, db
+    tiles = _tiles()
+    bn, bv = tiles["BLOCK_N"], tiles["BLOCK_V"]
+    if slice_elements is None:
+        slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if triton_backend.interpret_mode() else BWD_SLICE_ELEMENTS
+    vs = max(bv, (slice_elements // max(Nk, 1)) // bv * bv)  # columns per slice, whole vocabulary tiles
+    vs = min(vs, triton.cdiv(V, bv) * bv)
+    all_rows = _all_rows(hidden, rows)
+    h_kept = hidden if rows is None else hidden.index_select(0, rows)  # [Nk, H] for the dW GEMM
+    dh32 = torch.zeros(Nk, H, dtype=torch.float32, device=dev) if need_dh else None
+    dz = torch.empty(Nk, vs, dtype=hidden.dtype, device=dev)
+    g_lp = grad_lp.float().contiguous()
+    g_ent = grad_ent.float().contiguous()
+    for v0 in range(0, V, vs):
+        v1 = min(v0 + vs, V)
+        _linear_dz_kernel[(triton.cdiv(Nk, bn), triton.cdiv(v1 - v0, bv))](
+            hidden, all_rows, weight, bias if bias is not None else weight, targets, g_lp, g_ent, lse, ez, dz,
+            Nk, v1, H, v0, *_common(hidden, weight), dz.stride(0), 1.0 / temperature,
+            HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype), **tiles,
+        )
+        d = dz[:, : v1 - v0]
+        if need_dh:
+            _acc_mm(dh32, d, weight[v0:v1])
+        if need_dw:
+            torch.mm(d.t(), h_kept, out=dw[v0:v1])  # one GEMM over all rows: fp32 accumulation inside
+        if need_db:
+            db[v0:v1] = d.sum(0, dtype=torch.float32)
+    dh = None
+    if need_dh:
+        if rows is None:
+            dh = dh32.to(hidden.dtype)
+        else:
+            dh = torch.zeros(hidden.shape, dtype=hidden.dtype, device=dev)
+            dh.index_copy_(0, rows, dh32.to(hidden.dtype))
+    return dh, dw, db

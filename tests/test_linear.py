@@ -1,0 +1,328 @@
+"""The fused linear path (hidden states + lm_head) against float64 references of hidden @ weight.T + bias."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import prepo_kernels as pk
+from prepo_kernels import dispatch, linear_chunked, triton_linear
+from reference import ref_linear_logits, ref_logprobs_entropy
+
+INTERPRETED = not torch.cuda.is_available()
+
+
+def _dims(backend):
+    """(rows, hidden size, large odd vocabulary): the Triton interpreter is slow, so it gets small shapes."""
+    if backend == "triton" and INTERPRETED:
+        return 8, 29, 293
+    return 40, 61, 1013
+
+
+def _vocab(backend, V):
+    return _dims(backend)[2] if V == "big" else V
+
+
+def _split_work(monkeypatch, V, rows_per_piece=7):
+    """Force several token chunks (CPU path), vocabulary splits and backward slices (Triton) on small inputs."""
+    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", V * 4 * rows_per_piece)
+    monkeypatch.setattr(triton_linear, "_INTERPRET_SPLITS", 3)
+    monkeypatch.setattr(triton_linear, "_BWD_SLICE_ELEMENTS_INTERPRET", 8 * 64)
+    monkeypatch.setattr(triton_linear, "BWD_SLICE_ELEMENTS", 40 * 256)
+
+
+def _make(N, H, V, dtype, device, *, bias=False, ignore_frac=0.25, scale=1.0, lead=None):
+    h = torch.randn(N, H) * scale
+    w = torch.randn(V, H) / math.sqrt(H) * 3.0
+    b = torch.randn(V) if bias else None
+    t = torch.randint(0, V, (N,))
+    t = torch.where(torch.rand(N) < ignore_frac, torch.full_like(t, -100), t)
+    if lead is not None:
+        h, t = h.reshape(*lead, H), t.reshape(lead)
+    cast = (lambda x: x.to(dtype).to(device))
+    return cast(h), cast(w), (cast(b) if b is not None else None), t.to(device)
+
+
+def _reference(h, w, b, t, temperature, ignore_index=-100):
+    z = ref_linear_logits(h.cpu(), w.cpu(), None if b is None else b.cpu())
+    return ref_logprobs_entropy(z, t.cpu(), temperature, ignore_index)
+
+
+def _tol(h, w, b, dtype, backend, temperature):
+    """Forward tolerance from the rounding of the logits: fp32 accumulation, or bf16 logits on the CPU paths."""
+    hd, wd = h.detach().cpu().double(), w.detach().cpu().double()
+    bound = hd.abs() @ wd.abs().T  # |z| bound of every product sum, the scale of fp32 accumulation error
+    if b is not None:
+        bound = bound + b.detach().cpu().double().abs()
+    zmax = bound.max().item()
+    if dtype == torch.float32 or backend == "triton":  # Triton accumulates in fp32 and never rounds the logits
+        return 1e-5 + 16 * 2.0**-24 * zmax / temperature
+    return 1e-5 + 3 * 2.0**-9 * zmax / temperature  # logits rounded to bf16 once, as the model's own would be
+
+
+def _grad_close(g, gr, dtype):
+    scale = gr.abs().max().item() + 1e-12
+    if dtype == torch.float32:
+        torch.testing.assert_close(g.cpu().double(), gr, rtol=1e-4, atol=2e-5 * scale)
+    else:
+        torch.testing.assert_close(g.cpu().double(), gr, rtol=3e-2, atol=3e-2 * scale)
+
+
+@pytest.mark.parametrize("V", [1, 37, "big"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature,bias", [(1.0, False), (0.7, True)])
+def test_forward_matches_float64(backend, device, monkeypatch, V, dtype, temperature, bias):
+    N, H, _ = _dims(backend)
+    V = _vocab(backend, V)
+    _split_work(monkeypatch, V)
+    h, w, b, t = _make(N, H, V, dtype, device, bias=bias)
+    lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=temperature, backend=backend)
+    rlp, rent = _reference(h, w, b, t, temperature)
+    assert lp.dtype == ent.dtype == torch.float32 and lp.shape == t.shape
+    tol = _tol(h, w, b, dtype, backend, temperature)
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=tol)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=tol)
+    assert (lp <= 1e-6).all(), "log-probs must be <= 0"
+    assert (ent >= -1e-6).all() and (ent <= math.log(V) + 1e-4).all()
+    ignored = t == -100
+    assert (lp[ignored] == 0).all() and (ent[ignored] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V,bias", [(37, True), ("big", False), ("big", True)])
+def test_gradients_random_mix(backend, device, monkeypatch, dtype, V, bias):
+    N, H, _ = _dims(backend)
+    V = _vocab(backend, V)
+    _split_work(monkeypatch, V)
+    h, w, b, t = _make(N, H, V, dtype, device, bias=bias)
+    leaves = [x.clone().requires_grad_(True) for x in (h, w) + ((b,) if bias else ())]
+    a, c = torch.randn(2, N).to(device)
+    lp, ent = pk.linear_logprobs_and_entropy(leaves[0], leaves[1], t, bias=leaves[2] if bias else None,
+                                             temperature=0.8, backend=backend)
+    grads = torch.autograd.grad((a * lp).sum() + (c * ent).sum(), leaves)
+    refs = [x.detach().cpu().double().requires_grad_(True) for x in leaves]
+    rlp, rent = _reference(refs[0], refs[1], refs[2] if bias else None, t, 0.8)
+    ref_grads = torch.autograd.grad((a.cpu().double() * rlp).sum() + (c.cpu().double() * rent).sum(), refs)
+    for g, gr, leaf in zip(grads, ref_grads, leaves):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape and torch.isfinite(g).all()
+        _grad_close(g, gr, dtype)
+    assert (grads[0][t == -100] == 0).all(), "ignored positions must get zero gradient"
+
+
+def test_gradient_of_each_output_alone_and_frozen_inputs(backend, device):
+    N, H, V = _dims(backend)
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True)
+    for which in (0, 1):
+        leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+        out = pk.linear_logprobs_and_entropy(leaves[0], leaves[1], t, bias=leaves[2], backend=backend)[which]
+        grads = torch.autograd.grad(out.sum(), leaves)
+        refs = [x.cpu().double().requires_grad_(True) for x in (h, w, b)]
+        ref_grads = torch.autograd.grad(_reference(*refs, t, 1.0)[which].sum(), refs)
+        for g, gr in zip(grads, ref_grads):
+            _grad_close(g, gr, torch.float32)
+    # a frozen head (scoring a policy's hidden states) and frozen hidden states (training the head alone)
+    hh = h.clone().requires_grad_(True)
+    (gh,) = torch.autograd.grad(pk.linear_logprobs_and_entropy(hh, w, t, bias=b, backend=backend)[0].sum(), hh)
+    hr = h.cpu().double().requires_grad_(True)
+    (ghr,) = torch.autograd.grad(_reference(hr, w, b, t, 1.0)[0].sum(), hr)
+    _grad_close(gh, ghr, torch.float32)
+    ww = w.clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(pk.linear_logprobs_and_entropy(h, ww, t, backend=backend)[1].sum(), ww)
+    wr = w.cpu().double().requires_grad_(True)
+    (gwr,) = torch.autograd.grad(_reference(h, wr, None, t, 1.0)[1].sum(), wr)
+    _grad_close(gw, gwr, torch.float32)
+
+
+def test_non_contiguous_inputs_and_int32_targets(backend, device):
+    N, H, V = _dims(backend)
+    base = torch.randn(H, 2, N, device=device)
+    h = base.permute(1, 2, 0)  # (2, N, H), stride(-1) != 1
+    w = (torch.randn(H, V, device=device) / math.sqrt(H)).T  # (V, H) transposed view
+    assert not h.is_contiguous() and not w.is_contiguous()
+    t = torch.randint(0, V, (N, 4), device=device, dtype=torch.int32).T[::2]  # (2, N) strided int32
+    t[0, 1] = -100
+    hl, wl = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    lp, ent = pk.linear_logprobs_and_entropy(hl, wl, t, temperature=1.7, backend=backend)
+    rh, rw = h.cpu().double().requires_grad_(True), w.cpu().double().requires_grad_(True)
+    rlp, rent = _reference(rh, rw, None, t.long(), 1.7)
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=2e-5)
+    g = torch.autograd.grad((lp - 0.3 * ent).sum(), (hl, wl))
+    gr = torch.autograd.grad((rlp - 0.3 * rent).sum(), (rh, rw))
+    for a, b in zip(g, gr):
+        _grad_close(a, b, torch.float32)
+
+
+def test_ignored_rows_never_reach_the_head(backend, device):
+    """NaN hidden states at ignored positions (e.g. fully masked padding) must not leak into anything."""
+    N, H, V = _dims(backend)
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, ignore_frac=0.5)
+    t[0], t[1] = -100, 3
+    poisoned = torch.where((t == -100).unsqueeze(-1), torch.full_like(h, float("nan")), h).requires_grad_(True)
+    wl, bl = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    lp, ent = pk.linear_logprobs_and_entropy(poisoned, wl, t, bias=bl, backend=backend)
+    gh, gw, gb = torch.autograd.grad(lp.sum() + ent.sum(), (poisoned, wl, bl))
+    clean = torch.where((t == -100).unsqueeze(-1), torch.zeros_like(h), h)
+    rlp, rent = _reference(clean, w, b, t, 1.0)
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=2e-5)
+    assert torch.isfinite(gw).all() and torch.isfinite(gb).all() and torch.isfinite(gh).all()
+    assert (gh[t == -100] == 0).all()
+
+
+def test_all_ignored_and_custom_ignore_index(backend, device):
+    N, H, V = _dims(backend)
+    h, w, b, _ = _make(N, H, V, torch.float32, device, bias=True)
+    leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    t = torch.full((N,), -100, device=device)
+    lp, ent = pk.linear_logprobs_and_entropy(leaves[0], leaves[1], t, bias=leaves[2], backend=backend)
+    assert (lp == 0).all() and (ent == 0).all()
+    for g in torch.autograd.grad(lp.sum() + ent.sum(), leaves):
+        assert (g == 0).all()
+    # a real vocabulary id as ignore_index; -100 is then an out-of-range target
+    t = torch.randint(0, V, (N,), device=device)
+    t[:3] = torch.tensor([5, 5, 0])
+    lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, ignore_index=5, backend=backend)
+    rlp, rent = _reference(h, w, b, t, 1.0, ignore_index=5)
+    assert lp[0] == 0 and lp[1] == 0 and lp[2] != 0
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="targets"):
+        pk.linear_logprobs_and_entropy(h, w, torch.full((N,), -100, device=device), ignore_index=5, backend=backend)
+
+
+def test_large_logits_and_entropy_without_cancellation(backend, device):
+    N, H, V = _dims(backend)
+    h, w, _, t = _make(N, H, V, torch.float32, device, scale=200.0)  # |z| in the hundreds to thousands
+    lp, ent = pk.linear_logprobs_and_entropy(h, w, t, temperature=1.3, backend=backend)
+    rlp, rent = _reference(h, w, None, t, 1.3)
+    assert torch.isfinite(lp).all() and torch.isfinite(ent).all()
+    tol = _tol(h, w, None, torch.float32, backend, 1.3)
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=tol)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=tol)
+    # logits ~ 1e4 with spread ~ 1: lse >> H, so lse - E[z] in fp32 would lose every digit of the entropy
+    hs = torch.randn(N, H, device=device) * 0.3
+    b = torch.full((V,), 1e4, device=device)
+    ent = pk.linear_logprobs_and_entropy(hs, w, t, bias=b, backend=backend)[1]
+    rent = _reference(hs, w, b, t, 1.0)[1]
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-4, atol=3e-3)
+
+
+def test_matches_the_logits_path(backend, device):
+    """Same numbers as logprobs_and_entropy on the materialised logits, including 3-D inputs."""
+    N, H, V = _dims(backend)
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, lead=(2, N // 2))
+    lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=0.9, backend=backend)
+    lp2, ent2 = pk.logprobs_and_entropy(h @ w.T + b, t, temperature=0.9, backend=backend)
+    assert lp.shape == t.shape
+    torch.testing.assert_close(lp, lp2, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(ent, ent2, rtol=1e-5, atol=2e-5)
+
+
+def test_linear_sequence_perplexity(backend, device):
+    N, H, V = _dims(backend)
+    B, T = 2, N // 2
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, ignore_frac=0.2, lead=(B, T))
+    t[:, 1] = 1
+    mask = (torch.rand(B, T, device=device) < 0.7).long()
+    mask[:, 1] = 1
+    hl = h.clone().requires_grad_(True)
+    ppl = pk.linear_sequence_perplexity(hl, w, t, mask, bias=b, temperature=0.9, backend=backend)
+    rh = h.cpu().double().requires_grad_(True)
+    rlp, _ = _reference(rh, w, b, t, 0.9)
+    keep = mask.cpu().double() * (t.cpu() != -100).double()
+    ref = torch.exp(-(rlp * keep).sum(-1) / keep.sum(-1))
+    torch.testing.assert_close(ppl.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+    _grad_close(torch.autograd.grad(ppl.sum(), hl)[0], torch.autograd.grad(ref.sum(), rh)[0], torch.float32)
+    mask[1] = 0
+    with pytest.raises(ValueError, match="row"):
+        pk.linear_sequence_perplexity(h, w, t, mask, bias=b, backend=backend)
+    with pytest.raises(ValueError, match="hidden"):
+        pk.linear_sequence_perplexity(h[0], w, t[0], backend=backend)
+
+
+def test_torch_compile_fullgraph(backend, device):
+    N, H, V = _dims(backend)
+
+    def loss(h, w, b, t):
+        lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=1.1, backend=backend)
+        ppl = pk.linear_sequence_perplexity(h.unsqueeze(0), w, t.unsqueeze(0), bias=b, backend=backend)
+        return (lp * 2).sum() + ent.sum() + ppl.sum()
+
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, ignore_frac=0.0)
+    t[1] = -100
+    # inductor (slow to compile) for the backend "auto" picks here; aot_eager checks the others' graph capture
+    compiler = "inductor" if backend == dispatch.resolve("auto", torch.device(device)) else "aot_eager"
+    compiled = torch.compile(loss, fullgraph=True, backend=compiler)
+    leaves_c = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    out = compiled(*leaves_c, t)
+    out.backward()
+    leaves_e = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    ref = loss(*leaves_e, t)
+    ref.backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, e in zip(leaves_c, leaves_e):  # the perplexity term is large: fp32 reordering shows at ~1e-6 of it
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-5, atol=1e-5 * e.grad.abs().max().item())
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 9), H=st.integers(1, 24), V=st.integers(1, 200), temperature=st.floats(0.25, 4.0),
+       scale=st.floats(0.0, 20.0), bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_property_matches_reference(n, H, V, temperature, scale, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, H, generator=g) * scale
+    w = torch.randn(V, H, generator=g)
+    b = torch.randn(V, generator=g) if bias else None
+    t = torch.randint(0, V, (n,), generator=g)
+    lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=temperature, backend="torch")
+    rlp, rent = _reference(h, w, b, t, temperature)
+    tol = _tol(h, w, b, torch.float32, "torch", temperature)
+    torch.testing.assert_close(lp.double(), rlp, rtol=1e-5, atol=tol)
+    torch.testing.assert_close(ent.double(), rent, rtol=1e-5, atol=tol)
+    assert (lp <= 1e-6).all() and (ent >= -1e-6).all() and (ent <= math.log(V) + 1e-4).all()
+
+
+class TestBadInput:
+    h, w, t = torch.randn(4, 8), torch.randn(10, 8), torch.zeros(4, dtype=torch.long)
+
+    @pytest.mark.parametrize("kwargs,exc,name", [
+        (dict(hidden=torch.randn(4, 7)), ValueError, "hidden"),
+        (dict(weight=torch.randn(10)), ValueError, "weight"),
+        (dict(weight=torch.randn(0, 8)), ValueError, "V = 0"),
+        (dict(hidden=torch.randn(4, 0), weight=torch.randn(10, 0)), ValueError, "H = 0"),
+        (dict(hidden=torch.zeros(4, 8, dtype=torch.long)), TypeError, "hidden"),
+        (dict(weight=torch.randn(10, 8, dtype=torch.bfloat16)), TypeError, "weight"),
+        (dict(bias=torch.randn(11)), ValueError, "bias"),
+        (dict(bias=torch.randn(10, dtype=torch.float64)), TypeError, "bias"),
+        (dict(bias=torch.randn(10, dtype=torch.bfloat16)), TypeError, "bias"),
+        (dict(bias=[0.0] * 10), TypeError, "bias"),
+        (dict(targets=torch.zeros(5, dtype=torch.long)), ValueError, "targets"),
+        (dict(targets=torch.zeros(4)), TypeError, "targets"),
+        (dict(temperature=0.0), ValueError, "temperature"),
+        (dict(temperature="hot"), TypeError, "temperature"),
+        (dict(ignore_index=1.5), TypeError, "ignore_index"),
+        (dict(backend="cuda"), ValueError, "backend"),
+    ])
+    def test_rejected(self, kwargs, exc, name):
+        args = dict(hidden=self.h, weight=self.w, targets=self.t)
+        args.update(kwargs)
+        with pytest.raises(exc, match=name):
+            pk.linear_logprobs_and_entropy(**args)
+
+    @pytest.mark.parametrize("bad", [10, 11, -1, -101])
+    def test_target_out_of_range(self, backend, bad):
+        with pytest.raises(ValueError, match="targets"):
+            pk.linear_logprobs_and_entropy(self.h, self.w, torch.tensor([0, bad, 3, -100]), backend=backend)
+
+    def test_triton_on_cpu_without_interpreter(self, monkeypatch):
+        from prepo_kernels import triton_backend
+
+        monkeypatch.setattr(triton_backend, "interpret_mode", lambda: False)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            pk.linear_logprobs_and_entropy(self.h, self.w, self.t, backend="triton")
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to put tensors on two devices")
+    def test_device_mismatch(self):
+        with pytest.raises(ValueError, match="weight"):
+            pk.linear_logprobs_and_entropy(self.h.cuda(), self.w, self.t.cuda())
