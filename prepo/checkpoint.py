@@ -1,0 +1,138 @@
+"""Atomic training checkpoints: model weights as safetensors (Hugging Face layout), the rest via torch.save.
+
+A checkpoint is written to a temporary folder beside its final place, fsynced and renamed, so a crash never leaves a
+half-written one; optimizer, RNG, sampler and strategy state are plain containers of tensors, loaded weights_only.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^step-(\d+)$")
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    """Python, numpy (legacy global) and torch RNG states as tensors / plain containers (weights_only-safe)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *, tokenizer=None,
+                    keep: int = 0) -> Path:
+    """Write ``checkpoints/step-NNNNNN/`` (model weights + ``state``) atomically; keep the newest ``keep`` (0 = all)."""
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        _fsync_tree(tmp)
+        if final.exists():  # same step saved again (e.g. Ctrl-C right after a periodic save): replace it
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=root))
+            os.rename(final, old / final.name)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if keep > 0:
+        for stale in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder itself, or the newest checkpoint of a run folder; FileNotFoundError when there is none."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"resume: no checkpoint in {path} (expected {path}/checkpoints/step-NNNNNN/)")
+    return found[-1]
+
+
+def load_checkpoint(path: str | os.PathLike, model) -> dict:
+    """Load weights into ``model`` (in place) and return the saved state (torch.load with weights_only=True)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = load_file(str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {path}: weights the model does not have: {sorted(unexpected)[:5]}")
+    tied = _tied_names(model)
+    untied_missing = [k for k in missing if k not in tied]
+    if untied_missing:
+        raise ValueError(f"checkpoint {path}: missing weights {untied_missing[:5]}")
+    return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+
+
+def _tied_names(model) -> set[str]:
+    """Parameter names that share storage with another parameter (saved once, e.g. a tied lm_head)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = tensor.data_ptr()
+        if key in seen:
+            tied.update({name, seen[key]})
+        else:
+            seen[key] = name
+    return tied

@@ -1,0 +1,120 @@
+"""Run records: metrics.jsonl (one JSON object per training step or evaluation), peak RSS, curves.png, the summary.
+
+Rows carry ``kind`` ("train" or "eval"), ``step`` and ``rollouts`` (cumulative, discarded ones included).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from pathlib import Path
+
+# the per-step fields every training row has (None where a field does not apply, e.g. the window for `random`)
+TRAIN_FIELDS = ("step", "rollouts", "reward_mean", "accuracy", "entropy_mean", "weight_min", "weight_max",
+                "ppl_window_lo", "ppl_window_hi", "time_select", "time_generate", "time_update", "peak_rss_mb")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _clean(value):
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl; on resume, rows after the checkpoint's step are dropped (they will be redone)."""
+
+    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if resume_step is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if int(row.get("step", 0)) <= resume_step:
+                        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w") as fh:
+            for row in self.rows:
+                fh.write(json.dumps(row) + "\n")
+
+    def write(self, row: dict) -> dict:
+        row = _clean(row)
+        self.rows.append(row)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+        return row
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [r for r in self.rows if r.get("kind") == kind]
+
+
+def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path:
+    """curves.png: training reward and held-out accuracy against rollouts generated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("accuracy") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ax = axes[0]
+    if train:
+        ax.plot([r["rollouts"] for r in train], [r["reward_mean"] for r in train], ".-", label="batch reward")
+    ax.set_xlabel("rollouts generated")
+    ax.set_ylabel("mean reward")
+    ax.set_title("training reward")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for name in sorted({r.get("dataset", "eval") for r in evals}):
+        pts = [r for r in evals if r.get("dataset", "eval") == name]
+        ax.plot([r["rollouts"] for r in pts], [r["accuracy"] for r in pts], "o-", label=name)
+    ax.set_xlabel("rollouts generated")
+    ax.set_ylabel("accuracy")
+    ax.set_title("held-out accuracy")
+    ax.grid(alpha=0.3)
+    if evals:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary(rows: list[dict], wall_seconds: float | None = None) -> str:
+    """A few lines for the end of a run: steps, rollouts, reward, eval accuracy before → after, time, memory."""
+    train = [r for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("accuracy") is not None]
+    lines = ["run summary"]
+    if train:
+        last = train[-1]
+        first_rewards = [r["reward_mean"] for r in train[: max(1, len(train) // 4)]]
+        last_rewards = [r["reward_mean"] for r in train[-max(1, len(train) // 4):]]
+        lines.append(f"  steps {last['step']}, rollouts {last['rollouts']}, "
+                     f"reward (first quarter → last quarter) {sum(first_rewards) / len(first_rewards):.3f} → "
+                     f"{sum(last_rewards) / len(last_rewards):.3f}")
+        step_times = [r["time_select"] + r["time_generate"] + r["time_update"] for r in train]
+        lines.append(f"  mean step time {sum(step_times) / len(step_times):.1f} s, peak RSS {last['peak_rss_mb']:.0f} MiB")
+    for name in sorted({r.get("dataset", "eval") for r in evals}):
+        pts = [r for r in evals if r.get("dataset", "eval") == name]
+        lines.append(f"  {name} accuracy: {pts[0]['accuracy']:.3f} (step {pts[0]['step']}) → "
+                     f"{pts[-1]['accuracy']:.3f} (step {pts[-1]['step']})")
+    if wall_seconds is not None:
+        lines.append(f"  wall time {wall_seconds:.0f} s")
+    return "\n".join(lines)

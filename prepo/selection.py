@@ -1,0 +1,305 @@
+"""Which prompts a step trains on: PREPO's perplexity window and the random, DAPO dynamic-sampling, GRESO and all baselines.
+
+Each strategy is a class in one registry (``STRATEGIES``) behind one interface; ``collect_groups`` drives it through
+draw → choose → roll out + reward → keep, for as many rounds as the strategy asks, counting every rollout generated.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from prepo.selection_window import ppl_window
+
+
+@dataclass
+class Group:
+    """One prompt's G rollouts (``prepo.rollout.Rollout``) and their rewards."""
+
+    prompt_index: int              # index into the training examples
+    rollouts: list
+    rewards: list[float]
+
+    @property
+    def zero_variance(self) -> bool:
+        """All rewards equal: every advantage is 0, the group carries no policy-gradient signal."""
+        return max(self.rewards) == min(self.rewards)
+
+
+@dataclass
+class SelectionContext:
+    """What a strategy may look at when choosing: progress, sizes and the current policy's prompt scorer."""
+
+    step: int                      # completed steps before this one (0-based)
+    total_steps: int
+    k: int                         # prompts to train on
+    needed: int                    # prompts still missing this step (k minus those already kept)
+    score: Callable[[Sequence[int]], Sequence[float]] | None = None  # dataset indices -> perplexities
+
+    @property
+    def rho(self) -> float:
+        """Training progress ρ = step / total_steps in [0, 1)."""
+        return self.step / self.total_steps
+
+
+@dataclass
+class Choice:
+    """Dataset indices to roll out now, plus what the strategy wants logged."""
+
+    indices: list[int]
+    info: dict = field(default_factory=dict)
+
+
+class PromptSampler:
+    """Draws candidate prompts without replacement, reshuffling each epoch (permutation seeded by (seed, epoch))."""
+
+    def __init__(self, num_prompts: int, seed: int = 0):
+        if num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+        self.num_prompts, self.seed = num_prompts, int(seed)
+        self.epoch, self.pos = 0, 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_prompts)
+
+    def draw(self, m: int) -> list[int]:
+        """The next ``m`` distinct prompt indices (an epoch boundary may fall inside a draw)."""
+        if not 1 <= m <= self.num_prompts:
+            raise ValueError(f"cannot draw {m} distinct prompts from a dataset of {self.num_prompts}")
+        out: list[int] = []
+        seen: set[int] = set()
+        while len(out) < m:
+            order = self._order(self.epoch)
+            while self.pos < len(order) and len(out) < m:
+                i = int(order[self.pos])
+                self.pos += 1
+                if i not in seen:  # only possible right after a reshuffle: skip, don't repeat within a draw
+                    out.append(i)
+                    seen.add(i)
+            if self.pos >= len(order):
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"num_prompts": self.num_prompts, "seed": self.seed, "epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["num_prompts"]) != self.num_prompts:
+            raise ValueError(f"sampler state is for {state['num_prompts']} prompts, this dataset has {self.num_prompts}")
+        self.seed, self.epoch, self.pos = int(state["seed"]), int(state["epoch"]), int(state["pos"])
+
+
+# --- strategies ---------------------------------------------------------------------------------------------------
+
+class Strategy:
+    """Interface: how many candidates to draw per round, which to roll out, which groups to keep, when to stop."""
+
+    filters_after_reward = False   # True: may drop groups after reward and go another round
+
+    def __init__(self, config, seed: int = 0):
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+
+    def draw_size(self) -> int:
+        return self.config.num_candidates
+
+    def choose(self, candidates: list[int], ctx: SelectionContext) -> Choice:
+        raise NotImplementedError
+
+    def keep(self, groups: list[Group]) -> list[Group]:
+        """Groups to train on out of those just rolled out (may update the strategy's history)."""
+        return groups
+
+    def enough(self, kept: int, rounds: int) -> bool:
+        """Stop generating this step?"""
+        return True
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+class PerplexityWindow(Strategy):
+    """PREPO: score the |B| candidates' prompt perplexity, sort ascending, take K at l(ρ) = ⌊ρ·(|B|−K)⌋."""
+
+    def choose(self, candidates, ctx):
+        if ctx.score is None:
+            raise ValueError("strategy 'ppl' needs a prompt scorer (SelectionContext.score)")
+        ppl = [float(v) for v in ctx.score(candidates)]
+        window = ppl_window(ppl, ctx.k, ctx.rho)
+        chosen = [ppl[i] for i in window]
+        return Choice([candidates[i] for i in window],
+                      {"ppl_window_lo": min(chosen), "ppl_window_hi": max(chosen),
+                       "ppl_candidates_lo": min(ppl), "ppl_candidates_hi": max(ppl)})
+
+
+class RandomSubset(Strategy):
+    """Baseline: K of the same |B| candidates, uniformly without replacement."""
+
+    def choose(self, candidates, ctx):
+        picked = self.rng.choice(len(candidates), size=ctx.k, replace=False)
+        return Choice([candidates[int(i)] for i in picked])
+
+
+class AllPrompts(Strategy):
+    """Plain GRPO: train on every one of the |B| drawn prompts."""
+
+    def choose(self, candidates, ctx):
+        return Choice(list(candidates))
+
+
+class DynamicSampling(Strategy):
+    """DAPO dynamic sampling: draw K prompts per round, drop zero-variance groups, repeat until K are kept.
+
+    Stops after ``max_rounds`` rounds and trains on what it has (possibly nothing); the trainer cuts the kept groups
+    to K. Every generated rollout counts, discarded ones included.
+    """
+
+    filters_after_reward = True
+
+    def draw_size(self):
+        return self.config.k
+
+    def choose(self, candidates, ctx):
+        return Choice(list(candidates))
+
+    def keep(self, groups):
+        return [g for g in groups if not g.zero_variance]
+
+    def enough(self, kept, rounds):
+        return kept >= self.config.k or rounds >= self.config.max_rounds
+
+
+class Greso(Strategy):
+    """GRESO (arXiv 2506.02177): skip prompts whose recent reward history predicts a zero-variance group.
+
+    A prompt that gave zero-variance groups in its last z consecutive rollouts is rolled out with probability p^z
+    (p = p_easy if that last group was all-correct, reward > 0, else p_hard), so z = 0 is always kept. After each round
+    p_easy (p_hard) moves by ``greso_step`` down when the share of easy (hard) zero-variance groups among those rolled
+    out exceeds its target (1/3 and 2/3 of ``greso_target_zero_variance``), up otherwise, within [p_min, 1].
+    Each round rolls out at most ⌈needed / (1 − target)⌉ survivors; zero-variance groups are then dropped as in
+    dynamic sampling, and rounds repeat until K are kept or ``max_rounds`` is reached.
+    """
+
+    filters_after_reward = True
+
+    def __init__(self, config, seed: int = 0):
+        super().__init__(config, seed)
+        self.p_easy, self.p_hard = float(config.greso_p_easy), float(config.greso_p_hard)
+        self.history: dict[int, tuple[int, bool]] = {}   # prompt index -> (consecutive zero-variance count, easy)
+
+    def keep_probability(self, index: int) -> float:
+        z, easy = self.history.get(index, (0, False))
+        return (self.p_easy if easy else self.p_hard) ** z
+
+    def choose(self, candidates, ctx):
+        draws = self.rng.random(len(candidates))  # one draw per candidate, used or not: reproducible
+        survivors = [c for c, u in zip(candidates, draws) if u < self.keep_probability(c)]
+        target = self.config.greso_target_zero_variance
+        limit = math.ceil(ctx.needed / (1.0 - target))
+        chosen = survivors[:limit]
+        return Choice(chosen, {"greso_skipped": len(candidates) - len(survivors),
+                               "greso_p_easy": self.p_easy, "greso_p_hard": self.p_hard})
+
+    def keep(self, groups):
+        if not groups:
+            return []
+        easy_zero = hard_zero = 0
+        for g in groups:
+            if g.zero_variance:
+                z, _ = self.history.get(g.prompt_index, (0, False))
+                easy = g.rewards[0] > 0
+                self.history[g.prompt_index] = (z + 1, easy)
+                easy_zero += easy
+                hard_zero += not easy
+            else:
+                self.history[g.prompt_index] = (0, False)
+        cfg = self.config
+        target = cfg.greso_target_zero_variance
+        self.p_easy = self._adjust(self.p_easy, easy_zero / len(groups), target / 3.0)
+        self.p_hard = self._adjust(self.p_hard, hard_zero / len(groups), target * 2.0 / 3.0)
+        return [g for g in groups if not g.zero_variance]
+
+    def _adjust(self, p: float, observed: float, target: float) -> float:
+        step = self.config.greso_step
+        p = p - step if observed > target else p + step
+        return min(1.0, max(self.config.greso_p_min, p))
+
+    def enough(self, kept, rounds):
+        return kept >= self.config.k or rounds >= self.config.max_rounds
+
+    def state_dict(self):
+        return {**super().state_dict(), "p_easy": self.p_easy, "p_hard": self.p_hard,
+                "history": {int(i): [int(z), bool(e)] for i, (z, e) in self.history.items()}}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.p_easy, self.p_hard = float(state["p_easy"]), float(state["p_hard"])
+        self.history = {int(i): (int(z), bool(e)) for i, (z, e) in state["history"].items()}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "ppl": PerplexityWindow,
+    "random": RandomSubset,
+    "dynamic": DynamicSampling,
+    "greso": Greso,
+    "all": AllPrompts,
+}
+
+
+def make_strategy(config, seed: int = 0) -> Strategy:
+    """The strategy named by ``config.strategy`` (a prepo.config.SelectionConfig)."""
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"selection.strategy: unknown {config.strategy!r}; known: {sorted(STRATEGIES)}")
+    return STRATEGIES[config.strategy](config, seed)
+
+
+# --- one step's prompt collection ---------------------------------------------------------------------------------
+
+@dataclass
+class Collected:
+    """What a step trains on and what it cost."""
+
+    groups: list[Group]
+    rollouts: int                  # every rollout generated this step, discarded ones included
+    discarded: int                 # rollouts generated but not trained on
+    rounds: int
+    info: dict
+    time_select: float
+    time_generate: float
+
+
+def collect_groups(strategy: Strategy, sampler: PromptSampler, *, step: int, total_steps: int, k: int,
+                   roll_out: Callable[[list[int], int], list[Group]],
+                   score: Callable[[Sequence[int]], Sequence[float]] | None = None) -> Collected:
+    """Draw candidates, let the strategy choose, roll out + reward (``roll_out(indices, round)``), keep; repeat.
+
+    Filtering strategies go round again until they have K groups or give up; the result is cut to K groups for them.
+    """
+    kept: list[Group] = []
+    generated = rounds = 0
+    info: dict = {}
+    t_select = t_generate = 0.0
+    while True:
+        t0 = time.perf_counter()
+        ctx = SelectionContext(step=step, total_steps=total_steps, k=k, needed=k - len(kept), score=score)
+        choice = strategy.choose(sampler.draw(strategy.draw_size()), ctx)
+        t1 = time.perf_counter()
+        groups = roll_out(choice.indices, rounds) if choice.indices else []
+        t_generate += time.perf_counter() - t1
+        t_select += t1 - t0
+        generated += sum(len(g.rollouts) for g in groups)
+        kept += strategy.keep(groups)
+        rounds += 1
+        info.update(choice.info)
+        if strategy.enough(len(kept), rounds):
+            break
+    if strategy.filters_after_reward:
+        kept = kept[:k]
+    trained = sum(len(g.rollouts) for g in kept)
+    return Collected(kept, generated, generated - trained, rounds, info, t_select, t_generate)

@@ -1,0 +1,253 @@
+"""The policy update: micro-batched clipped-surrogate gradients with PREPO's entropy weights, then clip and step.
+
+Entropy weights w_i = H̄_i / H̄ cost no extra forward: gradients are accumulated with the unnormalised H̄_i, and divided
+by the batch statistic H̄ (accumulated alongside) before clipping and the optimizer step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_weights
+from prepo.batching import TokenSeq, collate_packed, collate_padded, token_budget_chunks
+from prepo.forward import token_logprobs_entropy
+
+
+@dataclass
+class Sample:
+    """One rollout ready for the update: prompt + completion tokens (completion scored) and its advantage."""
+
+    seq: TokenSeq
+    advantage: float
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(self.seq.scored))
+
+
+def make_sample(prompt_ids: Sequence[int], completion_ids: Sequence[int], advantage: float) -> Sample:
+    ids = list(prompt_ids) + list(completion_ids)
+    return Sample(TokenSeq(ids, [0] * len(prompt_ids) + [1] * len(completion_ids)), float(advantage))
+
+
+@dataclass
+class UpdateSettings:
+    """Everything the update needs besides the model, optimizer and samples."""
+
+    weighting: str = "entropy"          # none | entropy | entropy_token
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    loss_aggregation: str = "token-mean"
+    kl_coef: float = 0.0
+    ppo_epochs: int = 1
+    skip_zero_advantage: bool = False
+    temperature: float = 1.0            # the sampling temperature: log-probs and entropies of π_θ(·)/T
+    micro_batch_tokens: int = 4096
+    max_grad_norm: float = 1.0
+    pad_id: int = 0
+    packed: bool = False                # one packed row per micro-batch (flash-attention on CUDA)
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    grad_norm: float
+    entropy_mean: float                 # mean over rollouts of H̄_i (current policy, response tokens)
+    entropy_baseline: float             # H̄ the weights are divided by (1.0 when weighting is none)
+    weights: torch.Tensor               # (n,) w_i actually applied, in sample order (1 for skipped samples)
+    kl_mean: float
+    clip_frac: float
+    micro_batches: int
+    tokens: int
+
+
+def entropy_baseline(mean_entropy: torch.Tensor, lengths: torch.Tensor, mode: str) -> float:
+    """H̄ for ``mode``: mean of H̄_i ("entropy") or the token-weighted mean ("entropy_token"), as in entropy_weights."""
+    h = mean_entropy.double()
+    if mode == "entropy_token":
+        n = lengths.double()
+        return float((h * n).sum() / n.sum().clamp_min(1.0))
+    return float(h.mean())
+
+
+def _forward(model, batch, temperature):
+    lp, ent = token_logprobs_entropy(model, batch.input_ids, batch.attention_mask, batch.targets,
+                                     temperature=temperature, **batch.model_kwargs())
+    return batch.rows(lp), batch.rows(ent)
+
+
+def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def _k3(lp: torch.Tensor, ref_lp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(π_θ ‖ π_ref) per token: e^(ref−lp) − (ref−lp) − 1 ≥ 0."""
+    d = ref_lp - lp
+    return torch.exp(d) - d - 1.0
+
+
+class _Pass:
+    """One micro-batched forward/backward sweep over the samples that take part."""
+
+    def __init__(self, model, samples, settings: UpdateSettings, ref_model=None):
+        self.model, self.samples, self.s, self.ref_model = model, samples, settings, ref_model
+        self.device = next(model.parameters()).device
+        active = [i for i, smp in enumerate(samples)
+                  if smp.num_tokens > 0 and not (settings.skip_zero_advantage and smp.advantage == 0.0)]
+        lengths = [len(samples[i].seq.ids) for i in active]
+        self.chunks = [[active[j] for j in chunk] for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
+        # global denominators: every sample counts, skipped ones included, so micro-batch losses add up to the batch loss
+        self.num_tokens = sum(smp.num_tokens for smp in samples)
+        self.num_seqs = sum(1 for smp in samples if smp.num_tokens > 0)
+
+    def batch(self, chunk):
+        seqs = [self.samples[i].seq for i in chunk]
+        if self.s.packed:
+            return collate_packed(seqs, self.device)
+        return collate_padded(seqs, self.s.pad_id, self.device)
+
+    def advantages(self, chunk) -> torch.Tensor:
+        return torch.tensor([self.samples[i].advantage for i in chunk], dtype=torch.float32, device=self.device)[:, None]
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch) -> torch.Tensor:
+        lp, _ = _forward(self.ref_model, batch, self.s.temperature)
+        return lp
+
+    def loss(self, lp, old_lp, batch, chunk, weights, stats) -> torch.Tensor:
+        s = self.s
+        token_loss = clipped_surrogate(lp, old_lp, self.advantages(chunk), eps_low=s.eps_low, eps_high=s.eps_high)
+        if s.kl_coef > 0:
+            kl = _k3(lp, self.reference_logprobs(batch))
+            stats["kl"] += float((kl.detach() * batch.mask).sum())
+            token_loss = token_loss + s.kl_coef * kl
+        ratio = torch.exp(lp.detach() - old_lp)
+        clipped = ((ratio < 1 - s.eps_low) | (ratio > 1 + s.eps_high)).float()
+        stats["clipped"] += float((clipped * batch.mask).sum())
+        # w_i scales rollout i's whole loss (surrogate and KL alike); constants, no gradient through them
+        return aggregate_loss(token_loss * weights[:, None], batch.mask, mode=s.loss_aggregation,
+                              num_tokens=self.num_tokens, num_seqs=self.num_seqs)
+
+
+def _zero_grad(params):
+    for p in params:
+        p.grad = None
+
+
+def _step(model, optimizer, max_grad_norm: float) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:  # parameters untouched by this batch still take an AdamW step (momentum, weight decay)
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()
+    return float(norm)
+
+
+def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSettings, *, ref_model=None):
+    """On-policy single update (old log-probs = current, detached): accumulate the weighted loss's gradient.
+
+    With weighting on, micro-batch i's loss carries the unnormalised H̄_i (detached, from this very forward) and the
+    summed gradient is divided by H̄ at the end: Σ_i (H̄_i/H̄)·∇ℓ_i exactly, with no extra forward pass. If every
+    rollout has zero entropy (H̄ = 0) the sweep is redone with weights 1, as entropy_weights prescribes.
+    Returns (stats dict, per-sample mean entropies, per-sample weights applied).
+    """
+    sweep = _Pass(model, samples, settings, ref_model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    weighted = settings.weighting != "none"
+    mean_entropy = torch.zeros(len(samples), dtype=torch.float64)
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    for use_entropy in ((True, False) if weighted else (False,)):
+        _zero_grad(params)
+        stats.update(loss=0.0, kl=0.0, clipped=0.0)
+        for chunk in sweep.chunks:
+            batch = sweep.batch(chunk)
+            lp, ent = _forward(model, batch, settings.temperature)
+            h_i = _seq_mean(ent.detach(), batch.mask)
+            mean_entropy[chunk] = h_i.double().cpu()
+            w = h_i if use_entropy else torch.ones_like(h_i)
+            loss = sweep.loss(lp, lp.detach(), batch, chunk, w, stats)
+            loss.backward()
+            stats["loss"] += float(loss.detach())
+        if not use_entropy:
+            break
+        active = sorted(i for chunk in sweep.chunks for i in chunk)
+        lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float64)
+        h_bar = entropy_baseline(mean_entropy[active], lengths, settings.weighting) if active else 1.0
+        if h_bar > 0:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(h_bar)
+            stats["loss"] /= h_bar
+            weights = torch.ones(len(samples), dtype=torch.float32)
+            if active:
+                weights[active] = entropy_weights(mean_entropy[active].float(), lengths.float(),
+                                                  mode=settings.weighting)
+            return stats, mean_entropy, weights, h_bar, sweep
+    return stats, mean_entropy, torch.ones(len(samples)), 1.0, sweep
+
+
+def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateSettings, *,
+                  ref_model=None) -> UpdateStats:
+    """Gradient(s) of the clipped surrogate over ``samples`` and the optimizer step(s); the model ends in train mode.
+
+    ``ppo_epochs == 1``: on-policy, see accumulate_gradients. ``ppo_epochs > 1``: one no-grad pass gives the old
+    log-probs and the old policy's H̄_i; the weights w_i = H̄_i/H̄ from that pass stay constant for every epoch (the
+    rule when a batch is reused), and each epoch is one optimizer step over the whole batch.
+    """
+    if not samples:
+        raise ValueError("samples: nothing to train on")
+    model.train()
+    if settings.ppo_epochs == 1:
+        stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings,
+                                                                           ref_model=ref_model)
+        grad_norm = _step(model, optimizer, settings.max_grad_norm)
+    else:
+        stats, mean_entropy, weights, h_bar, sweep, grad_norm = _multi_epoch(model, optimizer, samples, settings,
+                                                                            ref_model)
+    active = sorted(i for chunk in sweep.chunks for i in chunk)
+    tokens = max(sweep.num_tokens, 1)
+    return UpdateStats(
+        loss=stats["loss"], grad_norm=grad_norm,
+        entropy_mean=float(mean_entropy[active].mean()) if active else 0.0,
+        entropy_baseline=h_bar, weights=weights,
+        kl_mean=stats["kl"] / tokens, clip_frac=stats["clipped"] / tokens,
+        micro_batches=len(sweep.chunks), tokens=sweep.num_tokens)
+
+
+def _multi_epoch(model, optimizer, samples, settings, ref_model):
+    sweep = _Pass(model, samples, settings, ref_model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    mean_entropy = torch.zeros(len(samples), dtype=torch.float64)
+    old: list[torch.Tensor] = []
+    with torch.no_grad():
+        model.eval()
+        for chunk in sweep.chunks:
+            batch = sweep.batch(chunk)
+            lp, ent = _forward(model, batch, settings.temperature)
+            old.append(lp)
+            mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
+        model.train()
+    active = sorted(i for chunk in sweep.chunks for i in chunk)
+    lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float32)
+    weights = torch.ones(len(samples), dtype=torch.float32)
+    h_bar = 1.0
+    if active and settings.weighting != "none":
+        weights[active] = entropy_weights(mean_entropy[active].float(), lengths, mode=settings.weighting)
+        h_bar = entropy_baseline(mean_entropy[active], lengths, settings.weighting)
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    grad_norm = 0.0
+    for _ in range(settings.ppo_epochs):
+        _zero_grad(params)
+        stats.update(loss=0.0, kl=0.0, clipped=0.0)
+        for chunk, old_lp in zip(sweep.chunks, old):
+            batch = sweep.batch(chunk)
+            lp, _ = _forward(model, batch, settings.temperature)
+            w = weights[chunk].to(lp.device)
+            loss = sweep.loss(lp, old_lp, batch, chunk, w, stats)
+            loss.backward()
+            stats["loss"] += float(loss.detach())
+        grad_norm = _step(model, optimizer, settings.max_grad_norm)
+    return stats, mean_entropy, weights, h_bar, sweep, grad_norm

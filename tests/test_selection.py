@@ -1,0 +1,244 @@
+"""Selection strategies (ppl window, random, dynamic sampling, GRESO, all), the candidate sampler and their state."""
+import io
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from prepo.config import SelectionConfig
+from prepo.selection import (Group, PromptSampler, SelectionContext, collect_groups, make_strategy, STRATEGIES)
+
+
+def _cfg(**kw):
+    base = dict(strategy="ppl", num_candidates=10, k=3)
+    base.update(kw)
+    return SelectionConfig(**base)
+
+
+def _ctx(step=0, total=10, k=3, needed=None, score=None):
+    return SelectionContext(step=step, total_steps=total, k=k, needed=k if needed is None else needed, score=score)
+
+
+def _fake_roll_out(pattern, group_size=4):
+    """roll_out(indices, round) whose rewards per prompt come from ``pattern(index) -> list of G rewards``."""
+    calls = []
+
+    def roll_out(indices, round_):
+        calls.append((list(indices), round_))
+        return [Group(i, [object()] * group_size, list(pattern(i))) for i in indices]
+
+    return roll_out, calls
+
+
+def test_registry_has_every_strategy():
+    assert set(STRATEGIES) == {"ppl", "random", "dynamic", "greso", "all"}
+    for name in STRATEGIES:
+        assert type(make_strategy(_cfg(strategy=name))) is STRATEGIES[name]
+
+
+# --- ppl ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_candidates, k", [(10, 3), (7, 7), (13, 1), (20, 4)])
+def test_ppl_takes_the_window_of_sorted_scores(num_candidates, k):
+    strategy = make_strategy(_cfg(num_candidates=num_candidates, k=k))
+    candidates = random.sample(range(1000), num_candidates)
+    ppl = {c: random.uniform(1.5, 30.0) for c in candidates}
+    total = 17
+    for step in (0, random.randrange(1, total), total - 1):
+        choice = strategy.choose(candidates, _ctx(step, total, k, score=lambda idx: [ppl[i] for i in idx]))
+        # independent reference: argsort + l = floor(step / total * (|B| - K))
+        order = [candidates[i] for i in np.argsort([ppl[c] for c in candidates], kind="stable")]
+        start = math.floor(step / total * (num_candidates - k))
+        assert choice.indices == order[start:start + k]
+        chosen = [ppl[c] for c in choice.indices]
+        assert choice.info["ppl_window_lo"] == min(chosen) and choice.info["ppl_window_hi"] == max(chosen)
+        assert choice.info["ppl_candidates_lo"] == min(ppl.values())
+
+
+def test_ppl_window_moves_up_with_progress():
+    strategy = make_strategy(_cfg(num_candidates=10, k=2))
+    candidates = list(range(10))
+    score = lambda idx: [float(10 - i) for i in idx]  # noqa: E731  (candidate 9 has the lowest perplexity)
+    assert strategy.choose(candidates, _ctx(0, 4, 2, score=score)).indices == [9, 8]
+    assert strategy.choose(candidates, _ctx(2, 4, 2, score=score)).indices == [5, 4]   # l = floor(0.5 * 8) = 4
+    assert strategy.choose(candidates, _ctx(3, 4, 2, score=score)).indices == [3, 2]   # l = floor(0.75 * 8) = 6
+
+
+def test_ppl_needs_a_scorer():
+    with pytest.raises(ValueError, match="scorer"):
+        make_strategy(_cfg()).choose(list(range(10)), _ctx())
+
+
+# --- random / all -------------------------------------------------------------------------------------------------
+
+def test_random_is_uniform_over_the_same_candidates():
+    strategy = make_strategy(_cfg(strategy="random", num_candidates=5, k=2), seed=random.randrange(10**6))
+    assert strategy.draw_size() == 5            # the same candidate batch size as ppl
+    candidates = random.sample(range(100), 5)
+    counts = dict.fromkeys(candidates, 0)
+    trials = 5000
+    for _ in range(trials):
+        chosen = strategy.choose(candidates, _ctx(k=2)).indices
+        assert len(chosen) == 2 and len(set(chosen)) == 2 and set(chosen) <= set(candidates)
+        for c in chosen:
+            counts[c] += 1
+    # each candidate is picked with probability K/|B| = 0.4; binomial std = sqrt(5000 * 0.4 * 0.6) ≈ 35
+    for c in candidates:
+        assert abs(counts[c] - 0.4 * trials) < 5 * 35, counts
+
+
+def test_all_trains_on_every_candidate():
+    strategy = make_strategy(_cfg(strategy="all", num_candidates=6, k=2))
+    sampler = PromptSampler(50, seed=3)
+    roll_out, calls = _fake_roll_out(lambda i: [i % 2, 0, 1, 0])
+    got = collect_groups(strategy, sampler, step=0, total_steps=5, k=2, roll_out=roll_out)
+    assert len(calls) == 1 and len(calls[0][0]) == 6
+    assert [g.prompt_index for g in got.groups] == calls[0][0]
+    assert got.rollouts == 24 and got.discarded == 0 and got.rounds == 1
+
+
+# --- dynamic sampling ---------------------------------------------------------------------------------------------
+
+def test_dynamic_drops_zero_variance_groups_and_counts_them():
+    k, g = 3, 4
+    strategy = make_strategy(_cfg(strategy="dynamic", num_candidates=10, k=k, max_rounds=10))
+    informative = lambda i: i % 3 == 0  # noqa: E731
+    roll_out, calls = _fake_roll_out(lambda i: [1, 0, 0, 1] if informative(i) else [1, 1, 1, 1], g)
+    got = collect_groups(strategy, PromptSampler(90, seed=random.randrange(1000)), step=0, total_steps=5, k=k,
+                         roll_out=roll_out)
+    drawn = [i for idx, _ in calls for i in idx]
+    assert all(len(idx) == k for idx, _ in calls)                # K prompts per round
+    assert [r for _, r in calls] == list(range(len(calls)))      # round numbers passed on
+    kept_expected = [i for i in drawn if informative(i)][:k]
+    assert [grp.prompt_index for grp in got.groups] == kept_expected
+    assert all(not grp.zero_variance for grp in got.groups)
+    assert got.rollouts == len(drawn) * g                        # every rollout generated counts
+    assert got.discarded == got.rollouts - k * g
+    # it stops in the first round that reaches K informative groups
+    assert sum(informative(i) for i in [i for idx, _ in calls[:-1] for i in idx]) < k
+    assert got.rounds == len(calls)
+
+
+def test_dynamic_gives_up_after_max_rounds():
+    strategy = make_strategy(_cfg(strategy="dynamic", k=2, max_rounds=3))
+    roll_out, calls = _fake_roll_out(lambda i: [0, 0, 0, 0])
+    got = collect_groups(strategy, PromptSampler(40), step=1, total_steps=5, k=2, roll_out=roll_out)
+    assert len(calls) == 3 and got.groups == [] and got.rollouts == 3 * 2 * 4 and got.discarded == 24
+
+
+# --- GRESO --------------------------------------------------------------------------------------------------------
+
+def _greso(**kw):
+    base = dict(strategy="greso", num_candidates=10, k=3, max_rounds=4, greso_p_easy=0.5, greso_p_hard=0.5,
+                greso_target_zero_variance=0.25, greso_step=0.01, greso_p_min=0.05)
+    base.update(kw)
+    return make_strategy(SelectionConfig(**base), seed=random.randrange(10**6))
+
+
+def test_greso_history_and_keep_probability():
+    s = _greso()
+    assert s.keep_probability(7) == 1.0                       # never seen: always rolled out
+    s.keep([Group(7, [0] * 4, [1, 1, 1, 1]), Group(8, [0] * 4, [0, 0, 0, 0]), Group(9, [0] * 4, [0, 1, 0, 0])])
+    assert s.history[7] == (1, True) and s.history[8] == (1, False) and s.history[9] == (0, False)
+    p_easy, p_hard = s.p_easy, s.p_hard
+    assert s.keep_probability(7) == pytest.approx(p_easy) and s.keep_probability(8) == pytest.approx(p_hard)
+    s.keep([Group(7, [0] * 4, [1, 1, 1, 1])])
+    assert s.history[7] == (2, True) and s.keep_probability(7) == pytest.approx(s.p_easy ** 2)
+    s.keep([Group(7, [0] * 4, [1, 0, 1, 1])])                  # informative again: the streak resets
+    assert s.history[7] == (0, False) and s.keep_probability(7) == 1.0
+
+
+def test_greso_exploration_probability_adapts_toward_target():
+    s = _greso(greso_target_zero_variance=0.3, greso_step=0.05)
+    # 2 easy + 1 hard zero-variance out of 4: easy share 0.5 > 0.1 -> down; hard share 0.25 > 0.2 -> down
+    kept = s.keep([Group(1, [0] * 2, [1, 1]), Group(2, [0] * 2, [1, 1]), Group(3, [0] * 2, [0, 0]),
+                   Group(4, [0] * 2, [1, 0])])
+    assert [g.prompt_index for g in kept] == [4]
+    assert s.p_easy == pytest.approx(0.45) and s.p_hard == pytest.approx(0.45)
+    # all informative: both shares 0 < targets -> up
+    s.keep([Group(5, [0] * 2, [1, 0])])
+    assert s.p_easy == pytest.approx(0.5) and s.p_hard == pytest.approx(0.5)
+    # bounded by [p_min, 1]
+    for _ in range(40):
+        s.keep([Group(6, [0] * 2, [1, 1]), Group(7, [0] * 2, [0, 0])])
+    assert s.p_easy == pytest.approx(0.05) and s.p_hard == pytest.approx(0.05)
+    for _ in range(40):
+        s.keep([Group(8, [0] * 2, [0, 1])])
+    assert s.p_easy == 1.0 and s.p_hard == 1.0
+
+
+def test_greso_skips_probabilistically_and_explores():
+    s = _greso(num_candidates=4, k=4, greso_target_zero_variance=0.0)
+    s.history = {0: (0, False), 1: (1, True), 2: (2, False), 3: (3, True)}
+    s.p_easy, s.p_hard = 0.6, 0.3
+    expected = [1.0, 0.6, 0.3 ** 2, 0.6 ** 3]
+    trials = 6000
+    counts = np.zeros(4)
+    for _ in range(trials):
+        for c in s.choose([0, 1, 2, 3], _ctx(k=4, needed=4)).indices:
+            counts[c] += 1
+    freq = counts / trials
+    for f, p in zip(freq, expected):
+        assert abs(f - p) < 5 * math.sqrt(p * (1 - p) / trials) + 1e-9, (freq, expected)
+    # an exploration probability of 0 skips every prompt with a zero-variance streak, never a fresh one
+    s.p_easy = s.p_hard = 0.0
+    for _ in range(50):
+        assert s.choose([0, 1, 2, 3], _ctx(k=4, needed=4)).indices == [0]
+
+
+def test_greso_rolls_out_at_most_needed_over_one_minus_target():
+    s = _greso(num_candidates=20, k=8, greso_target_zero_variance=0.25)
+    choice = s.choose(list(range(20)), _ctx(k=8, needed=5))     # nothing in history: all 20 survive
+    assert choice.indices == list(range(math.ceil(5 / 0.75)))
+    assert choice.info["greso_skipped"] == 0
+
+
+def test_greso_rounds_until_k_informative():
+    s = _greso(num_candidates=6, k=4, max_rounds=5)
+    roll_out, calls = _fake_roll_out(lambda i: [1, 0] if i % 2 else [0, 0], 2)
+    got = collect_groups(s, PromptSampler(60, seed=1), step=0, total_steps=3, k=4, roll_out=roll_out)
+    assert len(got.groups) == 4 and all(g.prompt_index % 2 for g in got.groups)
+    rolled = [i for idx, _ in calls for i in idx]
+    assert got.rollouts == 2 * len(rolled) and got.discarded == got.rollouts - 8
+    assert all(s.history[i][0] == (0 if i % 2 else 1) for i in rolled)
+
+
+# --- sampler and state --------------------------------------------------------------------------------------------
+
+def test_sampler_covers_each_epoch_without_repeats():
+    n = 23
+    sampler = PromptSampler(n, seed=random.randrange(1000))
+    first = sampler.draw(5) + sampler.draw(5) + sampler.draw(5) + sampler.draw(5) + sampler.draw(3)
+    assert sorted(first) == list(range(n))
+    for _ in range(20):  # draws that straddle an epoch boundary never repeat an index within the draw
+        d = sampler.draw(7)
+        assert len(set(d)) == 7
+    with pytest.raises(ValueError, match="cannot draw"):
+        sampler.draw(n + 1)
+
+
+def _weights_only_round_trip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["random", "greso", "dynamic", "ppl", "all"])
+def test_state_round_trip_reproduces_choices(name):
+    cfg = _cfg(strategy=name, num_candidates=8, k=3)
+    a, sampler_a = make_strategy(cfg, seed=11), PromptSampler(40, seed=5)
+    score = lambda idx: [float((i * 7919) % 97) for i in idx]  # noqa: E731
+    roll_out, _ = _fake_roll_out(lambda i: [1, 1, 1, 1] if i % 4 == 0 else [0, 1, 0, 0])
+    for step in range(3):
+        collect_groups(a, sampler_a, step=step, total_steps=6, k=3, roll_out=roll_out, score=score)
+    b, sampler_b = make_strategy(cfg, seed=999), PromptSampler(40, seed=5)
+    b.load_state_dict(_weights_only_round_trip(a.state_dict()))
+    sampler_b.load_state_dict(_weights_only_round_trip(sampler_a.state_dict()))
+    for step in range(3, 6):
+        ga = collect_groups(a, sampler_a, step=step, total_steps=6, k=3, roll_out=roll_out, score=score)
+        gb = collect_groups(b, sampler_b, step=step, total_steps=6, k=3, roll_out=roll_out, score=score)
+        assert [g.prompt_index for g in ga.groups] == [g.prompt_index for g in gb.groups]
+        assert ga.rollouts == gb.rollouts

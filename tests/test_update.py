@@ -1,0 +1,205 @@
+"""The policy update and the prompt scorer on a tiny random Llama, against float64 plain-torch references.
+
+Checks the entropy-weight rescaling trick (unnormalised H̄_i in the micro-batches, ÷H̄ at the end) against the explicit
+weighted loss computed in one batch, for every weighting and aggregation mode, with KL and with several PPO epochs.
+"""
+import copy
+import random
+
+import pytest
+import torch
+
+import prepo_kernels as pk
+from prepo.batching import TokenSeq, collate_packed, collate_padded, token_budget_chunks
+from prepo.scoring import prompt_perplexities
+from prepo.update import UpdateSettings, accumulate_gradients, make_sample, policy_update
+from tiny_lm import tiny_llama
+
+VOCAB = 40
+
+
+def _samples(n, zero_adv=1):
+    out = []
+    for i in range(n):
+        prompt = [random.randrange(1, VOCAB) for _ in range(random.randint(2, 9))]
+        completion = [random.randrange(1, VOCAB) for _ in range(random.randint(1, 7))]
+        adv = 0.0 if i < zero_adv else random.gauss(0, 1)
+        out.append(make_sample(prompt, completion, adv))
+    random.shuffle(out)
+    return out
+
+
+def _reference_loss(model, samples, *, weighting, aggregation, temperature, kl_coef=0.0, ref_model=None):
+    """Explicit PREPO loss in one padded float64 batch: Σ_i w_i ℓ_i with w_i = H̄_i / H̄ computed up front."""
+    batch = collate_padded([s.seq for s in samples], 0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double() / temperature
+    logp = torch.log_softmax(logits, -1)
+    safe = batch.targets.clamp_min(0)
+    lp = logp.gather(-1, safe[..., None])[..., 0]
+    ent = -(logp.exp() * logp).sum(-1)
+    m = batch.mask.double()
+    n_i = m.sum(1)
+    h_i = ((ent * m).sum(1) / n_i).detach()
+    if weighting == "none":
+        w = torch.ones_like(h_i)
+    elif weighting == "entropy":
+        w = h_i / h_i.mean()
+    else:
+        w = h_i / ((h_i * n_i).sum() / n_i.sum())
+    adv = torch.tensor([s.advantage for s in samples], dtype=torch.float64)[:, None]
+    tok = -torch.exp(lp - lp.detach()) * adv          # ratio 1: the clip is inactive
+    if kl_coef:
+        with torch.no_grad():
+            ref_logits = ref_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double()
+            ref_lp = torch.log_softmax(ref_logits / temperature, -1).gather(-1, safe[..., None])[..., 0]
+        d = ref_lp - lp
+        tok = tok + kl_coef * (torch.exp(d) - d - 1)
+    tok = tok * w[:, None]
+    if aggregation == "token-mean":
+        return (tok * m).sum() / m.sum(), w
+    return ((tok * m).sum(1) / n_i).mean(), w
+
+
+def _grads(model):
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _assert_grads_close(ours, ref):
+    scale = max(float(g.abs().max()) for g in ref)
+    assert scale > 0
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.double(), b, rtol=2e-3, atol=2e-4 * scale)
+
+
+@pytest.mark.parametrize("weighting", ["none", "entropy", "entropy_token"])
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation):
+    model = tiny_llama(VOCAB, hidden=32)
+    model64 = copy.deepcopy(model).double()
+    samples = _samples(random.randint(5, 9))
+    temperature = random.choice([1.0, 0.7])
+    settings = UpdateSettings(weighting=weighting, loss_aggregation=aggregation, temperature=temperature,
+                              micro_batch_tokens=24, pad_id=0)   # several micro-batches of uneven size
+    stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings)
+    assert len(sweep.chunks) >= 3
+    loss, w_ref = _reference_loss(model64, samples, weighting=weighting, aggregation=aggregation,
+                                  temperature=temperature)
+    loss.backward()
+    _assert_grads_close(_grads(model), _grads(model64))
+    torch.testing.assert_close(weights.double(), w_ref, rtol=1e-4, atol=1e-5)
+    assert stats["loss"] == pytest.approx(float(loss.detach()), rel=1e-3, abs=1e-6)
+
+
+def test_full_update_with_kl_matches_reference_and_steps():
+    model = tiny_llama(VOCAB, hidden=32)
+    ref = tiny_llama(VOCAB, hidden=32)          # a different "initial" model so the KL has a gradient
+    model64, ref64 = copy.deepcopy(model).double(), copy.deepcopy(ref).double()
+    samples = _samples(6)
+    settings = UpdateSettings(weighting="entropy", kl_coef=0.3, micro_batch_tokens=30, max_grad_norm=0.0, pad_id=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stats = policy_update(model, opt, samples, settings, ref_model=ref)
+    loss, _ = _reference_loss(model64, samples, weighting="entropy", aggregation="token-mean", temperature=1.0,
+                              kl_coef=0.3, ref_model=ref64)
+    loss.backward()
+    _assert_grads_close(_grads(model), _grads(model64))
+    assert stats.kl_mean > 0 and stats.clip_frac == 0.0
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_several_epochs_keep_first_pass_weights():
+    """ppo_epochs=2 with lr=0: both epochs see the same policy, so the gradient is the on-policy one."""
+    model = tiny_llama(VOCAB, hidden=32)
+    model64 = copy.deepcopy(model).double()
+    samples = _samples(5)
+    settings = UpdateSettings(weighting="entropy_token", ppo_epochs=2, micro_batch_tokens=40, max_grad_norm=0.0,
+                              pad_id=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    stats = policy_update(model, opt, samples, settings)
+    loss, w_ref = _reference_loss(model64, samples, weighting="entropy_token", aggregation="token-mean",
+                                  temperature=1.0)
+    loss.backward()
+    _assert_grads_close(_grads(model), _grads(model64))
+    torch.testing.assert_close(stats.weights.double(), w_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_skipping_zero_advantage_rollouts_keeps_the_unweighted_gradient():
+    model = tiny_llama(VOCAB, hidden=32)
+    samples = _samples(7, zero_adv=3)
+    full = UpdateSettings(weighting="none", micro_batch_tokens=30, pad_id=0)
+    accumulate_gradients(model, samples, full)
+    g_full = _grads(model)
+    skip = UpdateSettings(weighting="none", micro_batch_tokens=30, pad_id=0, skip_zero_advantage=True)
+    _, _, _, _, sweep = accumulate_gradients(model, samples, skip)
+    assert sum(len(c) for c in sweep.chunks) == 4
+    for a, b in zip(_grads(model), g_full):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_token_budget_chunks_and_packing():
+    lengths = [random.randint(1, 12) for _ in range(30)]
+    budget = 24
+    chunks = token_budget_chunks(lengths, budget)
+    assert sorted(i for c in chunks for i in c) == list(range(30))
+    for c in chunks:
+        assert len(c) * max(lengths[i] for i in c) <= budget or len(c) == 1
+    seqs = [TokenSeq([random.randrange(VOCAB) for _ in range(n)], [0] + [random.randint(0, 1) for _ in range(n - 1)])
+            for n in (3, 5, 2)]
+    padded, packed = collate_padded(seqs, 0), collate_packed(seqs)
+    assert packed.input_ids.shape == (1, 10)
+    assert packed.position_ids.tolist() == [[0, 1, 2, 0, 1, 2, 3, 4, 0, 1]]
+    # packed targets brought back to rows equal the padded targets on the mask
+    back = packed.rows(packed.targets.float())
+    torch.testing.assert_close(back, padded.targets.float() * padded.mask)
+    with pytest.raises(ValueError, match="first token"):
+        TokenSeq([1, 2], [1, 0])
+
+
+def test_prompt_perplexity_matches_float64_and_fused_reference():
+    model = tiny_llama(VOCAB, hidden=32)
+    model64 = copy.deepcopy(model).double()
+
+    class P:  # stands in for prepo.data.EncodedPrompt
+        def __init__(self, ids, mask):
+            self.input_ids, self.score_mask = ids, mask
+
+    prompts = []
+    for _ in range(9):
+        n = random.randint(2, 14)
+        mask = [0] + [random.randint(0, 1) for _ in range(n - 1)]
+        mask[random.randrange(1, n)] = 1
+        prompts.append(P([random.randrange(1, VOCAB) for _ in range(n)], mask))
+    ours = prompt_perplexities(model, prompts, pad_id=0, token_budget=30)
+    for p, got in zip(prompts, ours):
+        ids = torch.tensor([p.input_ids])
+        with torch.no_grad():
+            logits64 = model64(input_ids=ids).logits
+            logits32 = model(input_ids=ids).logits
+        targets = ids[:, 1:]
+        mask = torch.tensor([p.score_mask[1:]], dtype=torch.float64)
+        lp = torch.log_softmax(logits64[:, :-1], -1).gather(-1, targets[..., None])[..., 0]
+        expected = torch.exp(-(lp * mask).sum() / mask.sum())
+        assert float(got) == pytest.approx(float(expected), rel=1e-4)
+        fused = pk.sequence_perplexity(logits32[:, :-1].contiguous(), targets, mask.float())
+        assert float(got) == pytest.approx(float(fused), rel=1e-4)
+    with pytest.raises(ValueError, match="no scored token"):
+        prompt_perplexities(model, [P([1, 2, 3], [0, 0, 0])], pad_id=0)
+
+
+def test_forward_fallback_matches_float64_logits():
+    """The logits-path fallback (used while prepo_kernels.hf is absent) and the default path give the same values."""
+    from prepo.forward import _fallback, token_logprobs_entropy
+
+    model = tiny_llama(VOCAB, hidden=32)
+    seqs = [TokenSeq([random.randrange(1, VOCAB) for _ in range(n)], [0] + [1] * (n - 1)) for n in (4, 9, 2)]
+    batch = collate_padded(seqs, 0)
+    with torch.no_grad():
+        logits = model.double()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        model.float()
+    logp = torch.log_softmax(logits / 0.8, -1)
+    ref_lp = logp.gather(-1, batch.targets.clamp_min(0)[..., None])[..., 0] * batch.mask
+    ref_ent = -(logp.exp() * logp).sum(-1) * batch.mask
+    for fn in (_fallback, lambda m, i, a, t, temp: token_logprobs_entropy(m, i, a, t, temperature=temp)):
+        lp, ent = fn(model, batch.input_ids, batch.attention_mask, batch.targets, 0.8)
+        torch.testing.assert_close(lp.double(), ref_lp, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-4, atol=1e-5)
