@@ -16,19 +16,27 @@ if HAVE_TRITON:
 
 # Tile shapes. tl.dot needs every dimension >= 16. On a GPU, 128-token x 128-vocabulary tiles with a 64-wide
 # hidden step keep the tensor cores fed; the CPU interpreter runs numpy per tile, so small tiles keep tests fast.
-_GPU_TILES = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
-_INTERPRET_TILES = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, num_warps=1, num_stages=1)
-# Forward: enough (row block x vocabulary split) programs to fill a GPU several times over; splits are merged after.
+# GROUP_R: programs are ordered in groups of GROUP_R row blocks x all vocabulary blocks, so the programs running at
+# once share a few hidden-state blocks and a few weight blocks in L2 (rather than one row block each).
+_GPU_TILES = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, GROUP_R=8, num_warps=8, num_stages=3)
+_INTERPRET_TILES = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, GROUP_R=2, num_warps=1, num_stages=1)
+# Forward: enough (row block x vocabulary split) programs to fill a GPU several times over, and at least
+# _MIN_SPLITS splits so that grouped programs share weight tiles; splits are merged after.
 # The interpreter runs programs one by one: 2 splits there keep the merge kernel exercised at little cost.
 _TARGET_PROGRAMS = 1024
+_MIN_SPLITS = 16
 _INTERPRET_SPLITS = 2
 # Backward: one vocabulary slice of dZ holds at most this many elements (64 Mi: 128 MiB in bf16).
 BWD_SLICE_ELEMENTS = 1 << 26
 _BWD_SLICE_ELEMENTS_INTERPRET = 1 << 12
 
 
-def _tiles():
-    return _INTERPRET_TILES if triton_backend.interpret_mode() else _GPU_TILES
+def _tiles(dtype: torch.dtype):
+    if triton_backend.interpret_mode():
+        return _INTERPRET_TILES
+    if dtype == torch.float32:  # twice the bytes per element: halve the hidden step to keep 3 stages in shared memory
+        return dict(_GPU_TILES, BLOCK_H=32)
+    return _GPU_TILES
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -41,6 +49,14 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 if HAVE_TRITON:
+
+    @triton.jit
+    def _grouped(pid, row_blocks, col_blocks, GROUP_R: tl.constexpr):
+        """(row block, column block) of a 1-D program id, row blocks fastest within groups of GROUP_R of them."""
+        width = GROUP_R * col_blocks
+        first = (pid // width) * GROUP_R
+        size = tl.minimum(row_blocks - first, GROUP_R)
+        return first + (pid % width) % size, (pid % width) // size
 
     @triton.jit
     def _logits_tile(h_ptr, rows, row_mask, w_ptr, b_ptr, cols, col_mask, H, stride_hn, stride_hh,
@@ -68,12 +84,11 @@ if HAVE_TRITON:
     @triton.jit
     def _linear_fwd_kernel(
         h_ptr, rows_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s0_ptr, s1_ptr, zt_ptr,
-        Nk, V, H, v_per_split, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+        Nk, V, H, v_per_split, splits, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_R: tl.constexpr,
     ):
-        pid_n = tl.program_id(0)
-        split = tl.program_id(1)
+        pid_n, split = _grouped(tl.program_id(0), tl.cdiv(Nk, BLOCK_N), splits, GROUP_R)
         offs = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64 offsets throughout
         row_mask = offs < Nk
         rows = tl.load(rows_ptr + offs, mask=row_mask, other=0)
@@ -137,11 +152,12 @@ if HAVE_TRITON:
         h_ptr, rows_ptr, w_ptr, b_ptr, t_ptr, glp_ptr, gent_ptr, lse_ptr, ez_ptr, dz_ptr,
         Nk, V, H, v_begin, stride_hn, stride_hh, stride_wv, stride_wh, stride_dz, inv_temp,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_R: tl.constexpr,
     ):
         """dZ[:, j] for vocabulary columns v_begin + j: recompute z, then g_lp (onehot - p)/T + g_H p (E[z] - z)/T."""
-        offs = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-        local = tl.program_id(1).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
+        pid_n, pid_v = _grouped(tl.program_id(0), tl.cdiv(Nk, BLOCK_N), tl.cdiv(V - v_begin, BLOCK_V), GROUP_R)
+        offs = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        local = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
         cols = v_begin + local
         row_mask = offs < Nk
         col_mask = cols < V
@@ -170,8 +186,8 @@ def _common(hidden, weight):
     return (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
 
 
-def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_index: int = -100, splits=None):
-    """Per kept row: (lp, ent, lse, ez) float32. ``splits`` overrides the number of vocabulary splits (tests)."""
+def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_index: int = -100):
+    """Per kept row: (lp, ent, lse, ez) float32 (``ignore_index`` is unused: ``rows`` already excludes those)."""
     Nk = targets.shape[0]
     V, H = weight.shape
     dev = hidden.device
@@ -179,26 +195,28 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     ent, lse, ez = torch.empty_like(lp), torch.empty_like(lp), torch.empty_like(lp)
     if Nk == 0:
         return lp, ent, lse, ez
-    tiles = _tiles()
+    tiles = _tiles(hidden.dtype)
     bn, bv = tiles["BLOCK_N"], tiles["BLOCK_V"]
     row_blocks = triton.cdiv(Nk, bn)
     v_tiles = triton.cdiv(V, bv)
-    if splits is None:
-        splits = _INTERPRET_SPLITS if triton_backend.interpret_mode() else triton.cdiv(_TARGET_PROGRAMS, row_blocks)
-    splits = max(1, min(int(splits), v_tiles))
+    if triton_backend.interpret_mode():
+        splits = _INTERPRET_SPLITS
+    else:
+        splits = max(_MIN_SPLITS, triton.cdiv(_TARGET_PROGRAMS, row_blocks))
+    splits = max(1, min(splits, v_tiles))
     v_per_split = triton.cdiv(v_tiles, splits) * bv
     splits = triton.cdiv(V, v_per_split)  # no empty split
     stats = torch.empty(3, splits, Nk, dtype=torch.float32, device=dev)
     zt = torch.empty(Nk, dtype=torch.float32, device=dev)
     rows = _all_rows(hidden, rows)
-    _linear_fwd_kernel[(row_blocks, splits)](
+    _linear_fwd_kernel[(row_blocks * splits,)](
         hidden, rows, weight, bias if bias is not None else weight, targets, stats[0], stats[1], stats[2], zt,
-        Nk, V, H, v_per_split, *_common(hidden, weight), 1.0 / temperature,
+        Nk, V, H, v_per_split, splits, *_common(hidden, weight), 1.0 / temperature,
         HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype), **tiles,
     )
     _linear_merge_kernel[(Nk,)](
         stats[0], stats[1], stats[2], zt, lp, ent, lse, ez, Nk, splits,
-        BLOCK_S=triton.next_power_of_2(splits), num_warps=1,
+        BLOCK_S=max(16, triton.next_power_of_2(splits)), num_warps=1,
     )
     return lp, ent, lse, ez
 
@@ -208,14 +226,17 @@ def _acc_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
         return
-    try:
-        acc += torch.mm(a, b, out_dtype=torch.float32)
-    except (RuntimeError, TypeError, NotImplementedError):  # no mixed-dtype GEMM for this device
-        acc += torch.mm(a, b).float()
+    if a.device.type == "cuda":
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            return
+        except (RuntimeError, TypeError):  # a torch without mixed-dtype GEMMs
+            pass
+    acc.addmm_(a.float(), b.float())  # upcast copies, never a product rounded to bf16 (that biases the sums)
 
 
 def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, temperature: float,
-             ignore_index: int, needs, slice_elements=None):
+             ignore_index: int, needs):
     need_dh, need_dw, need_db = needs
     Nk = targets.shape[0]
     V, H = weight.shape
@@ -225,10 +246,9 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     if Nk == 0:
         dh = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_dh else None
         return dh, dw, db
-    tiles = _tiles()
+    tiles = _tiles(hidden.dtype)
     bn, bv = tiles["BLOCK_N"], tiles["BLOCK_V"]
-    if slice_elements is None:
-        slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if triton_backend.interpret_mode() else BWD_SLICE_ELEMENTS
+    slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if triton_backend.interpret_mode() else BWD_SLICE_ELEMENTS
     vs = max(bv, (slice_elements // max(Nk, 1)) // bv * bv)  # columns per slice, whole vocabulary tiles
     vs = min(vs, triton.cdiv(V, bv) * bv)
     all_rows = _all_rows(hidden, rows)
@@ -239,7 +259,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     g_ent = grad_ent.float().contiguous()
     for v0 in range(0, V, vs):
         v1 = min(v0 + vs, V)
-        _linear_dz_kernel[(triton.cdiv(Nk, bn), triton.cdiv(v1 - v0, bv))](
+        _linear_dz_kernel[(triton.cdiv(Nk, bn) * triton.cdiv(v1 - v0, bv),)](
             hidden, all_rows, weight, bias if bias is not None else weight, targets, g_lp, g_ent, lse, ez, dz,
             Nk, v1, H, v0, *_common(hidden, weight), dz.stride(0), 1.0 / temperature,
             HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype), **tiles,

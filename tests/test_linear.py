@@ -7,10 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prepo_kernels as pk
-from prepo_kernels import dispatch, linear_chunked, triton_linear
+from prepo_kernels import dispatch, linear_chunked, triton_backend, triton_linear
 from reference import ref_linear_logits, ref_logprobs_entropy
 
 INTERPRETED = not torch.cuda.is_available()
+DEVICE_FOR_TRITON = "cpu" if INTERPRETED else "cuda"
 
 
 def _dims(backend):
@@ -240,6 +241,29 @@ def test_linear_sequence_perplexity(backend, device):
         pk.linear_sequence_perplexity(h, w, t, mask, bias=b, backend=backend)
     with pytest.raises(ValueError, match="hidden"):
         pk.linear_sequence_perplexity(h[0], w, t[0], backend=backend)
+
+
+@pytest.mark.skipif(not triton_backend.usable_on(torch.device(DEVICE_FOR_TRITON))[0],
+                    reason="triton unavailable")
+def test_triton_grouped_tile_order(monkeypatch):
+    """Three row blocks in groups of two (a partial last group), three vocabulary splits, several dZ slices."""
+    monkeypatch.setitem(triton_linear._INTERPRET_TILES, "GROUP_R", 2)
+    monkeypatch.setattr(triton_linear, "_INTERPRET_SPLITS", 3)
+    monkeypatch.setattr(triton_linear, "_BWD_SLICE_ELEMENTS_INTERPRET", 40 * 64)
+    N, H, V = (40, 29, 250) if INTERPRETED else (300, 61, 1013)
+    h, w, b, t = _make(N, H, V, torch.float32, DEVICE_FOR_TRITON, bias=True)
+    leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    lp, ent = pk.linear_logprobs_and_entropy(*leaves[:2], t, bias=leaves[2], temperature=0.9, backend="triton")
+    a, c = torch.randn(2, N).to(DEVICE_FOR_TRITON)
+    grads = torch.autograd.grad((a * lp).sum() + (c * ent).sum(), leaves)
+    refs = [x.detach().cpu().double().requires_grad_(True) for x in leaves]
+    rlp, rent = _reference(*refs, t, 0.9)
+    ref_grads = torch.autograd.grad((a.cpu().double() * rlp).sum() + (c.cpu().double() * rent).sum(), refs)
+    tol = _tol(h, w, b, torch.float32, "triton", 0.9)
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=tol)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=tol)
+    for g, gr in zip(grads, ref_grads):
+        _grad_close(g, gr, torch.float32)
 
 
 def test_torch_compile_fullgraph(backend, device):
