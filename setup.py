@@ -18,7 +18,10 @@ if sources and os.environ.get("PREPO_NO_NATIVE", "0") != "1":
             CppExtension(
                 "prepo_kernels._C",
                 sources,
-                extra_compile_args=["-O3", "-fopenmp", "-march=native", "-ffast-math", "-fno-finite-math-only"],
+                # no -march=native / -ffast-math: the AVX2 loops are chosen at run time (csrc/vec_avx2.h), so the
+                # build runs on any x86-64 CPU, and IEEE semantics keep the -inf / NaN handling exact; no contraction
+                # of a*b-c into one fma where the kernels round z = x/T on purpose (csrc/rows.h)
+                extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
                 extra_link_args=["-fopenmp"],
                 optional=True,  # a failed compile leaves a working pure-Python install
             )

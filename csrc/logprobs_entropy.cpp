@@ -1,0 +1,224 @@
+// CPU forward and backward of the fused log-prob / entropy op: tensor checks, dtype dispatch, threads across rows.
+// The math is in rows.h; the contract (shapes, outputs, ignore_index) is that of prepo_kernels/torch_backend.py.
+#include "logprobs_entropy.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "rows.h"
+
+namespace pk {
+namespace {
+
+std::atomic<bool> g_force_scalar{false};
+
+bool use_avx2() {
+#ifdef PK_HAVE_AVX2
+  static const bool supported = avx2::cpu_supported();
+  return supported && !g_force_scalar.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+// Rows per task: enough elements per task that the scheduling cost vanishes, one row when rows are long.
+int64_t grain_rows(int64_t V) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(V, 1)); }
+
+// Rows may overlap in what is only read (expanded logits have stride(0) = 0); never in what is written.
+void check_logits(const at::Tensor& logits, const char* name, bool written) {
+  TORCH_CHECK_VALUE(logits.device().is_cpu(), name, " must be a CPU tensor, got ", logits.device());
+  TORCH_CHECK_VALUE(logits.dim() == 2, name, " must be 2-D [N, V], got ", logits.dim(), " dims");
+  TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
+                  logits.scalar_type() == at::kHalf,
+              name, " must be float32, bfloat16 or float16, got ", logits.scalar_type());
+  TORCH_CHECK_VALUE(logits.size(1) > 0, name, " has an empty vocabulary dimension (V = 0)");
+  TORCH_CHECK_VALUE(logits.size(1) == 1 || logits.stride(1) == 1, name, " must have unit stride along V, got stride ",
+              logits.stride(1));
+  TORCH_CHECK_VALUE(!written || logits.size(0) <= 1 || logits.stride(0) >= logits.size(1), name,
+              " rows must not overlap (stride(0) >= V), got stride ", logits.stride(0));
+}
+
+void check_row_vector(const at::Tensor& t, int64_t N, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == N, name, " must have shape [", N, "], got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+}
+
+// Targets outside [0, V) that are not ignore_index would be read out of range: refuse them before any thread runs.
+void check_targets(const at::Tensor& targets, int64_t N, int64_t V, int64_t ignore_index) {
+  check_row_vector(targets, N, at::kLong, "targets");
+  const int64_t* t = targets.const_data_ptr<int64_t>();
+  const int64_t ts = targets.stride(0);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t y = t[i * ts];
+    TORCH_CHECK_VALUE(y == ignore_index || (y >= 0 && y < V), "targets has value ", y, " at row ", i, " outside [0, ", V,
+                ") that is not ignore_index=", ignore_index);
+  }
+}
+
+// A fresh gradient buffer is faulted in 4 KiB page by page as the kernel writes it, and under a hypervisor those
+// faults cost several times the write itself. Ask for transparent huge pages on the buffer's 2 MiB-aligned interior:
+// only pages the kernel overwrites entirely, a hint the OS may ignore (THP off), never a change of the data.
+void advise_huge_pages(void* ptr, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(ptr) + bytes) & ~(kHuge - 1);
+  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)ptr;
+  (void)bytes;
+#endif
+}
+
+float checked_inv_temperature(double temperature) {
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0, "temperature must be finite and > 0, got ",
+              temperature);
+  return static_cast<float>(1.0 / temperature);
+}
+
+// fn(i) for every row i, rows split across the OpenMP threads of ATen's pool, denormals flushed in the loops.
+template <typename F>
+void for_each_row(int64_t N, int64_t V, const F& fn) {
+  at::parallel_for(0, N, grain_rows(V), [&](int64_t begin, int64_t end) {
+#ifdef PK_HAVE_AVX2
+    avx2::FlushDenormals ftz;
+#endif
+    for (int64_t i = begin; i < end; ++i) fn(i);
+  });
+}
+
+template <typename T>
+void forward_rows(const at::Tensor& logits, const at::Tensor& targets, float inv_t, int64_t ignore_index,
+                  float* lp, float* ent, float* lse, float* ez) {
+  const int64_t V = logits.size(1), rs = logits.stride(0), ts = targets.stride(0);
+  const T* base = logits.const_data_ptr<T>();
+  const int64_t* tg = targets.const_data_ptr<int64_t>();
+  const bool vec = use_avx2();
+  for_each_row(logits.size(0), V, [&](int64_t i) {
+    const T* row = base + i * rs;  // int64 offsets: N * V exceeds 2^31 at 32k x 152k
+    Online st;
+    forward_row<T>(row, V, inv_t, st, vec);
+    const int64_t y = tg[i * ts];
+    const bool ignored = y == ignore_index;
+    const float z_t = ignored ? 0.0f : static_cast<float>(row[y]) * inv_t;  // never gather at ignore_index
+    const RowOut o = st.finish(z_t, ignored);
+    lp[i] = o.lp;
+    ent[i] = o.ent;
+    lse[i] = o.lse;
+    ez[i] = o.ez;
+  });
+}
+
+template <typename T>
+void backward_rows(const float* g_lp, const float* g_ent, const at::Tensor& logits, const at::Tensor& targets,
+                   const float* lse, const float* ez, float inv_t, int64_t ignore_index, at::Tensor& out) {
+  const int64_t V = logits.size(1), rs = logits.stride(0), os = out.stride(0), ts = targets.stride(0);
+  const T* base = logits.const_data_ptr<T>();
+  T* obase = out.mutable_data_ptr<T>();
+  const int64_t* tg = targets.const_data_ptr<int64_t>();
+  const bool vec = use_avx2();
+  for_each_row(logits.size(0), V, [&](int64_t i) {
+    const T* x = base + i * rs;
+    T* o = obase + i * os;
+    const int64_t y = tg[i * ts];
+    if (y == ignore_index) {
+      std::memset(static_cast<void*>(o), 0, static_cast<size_t>(V) * sizeof(T));  // +0.0 in all three dtypes
+      return;
+    }
+    const RowGrad g(g_lp[i], g_ent[i], lse[i], ez[i], inv_t);
+    // read the target logit before the row is overwritten (out may be logits itself)
+    const double d_target = g.target_value(static_cast<float>(x[y]));
+    backward_row<T>(x, o, V, g, vec);
+    o[y] = static_cast<T>(static_cast<float>(d_target));
+  });
+}
+
+}  // namespace
+
+std::vector<at::Tensor> logprobs_entropy_fwd(const at::Tensor& logits, const at::Tensor& targets, double temperature,
+                                             int64_t ignore_index) {
+  check_logits(logits, "logits", false);
+  const int64_t N = logits.size(0), V = logits.size(1);
+  check_targets(targets, N, V, ignore_index);
+  const float inv_t = checked_inv_temperature(temperature);
+  auto opts = logits.options().dtype(at::kFloat);
+  at::Tensor lp = at::empty({N}, opts), ent = at::empty({N}, opts), lse = at::empty({N}, opts),
+             ez = at::empty({N}, opts);
+  float* p_lp = lp.mutable_data_ptr<float>();
+  float* p_ent = ent.mutable_data_ptr<float>();
+  float* p_lse = lse.mutable_data_ptr<float>();
+  float* p_ez = ez.mutable_data_ptr<float>();
+  switch (logits.scalar_type()) {
+    case at::kFloat:
+      forward_rows<float>(logits, targets, inv_t, ignore_index, p_lp, p_ent, p_lse, p_ez);
+      break;
+    case at::kBFloat16:
+      forward_rows<c10::BFloat16>(logits, targets, inv_t, ignore_index, p_lp, p_ent, p_lse, p_ez);
+      break;
+    default:
+      forward_rows<c10::Half>(logits, targets, inv_t, ignore_index, p_lp, p_ent, p_lse, p_ez);
+      break;
+  }
+  return {lp, ent, lse, ez};
+}
+
+void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const at::Tensor& logits,
+                          const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& ez, double temperature,
+                          int64_t ignore_index, at::Tensor out) {
+  check_logits(logits, "logits", false);
+  check_logits(out, "out", true);
+  const int64_t N = logits.size(0), V = logits.size(1);
+  TORCH_CHECK_VALUE(out.sizes() == logits.sizes(), "out must have the shape of logits ", logits.sizes(), ", got ",
+              out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == logits.scalar_type(), "out must have the dtype of logits (", logits.scalar_type(),
+              "), got ", out.scalar_type());
+  const auto overlap = at::get_overlap_status(out, logits);
+  TORCH_CHECK_VALUE(overlap == at::MemOverlapStatus::No ||
+                  (overlap == at::MemOverlapStatus::Full && out.strides() == logits.strides()),
+              "out must be logits itself or not overlap it");
+  check_targets(targets, N, V, ignore_index);
+  const char* names[4] = {"grad_lp", "grad_ent", "lse", "ez"};
+  const at::Tensor* vecs[4] = {&grad_lp, &grad_ent, &lse, &ez};
+  for (int k = 0; k < 4; ++k) {
+    check_row_vector(*vecs[k], N, at::kFloat, names[k]);
+    TORCH_CHECK_VALUE(vecs[k]->is_contiguous(), names[k], " must be contiguous");
+  }
+  const float inv_t = checked_inv_temperature(temperature);
+  if (overlap == at::MemOverlapStatus::No && out.is_contiguous()) advise_huge_pages(out.data_ptr(), out.nbytes());
+  const float* g_lp = grad_lp.const_data_ptr<float>();
+  const float* g_ent = grad_ent.const_data_ptr<float>();
+  const float* p_lse = lse.const_data_ptr<float>();
+  const float* p_ez = ez.const_data_ptr<float>();
+  switch (logits.scalar_type()) {
+    case at::kFloat:
+      backward_rows<float>(g_lp, g_ent, logits, targets, p_lse, p_ez, inv_t, ignore_index, out);
+      break;
+    case at::kBFloat16:
+      backward_rows<c10::BFloat16>(g_lp, g_ent, logits, targets, p_lse, p_ez, inv_t, ignore_index, out);
+      break;
+    default:
+      backward_rows<c10::Half>(g_lp, g_ent, logits, targets, p_lse, p_ez, inv_t, ignore_index, out);
+      break;
+  }
+}
+
+std::string cpu_isa() { return use_avx2() ? "avx2" : "scalar"; }
+
+void set_force_scalar(bool on) { g_force_scalar.store(on); }
+
+}  // namespace pk

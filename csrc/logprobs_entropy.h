@@ -1,0 +1,27 @@
+// Declarations of the CPU log-prob / entropy kernels exported by prepo_kernels._C (see logprobs_entropy.cpp).
+// Signatures follow the backend contract in prepo_kernels/torch_backend.py.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+namespace pk {
+
+// logits [N, V] (fp32/bf16/fp16, unit stride along V), targets [N] int64 -> {lp, ent, lse, ez}, float32 [N] each.
+std::vector<at::Tensor> logprobs_entropy_fwd(const at::Tensor& logits, const at::Tensor& targets, double temperature,
+                                             int64_t ignore_index);
+
+// Writes d(sum g_lp * lp + g_ent * ent)/d logits into out (logits' shape and dtype; may be logits itself).
+void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const at::Tensor& logits,
+                          const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& ez, double temperature,
+                          int64_t ignore_index, at::Tensor out);
+
+// "avx2" or "scalar": the inner loops in use on this CPU.
+std::string cpu_isa();
+
+// Tests only: run the portable scalar loops even where AVX2 is available.
+void set_force_scalar(bool on);
+
+}  // namespace pk

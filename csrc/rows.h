@@ -1,0 +1,194 @@
+// Per-row kernels of the logits-path ops (log-prob, entropy and their gradient), AVX2 and portable scalar versions.
+// Pure C++ over raw pointers: the tensor checks, dtype dispatch and threading live in logprobs_entropy.cpp.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "vec_avx2.h"
+
+namespace pk {
+
+// Forward streams a row in tiles: the tile's max first, then one exp per element, the tile still in L1. 2048
+// elements (8 KiB of fp32) keep the re-read in L1 and make the once-per-tile rescale of the running sums negligible.
+constexpr int64_t kTile = 2048;
+
+// Result of the forward over one row; lse and ez as in the contract of prepo_kernels/torch_backend.py.
+struct RowOut {
+  float lp, ent, lse, ez;
+};
+
+// Online softmax statistics relative to the running max m (in units of z = x / T):
+//   s0 = sum e^(z - m),  s1 = sum (z - m) e^(z - m);  then lse = m + log s0 and H = log s0 - s1 / s0.
+struct Online {
+  float m = -std::numeric_limits<float>::infinity();
+  double s0 = 0.0, s1 = 0.0;
+
+  // Move the reference point to m_new >= m (the shift of the (z - m) terms goes into s1 first).
+  // The first tile has s0 = 0 and m = -inf: nothing to rescale, and no 0 * inf.
+  void rebase(float m_new) {
+    if (s0 > 0.0 && m_new > m) {
+      const double shift = static_cast<double>(m) - static_cast<double>(m_new);
+      const double a = std::exp(shift);
+      s1 = (s1 + shift * s0) * a;
+      s0 *= a;
+    }
+    m = m_new;
+  }
+
+  // Reference point used in the arithmetic: 0 while every value seen is -inf (keeps -inf - -inf out).
+  float ref() const { return std::isinf(m) && m < 0 ? 0.0f : m; }
+
+  RowOut finish(float z_target, bool ignored) const {
+    const double log_s0 = std::log(s0);
+    const double lse = static_cast<double>(ref()) + log_s0;
+    const double ent = log_s0 - s1 / s0;
+    RowOut o;
+    o.lse = static_cast<float>(lse);
+    o.ez = static_cast<float>(lse - ent);
+    // (z_t - m) - log s0: both terms are exact-ish and <= 0 / >= 0, so lp <= 0 with no cancellation at large |z|
+    o.lp = ignored ? 0.0f : static_cast<float>((static_cast<double>(z_target) - ref()) - log_s0);
+    o.ent = ignored ? 0.0f : static_cast<float>(ent);
+    return o;
+  }
+};
+
+// Gradient coefficients of one row: dlogits_j = p_j * (c0 - ge * d_j), d_j = z_j - lse, plus g_lp / T at the target.
+// (From dz = g_lp (onehot - p) + g_ent p (ez - z) and ez - z = (ez - lse) - d, all divided by T.)
+struct RowGrad {
+  float inv_t, lse, c0, ge, g_lp_t;
+
+  RowGrad(float g_lp, float g_ent, float lse_, float ez, float inv_t_)
+      : inv_t(inv_t_),
+        lse(lse_),
+        c0(static_cast<float>((static_cast<double>(g_ent) * (static_cast<double>(ez) - lse_) - g_lp) * inv_t_)),
+        ge(g_ent * inv_t_),
+        g_lp_t(g_lp * inv_t_) {}
+
+  // The target column in double: g_lp (1 - p_t) formed before any rounding to the output dtype.
+  double target_value(float x_t) const {
+    const double d = static_cast<double>(x_t) * inv_t - lse;
+    const double p = std::exp(d);
+    return p * (static_cast<double>(c0) - static_cast<double>(ge) * d) + g_lp_t;
+  }
+};
+
+// ---- portable scalar versions ----------------------------------------------------------------------------------
+
+template <typename T>
+void fwd_row_scalar(const T* row, int64_t V, float inv_t, Online& st) {
+  for (int64_t start = 0; start < V; start += kTile) {
+    const int64_t len = std::min(kTile, V - start);
+    const T* p = row + start;
+    float tmax = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < len; ++j) tmax = std::max(tmax, static_cast<float>(p[j]));
+    st.rebase(std::max(st.m, tmax * inv_t));  // x -> x / T is monotonic, so max(x) / T = max(x / T)
+    const float m = st.ref();
+    double s0 = 0.0, s1 = 0.0;  // a sequential sum: double keeps it as accurate as the 8-lane one
+    for (int64_t j = 0; j < len; ++j) {
+      const float d = static_cast<float>(p[j]) * inv_t - m;  // z rounded first, as m was: the max gives d = 0
+      const float e = std::exp(d);
+      s0 += e;
+      s1 += e > 0.0f ? static_cast<double>(e) * d : 0.0;  // -inf column: e = 0, skip 0 * -inf
+    }
+    st.s0 += s0;
+    st.s1 += s1;
+  }
+}
+
+template <typename T>
+void bwd_row_scalar(const T* x, T* out, int64_t V, const RowGrad& g) {
+  for (int64_t j = 0; j < V; ++j) {
+    const float d = static_cast<float>(x[j]) * g.inv_t - g.lse;
+    const float p = std::exp(d);
+    out[j] = static_cast<T>(p > 0.0f ? p * (g.c0 - g.ge * d) : 0.0f);
+  }
+}
+
+#ifdef PK_HAVE_AVX2
+namespace avx2 {
+
+template <typename T>
+PK_AVX2_KERNEL void fwd_row(const T* row, int64_t V, float inv_t, Online& st) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const __m256 vinv = _mm256_set1_ps(inv_t);
+  for (int64_t start = 0; start < V; start += kTile) {
+    const int64_t len = std::min(kTile, V - start);
+    const int64_t full = len - len % kLanes;
+    const T* p = row + start;
+    // pass 1 over the tile (from memory): its max; the tail is padded with -inf
+    __m256 vmax = _mm256_set1_ps(ninf);
+    __m256 vmax2 = vmax;
+    int64_t j = 0;
+    for (; j + 2 * kLanes <= full; j += 2 * kLanes) {
+      vmax = _mm256_max_ps(vmax, Io<T>::load(p + j));
+      vmax2 = _mm256_max_ps(vmax2, Io<T>::load(p + j + kLanes));
+    }
+    for (; j < full; j += kLanes) vmax = _mm256_max_ps(vmax, Io<T>::load(p + j));
+    const __m256 tail = full < len ? load_tail(p + full, len - full, ninf) : _mm256_set1_ps(ninf);
+    const float tmax = hmax(_mm256_max_ps(_mm256_max_ps(vmax, vmax2), tail));
+    st.rebase(std::max(st.m, tmax * inv_t));
+    // pass 2 over the tile (from L1): one exp per element. z = x / T is rounded before subtracting m (no fmsub),
+    // exactly as m itself was: the max element gives d = 0, e = 1, so s0 >= 1 and lp <= 0 hold exactly.
+    const __m256 vm = _mm256_set1_ps(st.ref());
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 dc;
+    for (j = 0; j < full; j += kLanes) {
+      const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_mul_ps(Io<T>::load(p + j), vinv), vm), dc);
+      s0 = _mm256_add_ps(s0, e);
+      s1 = _mm256_fmadd_ps(e, dc, s1);
+    }
+    if (full < len) {
+      const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_mul_ps(tail, vinv), vm), dc);
+      s0 = _mm256_add_ps(s0, e);
+      s1 = _mm256_fmadd_ps(e, dc, s1);
+    }
+    st.s0 += hsum(s0);
+    st.s1 += hsum(s1);
+  }
+}
+
+template <typename T>
+PK_AVX2_KERNEL void bwd_row(const T* x, T* out, int64_t V, const RowGrad& g) {
+  const __m256 vinv = _mm256_set1_ps(g.inv_t), vlse = _mm256_set1_ps(g.lse);
+  const __m256 vc0 = _mm256_set1_ps(g.c0), vge = _mm256_set1_ps(g.ge);
+  const int64_t full = V - V % kLanes;
+  __m256 dc;
+  // each vector is loaded before it is stored, so out == x (in-place backward) is safe
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const __m256 p = exp_nonpos(_mm256_sub_ps(_mm256_mul_ps(Io<T>::load(x + j), vinv), vlse), dc);
+    Io<T>::store(out + j, _mm256_mul_ps(p, _mm256_fnmadd_ps(vge, dc, vc0)));
+  }
+  if (full < V) {
+    const __m256 xt = load_tail(x + full, V - full, -std::numeric_limits<float>::infinity());
+    const __m256 p = exp_nonpos(_mm256_sub_ps(_mm256_mul_ps(xt, vinv), vlse), dc);
+    store_tail(out + full, V - full, _mm256_mul_ps(p, _mm256_fnmadd_ps(vge, dc, vc0)));
+  }
+}
+
+}  // namespace avx2
+#endif
+
+// The loops for this CPU: AVX2 where `vec` (available and not disabled), else the portable ones.
+template <typename T>
+void forward_row(const T* row, int64_t V, float inv_t, Online& st, bool vec) {
+#ifdef PK_HAVE_AVX2
+  if (vec) return avx2::fwd_row<T>(row, V, inv_t, st);
+#endif
+  (void)vec;
+  fwd_row_scalar<T>(row, V, inv_t, st);
+}
+
+template <typename T>
+void backward_row(const T* x, T* out, int64_t V, const RowGrad& g, bool vec) {
+#ifdef PK_HAVE_AVX2
+  if (vec) return avx2::bwd_row<T>(x, out, V, g);
+#endif
+  (void)vec;
+  bwd_row_scalar<T>(x, out, V, g);
+}
+
+}  // namespace pk
