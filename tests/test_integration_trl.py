@@ -15,7 +15,8 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from prepo.integrations.trl import (  # noqa: E402
-    PerplexityWindowSampler, PREPOConfig, PREPOTrainer, WindowSlot, encode_prompt)
+    PerplexityWindowSampler, PREPOConfig, PREPOTrainer, WindowSlot)
+from prepo.integrations.prompts import encode_prompt  # noqa: E402
 
 WORDS = "what is the sum of two and three plus seven minus one times four five six eight nine zero".split()
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
