@@ -111,8 +111,10 @@ PK_AVX2 __m256 exp_nonpos(__m256 d, __m256& dc) {
   const __m256 lo = _mm256_set1_ps(kExpFloor);
   const __m256 under = _mm256_cmp_ps(d, lo, _CMP_LT_OQ);
   dc = _mm256_max_ps(lo, d);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(dc, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // n = round(d / ln2) by the 1.5 * 2^23 shifter: the fma's rounding leaves n in the low mantissa bits of t
+  const __m256 shifter = _mm256_set1_ps(12582912.0f);
+  const __m256 t = _mm256_fmadd_ps(dc, _mm256_set1_ps(1.44269504088896341f), shifter);
+  const __m256 n = _mm256_sub_ps(t, shifter);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), dc);  // ln2 split: hi part is exact in 9 bits
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
   __m256 y = _mm256_set1_ps(1.9875691500e-4f);
@@ -123,7 +125,8 @@ PK_AVX2 __m256 exp_nonpos(__m256 d, __m256& dc) {
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
   y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  // 2^n: (bits(t) + 127) << 23 keeps exactly (n + 127) << 23, the shifter's own bits fall off the top
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23);
   return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
