@@ -17,6 +17,7 @@ How it hooks into TRL 1.16 (the rest of GRPOTrainer is untouched):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -25,11 +26,12 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-import prepo_kernels as pk
 from prepo.algorithm import WEIGHTINGS, entropy_weights
 from prepo.forward import IGNORE_INDEX, token_logprobs_entropy
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
+from prepo.scoring import prompt_perplexities
 from prepo.selection_window import ppl_window
+
 
 @dataclass
 class PREPOConfig(GRPOConfig):
@@ -42,7 +44,8 @@ class PREPOConfig(GRPOConfig):
                 "H̄) or 'none'."})
     prepo_score_span: str = field(default="question", metadata={
         "help": "Tokens whose perplexity is scored: 'question' (the last user message only) or 'prompt' (all)."})
-    prepo_score_batch_size: int = field(default=8, metadata={"help": "Prompts per forward when scoring."})
+    prepo_score_batch_tokens: int = field(default=4096, metadata={
+        "help": "Padded tokens per forward when scoring prompts."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,8 +55,8 @@ class PREPOConfig(GRPOConfig):
             raise ValueError(f"prepo_weighting must be one of {WEIGHTINGS}, got {self.prepo_weighting!r}")
         if self.prepo_score_span not in SCORE_SPANS:
             raise ValueError(f"prepo_score_span must be one of {SCORE_SPANS}, got {self.prepo_score_span!r}")
-        if self.prepo_score_batch_size < 1:
-            raise ValueError(f"prepo_score_batch_size must be >= 1, got {self.prepo_score_batch_size}")
+        if self.prepo_score_batch_tokens < 1:
+            raise ValueError(f"prepo_score_batch_tokens must be >= 1, got {self.prepo_score_batch_tokens}")
 
 
 @dataclass(frozen=True)
@@ -210,30 +213,18 @@ class PREPOTrainer(GRPOTrainer):
             ppl[r::world] = values
         return ppl
 
-    @torch.no_grad()
     def prompt_perplexities(self, prompts: list) -> list[float]:
         """Perplexity of each prompt's scored tokens (``prepo_score_span``) under the current policy (T = 1)."""
-        encoded = [encode_prompt(self.processing_class, p, span=self.args.prepo_score_span,
-                                 chat_template=self.chat_template, tools=self.tools or None,
-                                 chat_template_kwargs=self.chat_template_kwargs) for p in prompts]
-        device, pad = self.accelerator.device, self._tokenizer.pad_token_id
-        out: list[float] = []
+        encoded = []
+        for p in prompts:
+            ids, mask = encode_prompt(self.processing_class, p, span=self.args.prepo_score_span,
+                                      chat_template=self.chat_template, tools=self.tools or None,
+                                      chat_template_kwargs=self.chat_template_kwargs)
+            encoded.append(SimpleNamespace(input_ids=ids, score_mask=mask))  # what prompt_perplexities reads
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            for start in range(0, len(encoded), self.args.prepo_score_batch_size):
-                chunk = encoded[start:start + self.args.prepo_score_batch_size]
-                width = max(len(ids) for ids, _ in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                attn = torch.zeros_like(ids)
-                mask = torch.zeros_like(ids)
-                for row, (token_ids, score_mask) in enumerate(chunk):  # right padding: positions start at 0
-                    ids[row, :len(token_ids)] = torch.tensor(token_ids)
-                    attn[row, :len(token_ids)] = 1
-                    mask[row, :len(token_ids)] = torch.tensor(score_mask)
-                ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-                with self.accelerator.autocast():
-                    logits = self.model(input_ids=ids, attention_mask=attn).logits
-                out.extend(pk.sequence_perplexity(logits[:, :-1], ids[:, 1:], mask[:, 1:]).tolist())
-        return out
+            ppl = prompt_perplexities(self.model, encoded, pad_id=self._tokenizer.pad_token_id,
+                                      token_budget=self.args.prepo_score_batch_tokens)
+        return ppl.tolist()
 
     # ---- generation hook: resolve the window, then weight the advantages --------------------------------------
     def _generate_and_score_completions(self, inputs):
