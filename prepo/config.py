@@ -54,8 +54,9 @@ class DataConfig:
     eval: str | None = None                 # held-out set: None = arith with eval_seed, or a file path
     eval_size: int = 64                     # number of held-out problems (0 = all for a file)
     seed: int = 0                           # arith training split seed
-    eval_seed: int = 1_000_003              # arith held-out split seed (disjoint from the training split)
+    eval_seed: int = 1                      # arith held-out draw seed (the held-out split never shares a question)
     system_prompt: str | None = None        # None: the tokenizer template's default
+    prompt_template: str = "{question}"     # the user message; must contain {question} once
     use_chat_template: bool | None = None   # None: use it when the tokenizer has one
     score_span: str = "question"            # prompt-perplexity tokens: the question only, or the whole prompt
 
@@ -66,8 +67,8 @@ class DataConfig:
         _require(self.train != "arith" or self.train_size > 0, "data.train_size", "must be > 0 for arith")
         _require(self.score_span in SCORE_SPANS, "data.score_span",
                  f"must be one of {SCORE_SPANS}, got {self.score_span!r}")
-        _require(self.train != "arith" or self.seed != self.eval_seed, "data.eval_seed",
-                 "must differ from data.seed so the held-out arith problems are a different split")
+        _require(self.prompt_template.count("{question}") == 1, "data.prompt_template",
+                 f"must contain '{{question}}' exactly once, got {self.prompt_template!r}")
         _require(self.train == "arith" or self.tiers is None, "data.tiers", "only applies to data.train=arith")
         unknown = sorted(set(self.fields or {}) - set(FILE_FIELDS))
         _require(not unknown, "data.fields", f"unknown key(s) {unknown}; valid: {list(FILE_FIELDS)}")

@@ -94,8 +94,8 @@ def test_bad_values_rejected(override, pattern):
 def test_cross_section_combinations():
     with pytest.raises(ConfigError, match=r"rollout\.group_size: strategy 'dynamic'.*G >= 2"):
         load_config(None, ["selection.strategy=dynamic", "rollout.group_size=1"])
-    with pytest.raises(ConfigError, match=r"data\.eval_seed: must differ"):
-        load_config(None, ["data.seed=5", "data.eval_seed=5"])
+    with pytest.raises(ConfigError, match=r"data\.prompt_template"):
+        load_config(None, ["data.prompt_template=Solve it"])
     with pytest.raises(ConfigError, match=r"algorithm\.skip_zero_advantage"):
         load_config(None, ["algorithm.skip_zero_advantage=true", "algorithm.kl_coef=0.1"])
     assert load_config(None, ["selection.k=20"]).selection.k == 20  # K == |B| is allowed

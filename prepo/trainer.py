@@ -1,0 +1,378 @@
+"""The PREPO/GRPO training loop: select → roll out → reward → advantages → entropy weights → update, step after step.
+
+``Trainer`` wires model, data, engine, optimizer and selection strategy together; each stage is a named function.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from prepo.algorithm import group_advantages
+from prepo.checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from prepo.config import TrainConfig, save_config
+from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, summary
+from prepo.scoring import prompt_perplexities
+from prepo.selection import Collected, Group, PromptSampler, collect_groups, make_strategy
+from prepo.update import Sample, UpdateSettings, make_sample, policy_update
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --- the stages of a step -----------------------------------------------------------------------------------------
+
+def step_seed(seed: int, step: int, round_: int) -> int:
+    """A generation seed per (run seed, step, round): a resumed run samples exactly what the original would have."""
+    return int(np.random.SeedSequence([seed, step, round_]).generate_state(1)[0])
+
+
+def roll_out(engine, prompts: Sequence, indices: Sequence[int], rollout_cfg, seed: int) -> list[list]:
+    """G completions for each chosen prompt: a list (per prompt) of G Rollouts."""
+    outs = engine.generate([list(prompts[i].input_ids) for i in indices], n=rollout_cfg.group_size,
+                           max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
+                           top_p=rollout_cfg.top_p, seed=seed)
+    groups: list[list] = [[] for _ in indices]
+    for r in outs:
+        groups[r.prompt_index].append(r)
+    return groups
+
+
+def reward_groups(examples: Sequence, indices: Sequence[int], rollouts: Sequence[Sequence]) -> list[Group]:
+    """Score each rollout with its example's verifier; a verifier that raises becomes a RewardError naming the prompt."""
+    from prepo.rewards import score_rollouts
+
+    groups = []
+    for i, rs in zip(indices, rollouts):
+        rewards = score_rollouts([examples[i]] * len(rs), [r.text for r in rs])
+        groups.append(Group(prompt_index=i, rollouts=list(rs), rewards=[float(x) for x in rewards]))
+    return groups
+
+
+def group_advantage_table(groups: Sequence[Group], normalize_std: bool) -> torch.Tensor:
+    """(num_groups, G) GRPO advantages of the kept groups."""
+    sizes = {len(g.rewards) for g in groups}
+    if len(sizes) != 1:
+        raise ValueError(f"groups have different sizes {sorted(sizes)}; every prompt needs G rollouts")
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+    return group_advantages(rewards, normalize_std=normalize_std)
+
+
+def build_samples(groups: Sequence[Group], prompts: Sequence, advantages: torch.Tensor) -> list[Sample]:
+    """One update sample per rollout (prompt tokens + completion tokens, its advantage), group-major."""
+    return [make_sample(prompts[g.prompt_index].input_ids, r.completion_ids, float(advantages[gi, j]))
+            for gi, g in enumerate(groups) for j, r in enumerate(g.rollouts)]
+
+
+def learning_rate(optim_cfg, step: int) -> float:
+    """Linear warm-up over ``warmup_steps`` steps, then constant."""
+    if optim_cfg.warmup_steps <= 0:
+        return optim_cfg.lr
+    return optim_cfg.lr * min(1.0, (step + 1) / optim_cfg.warmup_steps)
+
+
+# --- data and model set-up ----------------------------------------------------------------------------------------
+
+def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
+    """(training examples, {name: held-out examples}); arith draws both from disjoint parts of its question space."""
+    from prepo.data import load_examples, make_arith
+
+    if data_cfg.train == "arith":
+        train = make_arith(data_cfg.train_size, data_cfg.seed, data_cfg.tiers, split="train")
+        evals = {"arith": make_arith(data_cfg.eval_size, data_cfg.eval_seed, data_cfg.tiers, split="eval")}
+        if not data_cfg.eval_size:
+            evals = {}
+    else:
+        train = load_examples(data_cfg.train, data_cfg.preset, limit=data_cfg.train_size or None,
+                              **(data_cfg.fields or {}))
+        evals = {}
+    if data_cfg.eval is not None:
+        evals = {Path(data_cfg.eval).stem: load_examples(data_cfg.eval, limit=data_cfg.eval_size or None)}
+    if not train:
+        raise ValueError(f"data.train: {data_cfg.train!r} gave no training examples")
+    return train, evals
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device: cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def use_packed_rows(model_cfg, device: torch.device) -> bool:
+    """Packed rows need flash-attention's varlen kernels: CUDA with flash_attn installed (or asked for by name)."""
+    if device.type != "cuda" or model_cfg.attn_implementation not in ("auto", "flash_attention_2"):
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        if model_cfg.attn_implementation == "flash_attention_2":
+            raise ValueError("model.attn_implementation: flash_attention_2 needs the flash-attn package") from None
+        return False
+    return True
+
+
+def load_policy(model_cfg, device: torch.device, packed: bool):
+    from prepo.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_cfg.name_or_path, dtype=_DTYPES[model_cfg.dtype],
+                                                cache_dir=model_cfg.cache_dir, device=device)
+    if packed:  # --- packed branch (CUDA + flash-attn only) ---
+        model.set_attn_implementation("flash_attention_2")
+    elif model_cfg.attn_implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(model_cfg.attn_implementation)
+    return model, tokenizer
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps_done: int
+    rollouts: int
+    interrupted: bool
+    summary: str
+
+
+class Trainer:
+    """One training run in ``run_dir``: set-up in ``__init__`` (or from a checkpoint), the loop in :meth:`train`."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, resume_from: str | Path | None = None):
+        from prepo.data import encode_prompts
+        from prepo.rollout import make_engine
+
+        self.cfg, self.run_dir = config, Path(run_dir)
+        cfg = config
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        self.device = resolve_device(cfg.run.device)
+        self.packed = use_packed_rows(cfg.model, self.device)
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed % 2**32)
+
+        self.model, self.tokenizer = load_policy(cfg.model, self.device, self.packed)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.train_examples, self.eval_sets = load_datasets(cfg.data)
+        self.prompts = encode_prompts(self.tokenizer, self.train_examples, system_prompt=cfg.data.system_prompt,
+                                      use_chat_template=cfg.data.use_chat_template, score_span=cfg.data.score_span,
+                                      prompt_template=cfg.data.prompt_template)
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
+                                  **({"batch_size": cfg.rollout.batch_size} if cfg.rollout.batch_size else {}))
+        self.ref_model = None
+        if cfg.algorithm.kl_coef > 0:  # the reference is the initial model, also after a resume
+            self.ref_model, _ = load_policy(cfg.model, self.device, self.packed)
+            self.ref_model.eval().requires_grad_(False)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
+                                           betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
+                                           weight_decay=o.weight_decay)
+        self.strategy = make_strategy(cfg.selection, seed=cfg.run.seed)
+        self.sampler = PromptSampler(len(self.train_examples), seed=cfg.run.seed)
+        self.settings = UpdateSettings(
+            weighting=cfg.algorithm.weighting, eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high,
+            loss_aggregation=cfg.algorithm.loss_aggregation, kl_coef=cfg.algorithm.kl_coef,
+            ppo_epochs=cfg.algorithm.ppo_epochs, skip_zero_advantage=cfg.algorithm.skip_zero_advantage,
+            temperature=cfg.rollout.temperature, micro_batch_tokens=o.micro_batch_tokens,
+            max_grad_norm=o.max_grad_norm, pad_id=int(self.tokenizer.pad_token_id), packed=self.packed)
+
+        self.step, self.rollouts = 0, 0
+        resume_step = None
+        if resume_from is not None:
+            ckpt = find_checkpoint(resume_from)
+            self._load_state(load_checkpoint(ckpt, self.model))
+            resume_step = self.step
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step)
+        self._snapshot = self._host_state()
+        self._stop_requested = False
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def _host_state(self) -> dict:
+        """Everything but the model weights that a resumed run needs (plain containers / tensors)."""
+        return {"step": self.step, "rollouts": self.rollouts, "rng": rng_state(),
+                "sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict()}
+
+    def _load_state(self, state: dict) -> None:
+        self.step, self.rollouts = int(state["step"]), int(state["rollouts"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.strategy.load_state_dict(state["strategy"])
+        set_rng_state(state["rng"])
+
+    def save(self) -> Path:
+        """Checkpoint as of the last completed step (host state from the end-of-step snapshot)."""
+        state = {**self._snapshot, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict()}
+        return save_checkpoint(self.run_dir, self.step, self.model, state, tokenizer=self.tokenizer,
+                               keep=self.cfg.run.keep_checkpoints)
+
+    @contextlib.contextmanager
+    def _commit_section(self):
+        """Ctrl-C during the optimizer step is deferred to the end of the step, so weights never end half-updated."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            self._stop_requested = True
+            print("\nCtrl-C: finishing this update, then saving a checkpoint", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # -- one step ------------------------------------------------------------------------------------------------
+    def _score(self, indices: Sequence[int]) -> list[float]:
+        ppl = prompt_perplexities(self.model, [self.prompts[i] for i in indices],
+                                  pad_id=self.settings.pad_id, token_budget=self.cfg.selection.score_batch_tokens)
+        return ppl.tolist()
+
+    def _roll_out_and_reward(self, indices: list[int], round_: int) -> list[Group]:
+        rollouts = roll_out(self.engine, self.prompts, indices, self.cfg.rollout,
+                            step_seed(self.cfg.run.seed, self.step, round_))
+        t1 = time.perf_counter()
+        groups = reward_groups(self.train_examples, indices, rollouts)
+        self._time_reward += time.perf_counter() - t1
+        self._generated_rewards += [r for g in groups for r in g.rewards]
+        self._completion_lengths += [len(r.completion_ids) for g in groups for r in g.rollouts]
+        return groups
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        self._time_reward, self._generated_rewards, self._completion_lengths = 0.0, [], []
+
+        # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds)
+        collected: Collected = collect_groups(
+            self.strategy, self.sampler, step=self.step, total_steps=cfg.run.steps, k=cfg.selection.k,
+            roll_out=self._roll_out_and_reward, score=self._score if cfg.selection.strategy == "ppl" else None)
+
+        # group advantages, then the update: entropy weights + clipped surrogate, micro-batched, AdamW step
+        t_update = time.perf_counter()
+        with self._commit_section():
+            stats = None
+            if collected.groups:
+                advantages = group_advantage_table(collected.groups, cfg.algorithm.normalize_std)
+                samples = build_samples(collected.groups, self.prompts, advantages)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg.optim, self.step)
+                stats = policy_update(self.model, self.optimizer, samples, self.settings, ref_model=self.ref_model)
+            self.engine.sync_weights(self.model)
+            t_end = time.perf_counter()
+
+            # bookkeeping: counters, the metrics row, and the snapshot a checkpoint/Ctrl-C will save
+            self.step += 1
+            self.rollouts += collected.rollouts
+            row = self._train_row(collected, stats, t_start, t_update, t_end)
+            self.log.write(row)
+            self._snapshot = self._host_state()
+        return row
+
+    def _train_row(self, collected: Collected, stats, t_start, t_update, t_end) -> dict:
+        rewards = self._generated_rewards
+        trained = [r for g in collected.groups for r in g.rewards]
+        weights = stats.weights if stats is not None else None
+        return {
+            "kind": "train", "step": self.step, "rollouts": self.rollouts,
+            "rollouts_step": collected.rollouts, "discarded_step": collected.discarded, "rounds": collected.rounds,
+            "prompts": len(collected.groups),
+            "reward_mean": float(np.mean(rewards)) if rewards else None,
+            "accuracy": float(np.mean([r >= 1.0 for r in rewards])) if rewards else None,
+            "reward_trained_mean": float(np.mean(trained)) if trained else None,
+            "zero_variance_frac": (float(np.mean([g.zero_variance for g in collected.groups]))
+                                   if collected.groups else None),
+            "completion_len_mean": float(np.mean(self._completion_lengths)) if self._completion_lengths else None,
+            "entropy_mean": stats.entropy_mean if stats else None,
+            "weight_min": float(weights.min()) if weights is not None else None,
+            "weight_max": float(weights.max()) if weights is not None else None,
+            "ppl_window_lo": collected.info.get("ppl_window_lo"), "ppl_window_hi": collected.info.get("ppl_window_hi"),
+            "ppl_candidates_lo": collected.info.get("ppl_candidates_lo"),
+            "ppl_candidates_hi": collected.info.get("ppl_candidates_hi"),
+            **{k: v for k, v in collected.info.items() if k.startswith("greso_")},
+            "loss": stats.loss if stats else None, "grad_norm": stats.grad_norm if stats else None,
+            "kl_mean": stats.kl_mean if stats else None, "clip_frac": stats.clip_frac if stats else None,
+            "lr": self.optimizer.param_groups[0]["lr"], "tokens": stats.tokens if stats else 0,
+            "time_select": collected.time_select, "time_generate": collected.time_generate - self._time_reward,
+            "time_reward": self._time_reward, "time_update": t_end - t_update, "time_step": t_end - t_start,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def evaluate(self) -> list[dict]:
+        """Held-out accuracy of the current policy, one metrics row per dataset."""
+        from prepo.evaluate import evaluate
+
+        if not self.eval_sets:
+            return []
+        e = self.cfg.eval
+        t0 = time.perf_counter()
+        report = evaluate(self.engine, self.tokenizer, self.eval_sets, k=e.k,
+                          max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
+                          temperature=e.temperature, seed=self.cfg.run.seed, system_prompt=self.cfg.data.system_prompt,
+                          prompt_template=self.cfg.data.prompt_template, progress=False)
+        seconds = time.perf_counter() - t0
+        rows = []
+        for name, result in report.to_dict()["benchmarks"].items():
+            rows.append(self.log.write({"kind": "eval", "step": self.step, "rollouts": self.rollouts,
+                                        "dataset": name, "accuracy": result["avg_at_k"], "time_eval": seconds,
+                                        **{k: v for k, v in result.items() if k != "avg_at_k"}}))
+        return rows
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Run to ``run.steps``; evaluate before/every N/after; checkpoint every N and at the end; Ctrl-C saves."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        interrupted = False
+        bar = tqdm(total=cfg.run.steps, initial=self.step, disable=not cfg.run.progress, desc="train", unit="step",
+                   dynamic_ncols=True)
+        try:
+            # evaluate the starting policy (not again after a resume)
+            if cfg.eval.before and self.step == 0:
+                self._report_eval(bar, self.evaluate())
+            while self.step < cfg.run.steps:
+                # one training step: select → roll out → reward → advantages → weights → update
+                row = self.train_step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward_mean'] or 0:.3f}", rollouts=row["rollouts"],
+                                step_s=f"{row['time_step']:.1f}")
+                # periodic evaluation and checkpoint
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.run.steps:
+                    self._report_eval(bar, self.evaluate())
+                if cfg.run.save_every and self.step % cfg.run.save_every == 0:
+                    self.save()
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+            # final evaluation and checkpoint
+            self._report_eval(bar, self.evaluate())
+            self.save()
+        except KeyboardInterrupt:
+            interrupted = True
+            bar.close()
+            path = self.save()
+            print(f"\ninterrupted: saved {path}; continue with `prepo train --resume {self.run_dir}`",
+                  file=sys.stderr)
+        finally:
+            bar.close()
+        plot_curves(self.log.rows, self.run_dir / "curves.png")
+        text = summary(self.log.rows, time.perf_counter() - t0)
+        return TrainResult(self.run_dir, self.step, self.rollouts, interrupted, text)
+
+    def _report_eval(self, bar, rows: list[dict]) -> None:
+        for r in rows:
+            bar.write(f"eval step {r['step']}: {r['dataset']} accuracy {r['accuracy']:.3f} ({r['time_eval']:.0f} s)")
