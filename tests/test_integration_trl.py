@@ -1,6 +1,6 @@
 """PREPO inside the real TRL GRPOTrainer: window layout, perplexity order under the current policy, weights in the loss.
 
-A tiny random Llama and a BPE tokenizer trained here; no network. Skipped when ``trl`` is not installed.
+A tiny random Llama and a byte-level BPE tokenizer (tests/tiny_lm.py); no network. Skipped when ``trl`` is not installed.
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ datasets = pytest.importorskip("datasets")
 from prepo.integrations.trl import (  # noqa: E402
     PerplexityWindowSampler, PREPOConfig, PREPOTrainer, WindowSlot)
 from prepo.integrations.prompts import encode_prompt  # noqa: E402
+from tiny_lm import build_model, build_tokenizer  # noqa: E402
 
 WORDS = "what is the sum of two and three plus seven minus one times four five six eight nine zero".split()
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,31 +88,6 @@ def test_sampler_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------------------------
 # the trainer, end to end
 # ---------------------------------------------------------------------------------------------------------------
-def _tokenizer(questions):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(questions + ["system user assistant answer briefly"], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>")
-    fast.chat_template = TEMPLATE
-    return fast
-
-
-def _model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.5, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config)
-
-
 class _SpyTrainer(PREPOTrainer):
     """Records the policy at each generation, the advantages before/after weighting, and those the loss gets."""
 
@@ -140,7 +114,7 @@ class _SpyTrainer(PREPOTrainer):
 def _run(tmp_path, weighting, *, steps=2, k=2, g=4, n=12):
     rng = random.Random()
     questions = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9))) + "?" for _ in range(n)]
-    tokenizer = _tokenizer(questions)
+    tokenizer = build_tokenizer()
     rows = [{"prompt": [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": q}], "qid": i}
             for i, q in enumerate(questions)]
     generated = []
@@ -154,7 +128,8 @@ def _run(tmp_path, weighting, *, steps=2, k=2, g=4, n=12):
                        report_to="none", save_strategy="no", use_cpu=True, bf16=False,
                        gradient_checkpointing=False, seed=rng.randrange(10_000), disable_tqdm=True,
                        prepo_selection_ratio=0.2, prepo_weighting=weighting)
-    trainer = _SpyTrainer(model=_model(tokenizer), reward_funcs=reward, args=args,
+    model = build_model(tokenizer, hidden=32, init=0.5).train()  # peaky logits: entropy weights well away from 1
+    trainer = _SpyTrainer(model=model, reward_funcs=reward, args=args,
                           train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     return trainer, generated, tokenizer
@@ -245,7 +220,7 @@ def test_trl_trainer_without_weighting_keeps_trl_advantages(tmp_path):
 
 
 def test_encode_prompt_masks_the_question():
-    tokenizer = _tokenizer(["what is two plus three?"])
+    tokenizer = build_tokenizer()
     prompt = [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": "what is two plus three?"}]
     ids, mask = encode_prompt(tokenizer, prompt)
     assert ids == tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
