@@ -25,9 +25,10 @@ def _vocab(backend, V):
     return _dims(backend)[2] if V == "big" else V
 
 
-def _split_work(monkeypatch, V, rows_per_piece=7):
-    """Force several token chunks (CPU path), vocabulary splits and backward slices (Triton) on small inputs."""
-    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", V * 4 * rows_per_piece)
+def _split_work(monkeypatch, V):
+    """Force several row blocks and vocabulary slices (CPU path), splits and backward slices (Triton)."""
+    monkeypatch.setattr(linear_chunked, "ROW_BLOCK", 16)
+    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", 16 * 4 * (max(16, V // 3) + 16))
     monkeypatch.setattr(triton_linear, "_INTERPRET_SPLITS", 3)
     monkeypatch.setattr(triton_linear, "_BWD_SLICE_ELEMENTS_INTERPRET", 8 * 64)
     monkeypatch.setattr(triton_linear, "BWD_SLICE_ELEMENTS", 40 * 256)
