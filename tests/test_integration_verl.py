@@ -316,3 +316,44 @@ def test_real_verl_compute_advantage_gets_the_weights(monkeypatch):
     expected = _reference(rewards, mask, entropy, uids, "entropy")
     torch.testing.assert_close(got.double(), expected[:, :got.shape[1]], rtol=1e-5, atol=1e-6)
     assert metrics["prepo/rollouts"] == len(uids) and "prepo/weight_max" in metrics
+
+
+def test_real_verl_score_prompts_layout_with_an_emulated_actor():
+    """score_prompts through verl's padding helpers; the actor worker is emulated by a tiny model (no Ray here)."""
+    _, get_trainer_cls, _ = _real_verl()
+    from omegaconf import OmegaConf
+    from tensordict import TensorDict
+
+    from tiny_lm import build_model, build_tokenizer
+
+    pv.register()
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, hidden=32).double()
+
+    class Actor:  # verl's contract: log_probs[t] = log p(ids[t + 1] | ids[:t + 1]) over each unpadded sequence
+        def compute_log_prob(self, td):
+            out = []
+            for ids in td["input_ids"].unbind():
+                logp = torch.log_softmax(model(input_ids=ids[None]).logits[0], dim=-1)
+                nxt = torch.cat([ids[1:], ids[:1]])
+                out.append(logp.gather(-1, nxt[:, None])[:, 0].float())
+            return TensorDict({"log_probs": torch.nested.as_nested_tensor(out, layout=torch.jagged)},
+                              batch_size=[len(out)])
+
+    questions = [" ".join(random.choice(["what", "is", "12", "+", "7", "sold", "clips", "half"])
+                          for _ in range(random.randint(2, 8))) + "?" for _ in range(5)]
+    prompts = [[{"role": "system", "content": "Answer with a single number."}, {"role": "user", "content": q}]
+               for q in questions]
+    trainer = object.__new__(get_trainer_cls(pv.NAME))
+    trainer.config = OmegaConf.create({"algorithm": {"adv_estimator": "prepo"}, "data": {}})
+    trainer.tokenizer, trainer.actor_rollout_wg = tokenizer, Actor()
+    got = trainer.score_prompts({"raw_prompt": prompts})
+    for value, prompt, q in zip(got, prompts, questions):  # float64, located by the question's own token ids
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        qids = tokenizer(q, add_special_tokens=False)["input_ids"]
+        start = max(s for s in range(len(ids) - len(qids) + 1) if ids[s:s + len(qids)] == qids)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+        nll = [-logp[t - 1, ids[t]].item() for t in range(start, start + len(qids))]
+        assert value == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-4)
