@@ -1,0 +1,383 @@
+"""Rollout-efficiency benchmark: train one model from the same seeds with PREPO and the baselines, evaluate on held-out
+problems every few steps, and report accuracy against rollouts generated (``benchmarks.efficiency_summary``).
+
+usage: python -m benchmarks.rollout_efficiency --config configs/efficiency-cpu.yaml [--summarize-only]
+
+Runs go sequentially into ``<runs_root>/efficiency-<name>/<variant>-s<seed>/`` (checkpoints there); each run's
+metrics.jsonl, config.yaml and status.json are copied to ``<results_root>/efficiency-<name>/<variant>-s<seed>/``, and
+summary.md + curves.png there are rebuilt after every run. Rerunning the command skips finished runs (status.json
+says complete, same configuration) and resumes unfinished ones from their newest checkpoint; SIGTERM or Ctrl-C
+saves a checkpoint at the end of the current step and stops.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.efficiency_summary import RunRecord, build_report, plot, read_metrics, summary_markdown
+
+# config keys that may differ between a run's start and its resume without changing what it computes
+_VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
+                  ("model", "cache_dir")}
+_TOP_KEYS = {"name", "train", "variants", "seeds", "reference", "runs_root", "results_root", "eval_dataset",
+             "keep_checkpoints_after", "notes"}
+
+
+class BenchmarkConfigError(ValueError):
+    """A bad key or value in the efficiency config (the message names it)."""
+
+
+@dataclass
+class Variant:
+    """One strategy: a name, dotted TrainConfig overrides on top of the base, and its seeds."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EfficiencyConfig:
+    """The benchmark: a base training config, the variants to compare and where outputs go."""
+
+    name: str
+    train: dict                                 # base TrainConfig mapping (the keys of prepo.config)
+    variants: list[Variant]
+    reference: str = "random"                   # the variant whose final accuracy is the target
+    runs_root: str = "runs"                     # run dirs (checkpoints): <runs_root>/efficiency-<name>/
+    results_root: str = "benchmarks/results"    # committed outputs: <results_root>/efficiency-<name>/
+    eval_dataset: str | None = None             # which held-out set the report uses (None: the only/first one)
+    keep_checkpoints_after: bool = False        # keep a finished run's checkpoints (they are ~3× the model size)
+    notes: str = ""                             # free text appended to summary.md (what was tried and why)
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.runs_root) / f"efficiency-{self.name}"
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.results_root) / f"efficiency-{self.name}"
+
+    def plan(self) -> list[tuple[Variant, int]]:
+        """(variant, seed) in run order: every variant's first seed, then the second seeds, … (partial results
+        compare strategies early)."""
+        order = []
+        depth = max(len(v.seeds) for v in self.variants)
+        for i in range(depth):
+            order += [(v, v.seeds[i]) for v in self.variants if i < len(v.seeds)]
+        return order
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise BenchmarkConfigError(f"overrides: {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def train_config(cfg: EfficiencyConfig, variant: Variant, seed: int):
+    """The TrainConfig of one run: base + the variant's overrides + the seed (validated by prepo.config)."""
+    import yaml
+
+    from prepo.config import load_config
+
+    raw = copy.deepcopy(cfg.train)
+    for key, value in variant.overrides.items():
+        _set_dotted(raw, key, value)
+    _set_dotted(raw, "run.seed", seed)
+    _set_dotted(raw, "run.name", run_name(variant, seed))
+    with tempfile.TemporaryDirectory() as tmp:  # load_config reads a file: validate through the one public path
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return load_config(path)
+
+
+def run_name(variant: Variant, seed: int) -> str:
+    return f"{variant.name}-s{seed}"
+
+
+def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
+    """Read and validate the benchmark YAML; every run's TrainConfig is built once here so a typo fails at once."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkConfigError(f"--config: {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise BenchmarkConfigError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise BenchmarkConfigError(f"{path}: unknown key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")
+    for key in ("name", "train", "variants"):
+        if key not in raw:
+            raise BenchmarkConfigError(f"{path}: missing key {key!r}")
+    name = raw["name"]
+    if not isinstance(name, str) or not name or "/" in name:
+        raise BenchmarkConfigError(f"name: must be a plain folder name, got {name!r}")
+    if not isinstance(raw["train"], dict):
+        raise BenchmarkConfigError("train: expected a mapping of training-config sections")
+    seeds = _seeds(raw.get("seeds", [0]), "seeds")
+    if not isinstance(raw["variants"], list) or not raw["variants"]:
+        raise BenchmarkConfigError("variants: expected a non-empty list")
+    variants = []
+    for i, item in enumerate(raw["variants"]):
+        where = f"variants[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise BenchmarkConfigError(f"{where}: expected a mapping with a non-empty 'name'")
+        extra = sorted(set(item) - {"name", "overrides", "seeds"})
+        if extra:
+            raise BenchmarkConfigError(f"{where}: unknown key(s) {extra}; valid: name, overrides, seeds")
+        overrides = item.get("overrides") or {}
+        if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+            raise BenchmarkConfigError(f"{where}.overrides: expected a mapping of dotted keys to values")
+        variants.append(Variant(item["name"], dict(overrides), _seeds(item.get("seeds", seeds), f"{where}.seeds")))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names) or any("/" in n for n in names):
+        raise BenchmarkConfigError(f"variants: names must be distinct plain names, got {names}")
+    reference = raw.get("reference", "random")
+    if reference not in names:
+        raise BenchmarkConfigError(f"reference: {reference!r} is not one of the variants {names}")
+    cfg = EfficiencyConfig(name=name, train=raw["train"], variants=variants, reference=reference,
+                           runs_root=str(raw.get("runs_root", "runs")),
+                           results_root=str(raw.get("results_root", "benchmarks/results")),
+                           eval_dataset=raw.get("eval_dataset"),
+                           keep_checkpoints_after=bool(raw.get("keep_checkpoints_after", False)),
+                           notes=str(raw.get("notes") or ""))
+    from prepo.config import ConfigError
+
+    for variant in variants:
+        try:
+            train_config(cfg, variant, variant.seeds[0])
+        except ConfigError as exc:
+            raise BenchmarkConfigError(f"variant {variant.name!r}: {exc}") from None
+    return cfg
+
+
+def _seeds(value, key: str) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                          for s in value):
+        raise BenchmarkConfigError(f"{key}: expected a non-empty list of integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise BenchmarkConfigError(f"{key}: seeds must be distinct, got {value}")
+    return list(value)
+
+
+# --- run bookkeeping ----------------------------------------------------------------------------------------------
+
+STATUS = "status.json"
+
+
+def _comparable(config_dict: dict) -> dict:
+    out = copy.deepcopy(config_dict)
+    for section, key in _VOLATILE_KEYS:
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def _saved_config(folder: Path) -> dict | None:
+    from prepo.config import load_config
+
+    path = folder / "config.yaml"
+    return load_config(path).to_dict() if path.is_file() else None
+
+
+def check_same_config(folder: Path, config) -> None:
+    """Refuse to skip or resume a run that was made with a different configuration."""
+    saved = _saved_config(folder)
+    if saved is None:
+        return
+    old, new = _comparable(saved), _comparable(config.to_dict())
+    if old != new:
+        diff = sorted(f"{s}.{k}" for s in new for k in new[s] if old.get(s, {}).get(k) != new[s][k])
+        raise BenchmarkConfigError(
+            f"{folder}: was made with a different configuration (differs in {', '.join(diff) or 'sections'}); "
+            "delete that folder (and its run/results twin) or rename the benchmark to start over")
+
+
+def read_status(folder: Path) -> dict:
+    path = folder / STATUS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def sync_results(run_dir: Path, results: Path, steps: int, wall_seconds: float | None = None) -> dict:
+    """Copy a run's metrics.jsonl and config.yaml to its results folder and write status.json there."""
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "config.yaml"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, results / name)
+    rows = read_metrics(results / "metrics.jsonl") if (results / "metrics.jsonl").is_file() else []
+    done = max((int(r["step"]) for r in rows if r.get("kind") == "train"), default=0)
+    finished_eval = any(r.get("kind") == "eval" and int(r["step"]) == steps for r in rows)
+    status = {"complete": done >= steps and finished_eval, "steps_done": done, "steps": steps}
+    old = read_status(results)
+    status["wall_seconds"] = (old.get("wall_seconds") or 0.0) + (wall_seconds or 0.0)
+    (results / STATUS).write_text(json.dumps(status, indent=1) + "\n")
+    return status
+
+
+@dataclass
+class RunOutcome:
+    run: str
+    action: str            # "skipped" | "fresh" | "resumed from step N" | "interrupted at step N"
+    complete: bool
+
+
+class Interrupted(Exception):
+    pass
+
+
+def run_one(cfg: EfficiencyConfig, variant: Variant, seed: int, log=print) -> RunOutcome:
+    """Train one (variant, seed) unless finished; resume from its newest checkpoint when there is one."""
+    from prepo.checkpoint import list_checkpoints
+    from prepo.trainer import Trainer
+
+    name = run_name(variant, seed)
+    config = train_config(cfg, variant, seed)
+    run_dir, results = cfg.runs_dir / name, cfg.results_dir / name
+    if read_status(results).get("complete"):
+        check_same_config(results, config)
+        return RunOutcome(name, "skipped", True)
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        check_same_config(run_dir, config)
+    action = f"resumed from {checkpoints[-1].name}" if checkpoints else "fresh"
+    log(f"{name}: {action}")
+    t0 = time.perf_counter()
+    trainer = Trainer(config, run_dir, resume_from=run_dir if checkpoints else None)
+    result = trainer.train()
+    del trainer
+    status = sync_results(run_dir, results, config.run.steps, time.perf_counter() - t0)
+    log(f"{name}: {result.summary}")
+    if result.interrupted:
+        raise Interrupted(f"{name}: interrupted at step {result.steps_done}; rerun the command to resume")
+    if status["complete"] and not cfg.keep_checkpoints_after:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return RunOutcome(name, action, status["complete"])
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+def collect_runs(cfg: EfficiencyConfig) -> tuple[list[RunRecord], list[tuple[str, str]]]:
+    """Every planned run's results (synced from its run dir first when that exists) and a status line each."""
+    records, lines = [], []
+    for variant, seed in cfg.plan():
+        name = run_name(variant, seed)
+        steps = train_config(cfg, variant, seed).run.steps
+        results, run_dir = cfg.results_dir / name, cfg.runs_dir / name
+        if (run_dir / "metrics.jsonl").is_file() and not read_status(results).get("complete"):
+            sync_results(run_dir, results, steps)
+        if not (results / "metrics.jsonl").is_file():
+            lines.append((name, "not started"))
+            continue
+        status = read_status(results)
+        rows = read_metrics(results / "metrics.jsonl")
+        records.append(RunRecord(variant.name, seed, rows, bool(status.get("complete")), steps))
+        line = f"{'complete' if status.get('complete') else 'incomplete'}, {status.get('steps_done', 0)}/{steps} steps"
+        if status.get("wall_seconds"):
+            line += f", {status['wall_seconds'] / 60:.1f} min wall (model loading included)"
+        lines.append((name, line))
+    return records, lines
+
+
+def _eval_size(records: list[RunRecord], dataset: str | None, cfg: EfficiencyConfig) -> int:
+    for r in records:
+        for row in r.evals(dataset):
+            for key in ("n", "problems", "num_problems"):
+                if isinstance(row.get(key), int):
+                    return int(row[key])
+    return int((cfg.train.get("data") or {}).get("eval_size", 0) or 0)
+
+
+def summarize(cfg: EfficiencyConfig, command: str) -> Path:
+    """Rebuild summary.md and curves.png in the results folder from whatever runs exist."""
+    records, status_lines = collect_runs(cfg)
+    dataset = cfg.eval_dataset
+    if dataset is None:
+        names = sorted({row.get("dataset") for r in records for row in r.evals(None) if row.get("dataset")})
+        dataset = names[0] if names else None
+    planned = {v.name: len(v.seeds) for v in cfg.variants}
+    report = build_report(records, planned, cfg.reference, dataset, _eval_size(records, dataset, cfg))
+    out = cfg.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    plot(report, out / "curves.png", f"rollout efficiency: {cfg.name}")
+    notes = cfg.notes
+    for extra in ("notes.md", "diagnostics.md"):  # hand-written notes; the task diagnostics, when measured
+        if (out / extra).is_file():
+            notes = (notes + "\n\n" + ("\n" + (out / extra).read_text()).replace("\n# ", "\n### ")).strip()
+    (out / "summary.md").write_text(summary_markdown(report, name=cfg.name, command=command,
+                                                     run_status=status_lines, notes=notes))
+    return out / "summary.md"
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+
+def _forward_sigterm() -> None:
+    """SIGTERM → SIGINT, which the trainer turns into "finish this step, save a checkpoint, stop"."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
+def run_all(cfg: EfficiencyConfig, command: str, log=print) -> list[RunOutcome]:
+    """Every planned run in order, the report rebuilt after each; stops (re-raising Interrupted) on an interrupt."""
+    outcomes = []
+    plan = cfg.plan()
+    for i, (variant, seed) in enumerate(plan, 1):
+        log(f"[{i}/{len(plan)}] {run_name(variant, seed)}")
+        try:
+            outcome = run_one(cfg, variant, seed, log)
+        except Interrupted:
+            summarize(cfg, command)
+            raise
+        outcomes.append(outcome)
+        if outcome.action != "skipped":
+            summarize(cfg, command)
+    summarize(cfg, command)
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rollout_efficiency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/efficiency-cpu.yaml)")
+    p.add_argument("--summarize-only", action="store_true", help="rebuild summary.md and curves.png, train nothing")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_efficiency_config(args.config)
+    except BenchmarkConfigError as exc:
+        print(f"rollout_efficiency: {exc}", file=sys.stderr)
+        return 2
+    command = f"python -m benchmarks.rollout_efficiency --config {args.config}"
+    if args.summarize_only:
+        print(f"wrote {summarize(cfg, command)}")
+        return 0
+    _forward_sigterm()
+    try:
+        outcomes = run_all(cfg, command, log=lambda msg: print(msg, flush=True))
+    except Interrupted as exc:
+        print(f"rollout_efficiency: {exc}", file=sys.stderr)
+        return 130
+    except BenchmarkConfigError as exc:
+        print(f"rollout_efficiency: {exc}", file=sys.stderr)
+        return 2
+    for o in outcomes:
+        print(f"{o.run}: {o.action}{'' if o.complete else ' (incomplete)'}")
+    print(f"outputs in {cfg.results_dir}/ (summary.md, curves.png, <run>/metrics.jsonl)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
