@@ -77,6 +77,7 @@ class Suite:
     baseline: str                                      # provider the "x eager" column divides by
     skip_case: Callable[[Case, str], str] = lambda case, device: ""   # a reason to skip the whole case, or ""
     notes: str = ""                                    # printed under the suite's heading
+    efficiency_label: str = "% of copy BW"             # GPU column: floor_multiple x floor / time, as a percentage
 
 
 SUITES: dict[str, Suite] = {}
@@ -336,7 +337,7 @@ def case_table(suite: Suite, floor: Floor, results: list[Result], device: str) -
     base = {r.op: r.seconds for r in results if r.provider == suite.baseline and r.seconds}
     cols = ["op", "implementation", "median ms", "x eager", "x floor", "peak extra MiB"]
     if device == "cuda":
-        cols.append("% of copy BW")
+        cols.append(suite.efficiency_label)
     lines = [f"### {case.name}" if case else "###", "",
              f"floor = {_fmt_ms(floor.seconds)} ms ({floor.label}); x eager = time / {suite.baseline}", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
