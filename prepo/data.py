@@ -226,23 +226,24 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
 class ArithTier:
     """Expressions ``x0 op x1 [op x2]`` with operand i drawn from ``ranges[i]`` and each op from ``ops``.
 
-    Subtractions are arranged so no intermediate result is negative (the small model handles those worst).
+    A two-operand subtraction puts the larger operand first and any expression with a negative value is redrawn:
+    answers are never negative (the small model handles those worst).
     """
 
     ranges: tuple[tuple[int, int], ...]
     ops: str
 
 
-# easiest first; pass rates of SmolLM2-135M-Instruct per tier are in the report of the commit that set them
+# easiest first, by the pass rate of SmolLM2-135M-Instruct with ARITH_FORMAT (10 problems x 8 samples, T=0.7, 16 tokens)
 ARITH_TIERS: dict[str, ArithTier] = {
-    "add1": ArithTier(((1, 9), (1, 9)), "+"),              # 1-digit + 1-digit
-    "sub1": ArithTier(((1, 9), (1, 9)), "-"),              # 1-digit - 1-digit, non-negative
-    "add2": ArithTier(((10, 99), (1, 9)), "+"),            # 2-digit + 1-digit
-    "mul1": ArithTier(((2, 9), (2, 9)), "*"),              # 1-digit * 1-digit
-    "add2x2": ArithTier(((10, 99), (10, 99)), "+-"),       # 2-digit +/- 2-digit
-    "mul2": ArithTier(((10, 99), (2, 9)), "*"),            # 2-digit * 1-digit
-    "add3": ArithTier(((100, 999), (100, 999)), "+-"),     # 3-digit +/- 3-digit
-    "mixed": ArithTier(((1, 20), (2, 9), (2, 9)), "+-*"),  # two operators, precedence matters
+    "add1": ArithTier(((1, 9), (1, 9)), "+"),              # 1-digit + 1-digit            0.84
+    "mul1": ArithTier(((2, 9), (2, 9)), "*"),              # 1-digit * 1-digit            0.79
+    "sub1": ArithTier(((1, 9), (1, 9)), "-"),              # 1-digit - 1-digit, >= 0      0.65
+    "add2": ArithTier(((10, 99), (1, 9)), "+"),            # 2-digit + 1-digit            0.31
+    "mul2": ArithTier(((10, 99), (2, 9)), "*"),            # 2-digit * 1-digit            0.28
+    "add2x2": ArithTier(((10, 99), (10, 99)), "+-"),       # 2-digit +/- 2-digit          0.21
+    "mixed": ArithTier(((1, 20), (2, 9), (2, 9)), "+-*"),  # two operators, precedence    0.03
+    "add3": ArithTier(((100, 999), (100, 999)), "+-"),     # 3-digit +/- 3-digit          0.00
 }
 ARITH_QUESTION = "What is {expr}?"
 ARITH_SYSTEM_PROMPT = "Answer with a single number."

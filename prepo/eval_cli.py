@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from prepo.data import ARITH_SYSTEM_PROMPT, load_examples, make_arith
+from prepo.data import ARITH_FORMAT, load_examples, make_arith
 
 ARITH_EVAL_SEED = 1234  # the held-out arith problems are the same for every run
 ARITH_DEFAULT_N = 200
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N problems of each file")
     p.add_argument("--engine", default="hf", help="rollout engine (hf)")
     p.add_argument("--batch-size", type=int, default=64, help="rows (prompts × samples) per generate call")
-    p.add_argument("--system-prompt", default=None, help="default: the task's own (arith) or the template's")
+    p.add_argument("--system-prompt", default=None,
+                   help="default: arith's own (prepo.data.ARITH_FORMAT, with its worked examples) or the template's")
     p.add_argument("--prompt-template", default=None, help="user message around {question}; default: plain "
                    "for arith, a 'reason step by step ... \\boxed{}' instruction for benchmark files")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -97,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     report = evaluate(engine, tokenizer, datasets, k=args.k, max_new_tokens=pick(args.max_new_tokens, 16, 1024),
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=not args.no_progress,
-                      system_prompt=pick(args.system_prompt, ARITH_SYSTEM_PROMPT, None),
-                      prompt_template=pick(args.prompt_template, "{question}", MATH_PROMPT),
+                      system_prompt=pick(args.system_prompt, ARITH_FORMAT.system_prompt, None),
+                      prompt_template=pick(args.prompt_template, ARITH_FORMAT.prompt_template, MATH_PROMPT),
+                      few_shot=pick(None, ARITH_FORMAT.few_shot, ()),
+                      response_prefix=pick(None, ARITH_FORMAT.response_prefix, ""),
                       rows_per_call=args.batch_size)
     report.settings.update(model=args.model, engine=args.engine, data=args.data, limit=args.limit,
                            seconds=round(time.time() - start, 1))

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from prepo.answers import final_number, parse_number
 from prepo.data import Example, encode_prompts
-from prepo.rewards import run_with_deadline, score_rollouts
+from prepo.rewards import prepare_verifier, run_with_deadline, score_rollouts
 
 METRICS = ("avg", "pass", "maj")
 
@@ -78,6 +78,7 @@ def answer_key(completion: str, kind: str, *, timeout: float = 5.0) -> str | Non
         value = parse_number(found) if found is not None else None
         return None if value is None else str(value)
     if kind == "math":
+        prepare_verifier(kind)
         try:
             return run_with_deadline(_math_answer_key, (completion,), timeout)
         except TimeoutError:

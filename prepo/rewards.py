@@ -86,8 +86,23 @@ def math_reward(completion: str, answer: str) -> float:
     return 1.0 if pred and mv_verify(gold, pred, timeout_seconds=None) else 0.0
 
 
+@functools.lru_cache(maxsize=None)
+def _warm_math_verify() -> None:
+    """Import math-verify and build its parsers once, outside any deadline (a cold start takes seconds)."""
+    from math_verify import parse
+
+    parse("$\\frac{1}{2}$", parsing_timeout=None)
+
+
 REWARDS: dict[str, Callable[[str, str], float]] = {"numeric": numeric_reward, "math": math_reward}
 _GUARDED = {"math"}  # runs sympy on model output: always under a deadline
+_WARM_UP = {"math": _warm_math_verify}
+
+
+def prepare_verifier(kind: str) -> None:
+    """Import and warm up a verifier's dependencies once, so a cold start never eats into a deadline."""
+    if kind in _WARM_UP:
+        _WARM_UP[kind]()
 
 
 class _Silence(logging.Filter):
@@ -177,6 +192,7 @@ def verify(completion: str, answer: str, kind: str, *, timeout: float = 5.0) -> 
         raise TypeError("completion and answer: expected str")
     if kind not in _GUARDED:
         return REWARDS[kind](completion, answer)
+    prepare_verifier(kind)
     try:
         return run_with_deadline(REWARDS[kind], (completion, answer), timeout)
     except TimeoutError:

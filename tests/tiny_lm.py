@@ -7,6 +7,7 @@ trained in milliseconds, and a random Llama sized for it. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 SPECIALS = ["<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -101,3 +102,13 @@ def build_model(tokenizer, seed: int | None = None, *, hidden: int = 64, layers:
     if seed is not None:
         torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP waits cost seconds a test.
+    Test modules that run them import it (``from tiny_lm import one_thread``) to apply it to all their tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
