@@ -100,6 +100,20 @@ def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
     return train, evals
 
 
+def prompt_format(data_cfg, dataset: str) -> dict:
+    """encode_prompts / evaluate keyword arguments for one dataset: the built-in ``arith`` task gets its worked
+    examples and reply prefix (prepo.data.ARITH_FORMAT: without them SmolLM2-135M rambles and scores ~0), and its
+    system prompt unless data.system_prompt is set; files get the config's system prompt and template only."""
+    from prepo.data import ARITH_FORMAT
+
+    kw = {"system_prompt": data_cfg.system_prompt, "prompt_template": data_cfg.prompt_template}
+    if dataset == "arith":
+        kw.update(few_shot=ARITH_FORMAT.few_shot, response_prefix=ARITH_FORMAT.response_prefix)
+        if data_cfg.system_prompt is None:
+            kw["system_prompt"] = ARITH_FORMAT.system_prompt
+    return kw
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,9 +178,9 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.train_examples, self.eval_sets = load_datasets(cfg.data)
-        self.prompts = encode_prompts(self.tokenizer, self.train_examples, system_prompt=cfg.data.system_prompt,
+        self.prompts = encode_prompts(self.tokenizer, self.train_examples,
                                       use_chat_template=cfg.data.use_chat_template, score_span=cfg.data.score_span,
-                                      prompt_template=cfg.data.prompt_template)
+                                      **prompt_format(cfg.data, "arith" if cfg.data.train == "arith" else "train"))
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
                                   **({"batch_size": cfg.rollout.batch_size} if cfg.rollout.batch_size else {}))
         self.ref_model = None
@@ -284,7 +298,7 @@ class Trainer:
     def _train_row(self, collected: Collected, stats, t_start, t_update, t_end) -> dict:
         rewards = self._generated_rewards
         trained = [r for g in collected.groups for r in g.rewards]
-        weights = stats.weights if stats is not None else None
+        weights = stats.weights[stats.active] if stats is not None and stats.active else None
         return {
             "kind": "train", "step": self.step, "rollouts": self.rollouts,
             "rollouts_step": collected.rollouts, "discarded_step": collected.discarded, "rounds": collected.rounds,
@@ -296,6 +310,7 @@ class Trainer:
                                    if collected.groups else None),
             "completion_len_mean": float(np.mean(self._completion_lengths)) if self._completion_lengths else None,
             "entropy_mean": stats.entropy_mean if stats else None,
+            "rollouts_in_update": len(stats.active) if stats else 0,
             "weight_min": float(weights.min()) if weights is not None else None,
             "weight_max": float(weights.max()) if weights is not None else None,
             "ppl_window_lo": collected.info.get("ppl_window_lo"), "ppl_window_hi": collected.info.get("ppl_window_hi"),
@@ -321,8 +336,8 @@ class Trainer:
         t0 = time.perf_counter()
         report = evaluate(self.engine, self.tokenizer, self.eval_sets, k=e.k,
                           max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
-                          temperature=e.temperature, seed=self.cfg.run.seed, system_prompt=self.cfg.data.system_prompt,
-                          prompt_template=self.cfg.data.prompt_template, progress=False)
+                          temperature=e.temperature, seed=self.cfg.run.seed, progress=False,
+                          **self._eval_formats())
         seconds = time.perf_counter() - t0
         rows = []
         for name, result in report.to_dict()["benchmarks"].items():
@@ -330,6 +345,11 @@ class Trainer:
                                         "dataset": name, "accuracy": result["avg_at_k"], "time_eval": seconds,
                                         **{k: v for k, v in result.items() if k != "avg_at_k"}}))
         return rows
+
+    def _eval_formats(self) -> dict:
+        """Per-dataset prompt formats for evaluate (a mapping from dataset name for each keyword)."""
+        formats = {name: prompt_format(self.cfg.data, name) for name in self.eval_sets}
+        return {key: {name: f[key] for name, f in formats.items()} for key in next(iter(formats.values()))}
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:

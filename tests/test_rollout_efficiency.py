@@ -19,7 +19,7 @@ K, G, STEPS = 2, 2, 2
 VARIANTS = textwrap.dedent("""\
     - {name: prepo, overrides: {selection.strategy: ppl, algorithm.weighting: entropy}}
     - {name: ppl, overrides: {selection.strategy: ppl, algorithm.weighting: none}}
-    - {name: random, overrides: {selection.strategy: random, algorithm.weighting: none}, seeds: [0, 1]}
+    - {name: random, overrides: {selection.strategy: random, algorithm.weighting: none}}
     - {name: dynamic, overrides: {selection.strategy: dynamic, algorithm.weighting: none}}
     - {name: greso, overrides: {selection.strategy: greso, algorithm.weighting: none}}
 """)
@@ -62,8 +62,8 @@ def rows_of(results, run):
 def test_runner_end_to_end_then_skips(tmp_path, tiny_model, monkeypatch):
     cfg = eff.load_efficiency_config(write_config(tmp_path, tiny_model, "tiny"))
     outcomes = eff.run_all(cfg, "cmd", log=lambda msg: None)
-    runs = ["prepo-s0", "ppl-s0", "random-s0", "dynamic-s0", "greso-s0", "random-s1"]
-    assert [o.run for o in outcomes] == runs                    # first seeds of every variant, then the rest
+    runs = ["prepo-s0", "ppl-s0", "random-s0", "dynamic-s0", "greso-s0"]
+    assert [o.run for o in outcomes] == runs
     assert all(o.action == "fresh" and o.complete for o in outcomes)
     results = cfg.results_dir
     for run in runs:
@@ -91,8 +91,8 @@ def test_runner_end_to_end_then_skips(tmp_path, tiny_model, monkeypatch):
 
     summary = (results / "summary.md").read_text()
     assert "Made by `cmd`" in summary and "tiny test configuration" in summary
-    for variant, seeds in (("prepo", "1/1"), ("random", "2/2"), ("greso", "1/1")):
-        assert f"| {variant} | {seeds} |" in summary
+    for variant in ("prepo", "ppl", "random", "dynamic", "greso"):
+        assert f"| {variant} | 1/1 |" in summary
     png = (results / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -135,6 +135,10 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny
     assert "incomplete, 1/2 steps" in (cut.results_dir / "summary.md").read_text()
 
     monkeypatch.setattr(Trainer, "train_step", original)
+    changed = eff.load_efficiency_config(write_config(tmp_path, tiny_model, "cut", only_random))
+    changed.variants[0].overrides["optim.lr"] = 5e-4  # resuming under another configuration is refused
+    with pytest.raises(eff.BenchmarkConfigError, match="optim.lr"):
+        eff.run_all(changed, "cmd", log=lambda msg: None)
     (outcome,) = eff.run_all(cut, "cmd", log=lambda msg: None)
     assert outcome.action == "resumed from step-000001" and outcome.complete
     a, b = rows_of(straight.results_dir, "random-s0"), rows_of(cut.results_dir, "random-s0")
@@ -145,15 +149,18 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny
                 assert rb.get(key) is None
             else:
                 assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key
+    changed = eff.load_efficiency_config(write_config(tmp_path, tiny_model, "straight", only_random))
+    changed.variants[0].overrides["rollout.max_new_tokens"] = 4  # a finished run under another one: refused too
+    with pytest.raises(eff.BenchmarkConfigError, match="rollout.max_new_tokens"):
+        eff.run_all(changed, "cmd", log=lambda msg: None)
 
 
-def test_changed_config_is_refused(tmp_path, tiny_model):
-    only_random = "- {name: random, overrides: {selection.strategy: random}}\n"
-    cfg = eff.load_efficiency_config(write_config(tmp_path, tiny_model, "changed", only_random))
-    eff.run_all(cfg, "cmd", log=lambda msg: None)
-    cfg.variants[0].overrides["optim.lr"] = 5e-4
-    with pytest.raises(eff.BenchmarkConfigError, match="optim.lr"):
-        eff.run_all(cfg, "cmd", log=lambda msg: None)
+def test_plan_runs_first_seeds_first(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("name: p\nseeds: [3, 4]\ntrain: {}\nreference: b\nvariants:\n"
+                    "  - {name: a, seeds: [0, 1, 2]}\n  - {name: b}\n  - {name: c, seeds: [7]}\n")
+    cfg = eff.load_efficiency_config(path)
+    assert [eff.run_name(v, s) for v, s in cfg.plan()] == ["a-s0", "b-s3", "c-s7", "a-s1", "b-s4", "a-s2"]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -326,3 +333,21 @@ def test_diagnostics_on_the_tiny_model(tmp_path, tiny_model):
         assert 0.0 <= t["pass_rate"] <= 1.0 and 0.0 <= t["zero_variance"] <= 1.0 and 0.0 <= t["greedy"] <= 1.0
     text = to_markdown(d)
     assert all(f"| {tier} | 2 |" in text for tier in d["tiers"])
+
+
+def test_arith_runs_use_the_worked_example_format(tmp_path, tiny_model):
+    """The benchmark's arith prompts (training and held-out) carry ARITH_FORMAT's worked turns and reply prefix."""
+    from prepo.data import ARITH_FORMAT
+    from prepo.trainer import Trainer, prompt_format
+
+    only_random = "- {name: random, overrides: {selection.strategy: random}}\n"
+    cfg = eff.load_efficiency_config(write_config(tmp_path, tiny_model, "fmt", only_random))
+    trainer = Trainer(eff.train_config(cfg, cfg.variants[0], 0), tmp_path / "run")
+    text = trainer.tokenizer.decode(trainer.prompts[0].input_ids)
+    ex = trainer.train_examples[0]
+    assert text.replace(" ", "").endswith(ex.meta["expr"].replace(" ", "") + "=")  # the reply starts "a + b ="
+    assert text.replace(" ", "").count("=") == len(ARITH_FORMAT.few_shot) + 1
+    assert prompt_format(trainer.cfg.data, "arith")["few_shot"] == ARITH_FORMAT.few_shot
+    assert trainer._eval_formats()["response_prefix"] == {"arith": ARITH_FORMAT.response_prefix}
+    assert prompt_format(trainer.cfg.data, "math500") == {"system_prompt": "Answer with a single number.",
+                                                          "prompt_template": "{question}"}
