@@ -49,25 +49,22 @@ def _import_vllm():
     return vllm
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        raise ValueError("model: has no parameters") from None
-
-
 @contextlib.contextmanager
-def _caller_rng_kept(device: torch.device):
-    """Restore the global random, numpy and torch (CPU and ``device``) generators on exit."""
+def _caller_state_kept():
+    """Restore what vLLM changes process-wide while it starts: the global random, numpy and torch (CPU and every GPU)
+    generators, and on CPU ``torch.set_num_threads`` (replaced by a no-op) and the thread count."""
     import numpy as np
 
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         try:
             yield
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+            torch.set_num_threads = set_threads
+            torch.set_num_threads(threads)
 
 
 def _local_folder(model) -> Path | None:
@@ -79,6 +76,16 @@ def _local_folder(model) -> Path | None:
     if (path / "config.json").is_file() and any((path / f).is_file() for f in _TOKENIZER_FILES):
         return path
     return None
+
+
+def _cpu_defaults(llm_kwargs: dict, config_len: int | None) -> None:
+    """vLLM-on-CPU settings under the caller's: eager, bounded length, whole-prompt scheduling."""
+    llm_kwargs.setdefault("enforce_eager", True)
+    llm_kwargs.setdefault("max_model_len", min(int(config_len or _CPU_MAX_MODEL_LEN), _CPU_MAX_MODEL_LEN))
+    # vLLM 0.32 on CPU crashes on a seeded request whose prefill is split across steps ("CPU Generator does not use
+    # offset"): schedule whole prompts only, which needs a step budget of at least one full-length sequence
+    llm_kwargs.setdefault("enable_chunked_prefill", False)
+    llm_kwargs.setdefault("max_num_batched_tokens", max(int(llm_kwargs["max_model_len"]), 2048))
 
 
 def _write_config_folder(model, tokenizer) -> Path:
@@ -115,12 +122,14 @@ class VLLMEngine:
             raise ValueError(f"gpu_memory_utilization: expected 0 < value <= 1, got {gpu_memory_utilization!r}")
         if not isinstance(seed, int):
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.device = _model_device(model)
-        cuda = self.device.type == "cuda"
+        first = next(model.parameters(), None)
+        if first is None:
+            raise ValueError("model: has no parameters")
+        cuda = torch.cuda.is_available()  # vLLM runs on the GPU whenever there is one, wherever the model lives
         if enable_sleep_mode is None:
             enable_sleep_mode = cuda
         if enable_sleep_mode and not cuda:
-            raise ValueError("enable_sleep_mode: vLLM's sleep mode needs a CUDA model; pass False or None on CPU")
+            raise ValueError("enable_sleep_mode: vLLM's sleep mode needs a CUDA device; pass False or None on CPU")
         for key, value in (_CUDA_ENV if cuda else _CPU_ENV).items():
             os.environ.setdefault(key, value)
         vllm = _import_vllm()
@@ -140,25 +149,19 @@ class VLLMEngine:
             folder = _local_folder(model)
         if folder is None:
             folder = self._tmp_folder = _write_config_folder(model, tokenizer)
-        llm_kwargs.setdefault("load_format", "dummy")  # the weights come from sync_weights below
         if dtype is None:
-            dtype = next(model.parameters()).dtype
+            dtype = first.dtype
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).removeprefix("torch.")
         if cuda:
             llm_kwargs.setdefault("gpu_memory_utilization", gpu_memory_utilization)
             llm_kwargs.setdefault("enable_sleep_mode", self.enable_sleep_mode)
         else:
-            llm_kwargs.setdefault("enforce_eager", True)
-            config_len = getattr(model.config, "max_position_embeddings", None) or _CPU_MAX_MODEL_LEN
-            llm_kwargs.setdefault("max_model_len", min(int(config_len), _CPU_MAX_MODEL_LEN))
-            # vLLM 0.32 on CPU crashes on a seeded request whose prefill is split across steps ("CPU Generator does
-            # not use offset"): schedule whole prompts only
-            llm_kwargs.setdefault("enable_chunked_prefill", False)
-            llm_kwargs.setdefault("max_num_batched_tokens", max(int(llm_kwargs["max_model_len"]), 2048))
+            _cpu_defaults(llm_kwargs, getattr(model.config, "max_position_embeddings", None))
+        llm_kwargs.setdefault("load_format", "dummy")  # the weights come from sync_weights below
         llm_kwargs.setdefault("enable_prefix_caching", True)
         try:
-            with _caller_rng_kept(self.device):  # vLLM reseeds random, numpy and torch globally while it starts
+            with _caller_state_kept():  # the engine runs in the caller's process and threads
                 self.llm = vllm.LLM(model=str(folder), dtype=dtype, seed=seed, **llm_kwargs)
         except BaseException:
             self._remove_tmp_folder()

@@ -11,7 +11,7 @@ import torch
 
 from prepo.rollout import HFEngine, RolloutEngine, make_engine
 from prepo.rollout_vllm import VLLMEngine, _local_folder, vllm_available
-from tiny_lm import build_model, build_tokenizer
+from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse fixture)
 
 VLLM_OK, VLLM_WHY = vllm_available()
 needs_vllm = pytest.mark.skipif(not VLLM_OK, reason=VLLM_WHY)
@@ -110,8 +110,9 @@ def test_missing_vllm_says_how_to_install(monkeypatch, model, tok):
 def test_bad_arguments(model, tok, tmp_path):
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         VLLMEngine(model, tok, gpu_memory_utilization=0.0)
-    with pytest.raises(ValueError, match="enable_sleep_mode"):
-        VLLMEngine(model, tok, enable_sleep_mode=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="enable_sleep_mode"):
+            VLLMEngine(model, tok, enable_sleep_mode=True)
     with pytest.raises(FileNotFoundError, match="model_path"):
         VLLMEngine(model, tok, model_path=tmp_path)
 
@@ -237,9 +238,16 @@ def test_engine_from_a_saved_folder_starts_from_the_live_weights(one_engine, mod
     state = torch.seed()
     want = torch.rand(4)
     torch.manual_seed(state)
-    eng = one_engine.get("folder", lambda: make_engine("vllm", live, tok, model_path=tmp_path,
-                                                       max_model_len=MAX_LEN, seed=state % 1000 + 1))
-    assert torch.equal(torch.rand(4), want)  # vLLM reseeds torch while it starts; the caller's stream is kept
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eng = one_engine.get("folder", lambda: make_engine("vllm", live, tok, model_path=tmp_path,
+                                                           max_model_len=MAX_LEN, seed=state % 1000 + 1))
+        # vLLM reseeds torch, rebinds threads and stubs out torch.set_num_threads while it starts: all undone
+        assert torch.equal(torch.rand(4), want)
+        assert torch.set_num_threads is set_threads and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert isinstance(eng, VLLMEngine)
     eng.sleep()  # no-ops on CPU
     assert not eng.asleep
@@ -256,7 +264,8 @@ def test_cuda_sleep_wake_and_memory_share(one_engine, tok):
     model = build_model(tok, hidden=HIDDEN, init=0.5).cuda()
     total = torch.cuda.mem_get_info()[1]
     free_before = torch.cuda.mem_get_info()[0]
-    eng = one_engine.get("cuda", lambda: VLLMEngine(model, tok, gpu_memory_utilization=0.2, max_model_len=MAX_LEN))
+    eng = one_engine.get("cuda", lambda: VLLMEngine(model, tok, gpu_memory_utilization=0.2, max_model_len=MAX_LEN,
+                                                     enforce_eager=True))
     assert eng.enable_sleep_mode
     used = free_before - torch.cuda.mem_get_info()[0]
     assert used <= 0.2 * total + 2**30, f"vLLM took {used / 2**30:.1f} GiB, more than its 20% share"
