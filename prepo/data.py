@@ -110,6 +110,17 @@ def detect_preset(path: str | Path) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # readers: each yields (location, row) with location "file:line N" / "file:row N" for error messages
 # ---------------------------------------------------------------------------------------------------------------
+def _read_json_array(path: Path):
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:item {i}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}:item {i}", i, row
+
+
 def _read_jsonl(path: Path):
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -154,11 +165,14 @@ def _rows(path: Path, split: str | None):
     if path.is_dir():
         return _read_hf_disk(path, split)
     suffix = path.suffix.lower()
+    if suffix == ".json" and path.read_text(encoding="utf-8").lstrip()[:1] == "[":
+        return _read_json_array(path)
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path)
     if suffix in (".parquet", ".pq"):
         return _read_parquet(path)
-    raise ValueError(f"path: {path}: unsupported file type {suffix!r} (expected .jsonl, .parquet or a dataset folder)")
+    raise ValueError(f"path: {path}: unsupported file type {suffix!r} (expected .jsonl, .json, .parquet or a "
+                     "dataset folder)")
 
 
 def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: str | None = None,
@@ -194,7 +208,7 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
     verifier = verifier or (base.verifier if base else "math")
     if verifier not in VERIFIERS:
         raise ValueError(f"verifier: expected one of {VERIFIERS}, got {verifier!r}")
-    id_field = base.id_field if base and prompt_field == base.prompt_field else None
+    id_field = base.id_field if base else None
     name = preset or path.stem
 
     out: list[Example] = []
@@ -209,8 +223,10 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
             raise ValueError(f"{where}: field {prompt_field!r} must be a non-empty string")
         try:
             answer = extractor(row[answer_field])
-        except ValueError as exc:
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # a custom extractor may raise any of these
             raise ValueError(f"{where}: field {answer_field!r}: {exc}") from None
+        if not isinstance(answer, str):
+            raise ValueError(f"{where}: answer_extractor returned {type(answer).__name__}, expected str")
         key = row.get(id_field) if id_field else None
         meta = {"source": str(path), "line": lineno}
         meta.update({k: row[k] for k in (base.meta_fields if base else ()) if k in row})

@@ -123,9 +123,9 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.
         source = str(convert_gguf(source, cache_dir))
     elif not Path(source).expanduser().exists() and cache_dir is not None:
         hub_kw["cache_dir"] = cache_dir
-    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kw)
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(source, **hub_kw))
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **hub_kw)
     model.to(device).eval()
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = _prepare_tokenizer(tokenizer).pad_token_id
-    return model, _prepare_tokenizer(tokenizer)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

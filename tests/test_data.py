@@ -61,6 +61,13 @@ def test_limit_and_field_overrides(tmp_path):
     assert second.meta["line"] == 3 and second.answer == "2" and second.verifier == "math"
     with pytest.raises(ValueError, match=re.escape(f"{plain}:line 1") + ".*non-empty list"):
         load_examples(plain, prompt_field="q", answer_field="a", answer_extractor="first")
+    with pytest.raises(ValueError, match=re.escape(f"{plain}:line 3") + ".*'a'"):   # a callable that raises
+        load_examples(plain, prompt_field="q", answer_field="a", answer_extractor=lambda v: {4: "4"}[v])
+    # a JSON array file reads the same
+    array = tmp_path / "mine.json"
+    array.write_text(json.dumps([{"q": "What is 2 + 2?", "a": 4}, {"q": "1+1?", "a": 2.0}]))
+    assert [(e.id, e.answer) for e in load_examples(array, prompt_field="q", answer_field="a")] == \
+           [("mine/1", "4"), ("mine/2", "2")]
 
 
 @pytest.mark.parametrize("bad_line, message", [
