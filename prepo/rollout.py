@@ -70,8 +70,8 @@ def _check_sampling(prompts, n, max_new_tokens, temperature, top_p):
 class HFEngine:
     """transformers ``generate`` with a KV cache, batched over prompts × samples in chunks of ``batch_size`` rows.
 
-    Temperature 0 is greedy. Sampling is pure (no top-k, no repetition penalty), seeded without touching the global
-    RNG. Prompts are left-padded with an attention mask; completions are cut after the first stop token.
+    Temperature 0 is greedy. Sampling is pure (no top-k, no repetition penalty, whatever the model's own
+    generation_config says), seeded without touching the global RNG. Prompts are left-padded with an attention mask; completions are cut after the first stop token.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int | None = None, stop_ids: Sequence[int] | None = None):
@@ -118,12 +118,16 @@ class HFEngine:
             max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
             top_p=top_p if sample else None, top_k=0 if sample else None, eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id, use_cache=True)
-        was_training = self.model.training
+        # generate() fills every unset option from model.generation_config (a hub model's repetition_penalty, top_k,
+        # min_length...), which would make the sampler differ from the policy: hide it for the call
+        was_training, model_config = self.model.training, self.model.generation_config
         self.model.eval()
+        self.model.generation_config = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
         try:
             seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                        generation_config=config)
         finally:
+            self.model.generation_config = model_config
             self.model.train(was_training)
         new = seqs[:, width:].tolist()
         stops = set(self.stop_ids)

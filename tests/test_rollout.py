@@ -127,3 +127,26 @@ def test_stop_ids_and_errors(model, tok, prompts):
         engine.generate([[]], n=1, max_new_tokens=2, temperature=1.0)
     with pytest.raises(ValueError, match="batch_size"):
         HFEngine(model, tok, batch_size=0)
+
+
+def test_model_generation_config_is_ignored(tok, prompts):
+    """A hub model's generation_config (banned tokens, penalties, top-k...) must not change what the policy samples."""
+    from transformers import GenerationConfig
+
+    model = build_model(tok, init=0.5)
+    engine = HFEngine(model, tok)
+    p = random.choice(prompts)
+    plain = engine.generate([p], n=1, max_new_tokens=6, temperature=0.0)[0].completion_ids
+    hostile = GenerationConfig(suppress_tokens=sorted(set(plain)), repetition_penalty=3.0, min_length=400, top_k=1,
+                               temperature=0.01, eos_token_id=tok.eos_token_id)
+    model.generation_config = hostile
+    got = engine.generate([p], n=1, max_new_tokens=6, temperature=0.0)[0].completion_ids
+    assert model.generation_config is hostile
+    assert got == plain                                                     # nothing banned, no penalty
+    ids = list(p)
+    with torch.no_grad():
+        for _ in range(len(got)):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert ids[len(p):] == got
+    samples = engine.generate([p], n=6, max_new_tokens=6, temperature=1.0, seed=random.randrange(10**6))
+    assert len({tuple(r.completion_ids) for r in samples}) > 1              # not top_k=1 / temperature 0.01
