@@ -29,6 +29,16 @@ class TokenSeq:
 
 
 @dataclass
+class Prefix:
+    """Prompt tokens shared by a group of sequences: run once, their KV cache repeated ``repeats`` times per row."""
+
+    input_ids: torch.Tensor          # (n, W) left-padded prompts without their last token
+    attention_mask: torch.Tensor     # (n, W)
+    position_ids: torch.Tensor       # (n, W)
+    repeats: int                     # sequences per prompt (G)
+
+
+@dataclass
 class ModelBatch:
     """Model inputs for a list of sequences; ``targets``/``mask`` are per position (B, T) in the padded layout.
 
@@ -42,6 +52,7 @@ class ModelBatch:
     targets: torch.Tensor            # model-layout targets (what the forward op is given)
     mask: torch.Tensor               # (B, T) float 1.0 where a log-prob counts
     unpack: torch.Tensor | None = None
+    prefix: Prefix | None = None     # shared prompts to run first (their cache continues into input_ids)
 
     def model_kwargs(self) -> dict:
         return {} if self.position_ids is None else {"position_ids": self.position_ids}
@@ -83,6 +94,63 @@ def collate_packed(seqs: Sequence[TokenSeq], device=None) -> ModelBatch:
     unpack = (starts[:, None] + torch.arange(padded.input_ids.shape[1])[None, :]).clamp_max(flat_ids.numel() - 1)
     return ModelBatch(flat_ids[None].to(device), None, positions[None].to(device), flat_targets[None].to(device),
                       padded.mask.to(device), unpack.to(device))
+
+
+def prompt_length(seq: TokenSeq) -> int:
+    """Tokens before the first scored one (the whole sequence when nothing is scored)."""
+    return next((t for t, m in enumerate(seq.scored) if m), len(seq.ids))
+
+
+def collate_shared_prefix(seqs: Sequence[TokenSeq], group_size: int, pad_id: int, device=None) -> ModelBatch:
+    """Groups of ``group_size`` consecutive sequences that share a prompt: the prompt minus its last token becomes a
+    :class:`Prefix` (run once per group), each sequence keeps [last prompt token] + its completion (right-padded).
+
+    The result equals the padded batch's log-probs of the completion tokens, at about 1/G of the prompt compute.
+    """
+    if group_size < 1 or len(seqs) % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the {len(seqs)} sequences")
+    groups = [seqs[i:i + group_size] for i in range(0, len(seqs), group_size)]
+    prompts = []
+    for g in groups:
+        n = prompt_length(g[0])
+        if n < 2 or any(prompt_length(s) != n or s.ids[:n] != g[0].ids[:n] for s in g):
+            raise ValueError("sequences of a group must share a prompt of at least 2 tokens")
+        prompts.append(g[0].ids[:n])
+    width = max(len(p) for p in prompts) - 1
+    pre_ids = torch.full((len(groups), width), int(pad_id), dtype=torch.long)
+    pre_mask = torch.zeros((len(groups), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        pre_ids[b, width - len(p) + 1:] = torch.as_tensor(p[:-1], dtype=torch.long)
+        pre_mask[b, width - len(p) + 1:] = 1
+    pre_pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
+    suffixes = [TokenSeq(p[-1:] + s.ids[len(p):], [0] + s.scored[len(p):]) for p, g in zip(prompts, groups) for s in g]
+    body = collate_padded(suffixes, pad_id)
+    starts = torch.tensor([len(p) - 1 for p in prompts]).repeat_interleave(group_size)
+    positions = starts[:, None] + torch.arange(body.input_ids.shape[1])[None, :]
+    attention = torch.cat([pre_mask.repeat_interleave(group_size, dim=0), body.attention_mask], dim=1)
+    prefix = Prefix(pre_ids.to(device), pre_mask.to(device), pre_pos.to(device), group_size)
+    return ModelBatch(body.input_ids.to(device), attention.to(device), positions.to(device), body.targets.to(device),
+                      body.mask.to(device), prefix=prefix)
+
+
+def cost_budget_chunks(costs: Sequence[int], budget: int) -> list[list[int]]:
+    """Split indices into chunks whose summed cost stays within ``budget`` (largest first; oversize ones alone).
+
+    >>> cost_budget_chunks([3, 5, 2, 5], 8)
+    [[1], [3, 0], [2]]
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    chunks: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        if chunks and total + costs[i] <= budget:
+            chunks[-1].append(i)
+            total += costs[i]
+        else:
+            chunks.append([i])
+            total = costs[i]
+    return chunks
 
 
 def token_budget_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:

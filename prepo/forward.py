@@ -36,3 +36,23 @@ def token_logprobs_entropy(model, input_ids: torch.Tensor, attention_mask: torch
         return hf.causal_lm_logprobs_and_entropy(model, input_ids, attention_mask, targets,
                                                  temperature=temperature, **body_kwargs)
     return _fallback(model, input_ids, attention_mask, targets, temperature, **body_kwargs)
+
+
+def prefix_cache(model, prefix):
+    """Run the shared prompts once (with gradient) and repeat their KV cache for each sequence of the group."""
+    body = getattr(model, model.base_model_prefix)
+    out = body(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask, position_ids=prefix.position_ids,
+               use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(prefix.repeats)
+    return cache
+
+
+def batch_logprobs_entropy(model, batch, *, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_logprobs_entropy for a ``prepo.batching.ModelBatch`` (padded, packed or shared-prefix), in (B, T) rows."""
+    kwargs = batch.model_kwargs()
+    if batch.prefix is not None:
+        kwargs["past_key_values"] = prefix_cache(model, batch.prefix)
+    lp, ent = token_logprobs_entropy(model, batch.input_ids, batch.attention_mask, batch.targets,
+                                     temperature=temperature, **kwargs)
+    return batch.rows(lp), batch.rows(ent)

@@ -67,7 +67,7 @@ def group_advantage_table(groups: Sequence[Group], normalize_std: bool) -> torch
 
 def build_samples(groups: Sequence[Group], prompts: Sequence, advantages: torch.Tensor) -> list[Sample]:
     """One update sample per rollout (prompt tokens + completion tokens, its advantage), group-major."""
-    return [make_sample(prompts[g.prompt_index].input_ids, r.completion_ids, float(advantages[gi, j]))
+    return [make_sample(prompts[g.prompt_index].input_ids, r.completion_ids, float(advantages[gi, j]), gi)
             for gi, g in enumerate(groups) for j, r in enumerate(g.rollouts)]
 
 

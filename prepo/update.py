@@ -11,8 +11,9 @@ from typing import Sequence
 import torch
 
 from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_weights
-from prepo.batching import TokenSeq, collate_packed, collate_padded, token_budget_chunks
-from prepo.forward import token_logprobs_entropy
+from prepo.batching import (TokenSeq, collate_packed, collate_padded, collate_shared_prefix, cost_budget_chunks,
+                            prompt_length, token_budget_chunks)
+from prepo.forward import batch_logprobs_entropy
 
 
 @dataclass
@@ -21,15 +22,17 @@ class Sample:
 
     seq: TokenSeq
     advantage: float
+    group: int | None = None            # rollouts of one prompt share a group id (enables the shared-prefix forward)
 
     @property
     def num_tokens(self) -> int:
         return int(sum(self.seq.scored))
 
 
-def make_sample(prompt_ids: Sequence[int], completion_ids: Sequence[int], advantage: float) -> Sample:
+def make_sample(prompt_ids: Sequence[int], completion_ids: Sequence[int], advantage: float,
+                group: int | None = None) -> Sample:
     ids = list(prompt_ids) + list(completion_ids)
-    return Sample(TokenSeq(ids, [0] * len(prompt_ids) + [1] * len(completion_ids)), float(advantage))
+    return Sample(TokenSeq(ids, [0] * len(prompt_ids) + [1] * len(completion_ids)), float(advantage), group)
 
 
 @dataclass
@@ -48,15 +51,17 @@ class UpdateSettings:
     max_grad_norm: float = 1.0
     pad_id: int = 0
     packed: bool = False                # one packed row per micro-batch (flash-attention on CUDA)
+    shared_prefix: bool = True          # run each group's prompt once and reuse its KV cache (exact; not with packed)
 
 
 @dataclass
 class UpdateStats:
     loss: float
     grad_norm: float
-    entropy_mean: float                 # mean over rollouts of H̄_i (current policy, response tokens)
+    entropy_mean: float | None          # mean over the rollouts in the update of H̄_i (None if none took part)
     entropy_baseline: float             # H̄ the weights are divided by (1.0 when weighting is none)
     weights: torch.Tensor               # (n,) w_i actually applied, in sample order (1 for skipped samples)
+    active: list[int]                   # samples that took part (all but skipped zero-advantage / empty ones)
     kl_mean: float
     clip_frac: float
     micro_batches: int
@@ -73,9 +78,7 @@ def entropy_baseline(mean_entropy: torch.Tensor, lengths: torch.Tensor, mode: st
 
 
 def _forward(model, batch, temperature):
-    lp, ent = token_logprobs_entropy(model, batch.input_ids, batch.attention_mask, batch.targets,
-                                     temperature=temperature, **batch.model_kwargs())
-    return batch.rows(lp), batch.rows(ent)
+    return batch_logprobs_entropy(model, batch, temperature=temperature)
 
 
 def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,16 +97,30 @@ class _Pass:
     def __init__(self, model, samples, settings: UpdateSettings, ref_model=None):
         self.model, self.samples, self.s, self.ref_model = model, samples, settings, ref_model
         self.device = next(model.parameters()).device
-        active = [i for i, smp in enumerate(samples)
-                  if smp.num_tokens > 0 and not (settings.skip_zero_advantage and smp.advantage == 0.0)]
-        lengths = [len(samples[i].seq.ids) for i in active]
-        self.chunks = [[active[j] for j in chunk] for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
+        skip = settings.skip_zero_advantage
+        self.group_size = _group_size(samples) if settings.shared_prefix and not settings.packed else None
+        if self.group_size:  # whole groups per micro-batch, costed as prompt + G × (last prompt token + completion)
+            groups = [list(range(g, g + self.group_size)) for g in range(0, len(samples), self.group_size)]
+            groups = [g for g in groups if not (skip and all(samples[i].advantage == 0.0 for i in g))]
+            costs = [prompt_length(samples[g[0]].seq) + self.group_size *
+                     max(len(samples[i].seq.ids) - prompt_length(samples[i].seq) + 1 for i in g) for g in groups]
+            self.chunks = [[i for j in chunk for i in groups[j]]
+                           for chunk in cost_budget_chunks(costs, settings.micro_batch_tokens)]
+        else:
+            active = [i for i, smp in enumerate(samples) if smp.num_tokens > 0 and not (skip and smp.advantage == 0.0)]
+            lengths = [len(samples[i].seq.ids) for i in active]
+            self.chunks = [[active[j] for j in chunk]
+                           for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
+        # samples whose entropy enters H̄ and the reported weights
+        self.active = sorted(i for chunk in self.chunks for i in chunk if samples[i].num_tokens > 0)
         # global denominators: every sample counts, skipped ones included, so micro-batch losses add up to the batch loss
         self.num_tokens = sum(smp.num_tokens for smp in samples)
         self.num_seqs = sum(1 for smp in samples if smp.num_tokens > 0)
 
     def batch(self, chunk):
         seqs = [self.samples[i].seq for i in chunk]
+        if self.group_size:
+            return collate_shared_prefix(seqs, self.group_size, self.s.pad_id, self.device)
         if self.s.packed:
             return collate_packed(seqs, self.device)
         return collate_padded(seqs, self.s.pad_id, self.device)
@@ -129,6 +146,24 @@ class _Pass:
         # w_i scales rollout i's whole loss (surrogate and KL alike); constants, no gradient through them
         return aggregate_loss(token_loss * weights[:, None], batch.mask, mode=s.loss_aggregation,
                               num_tokens=self.num_tokens, num_seqs=self.num_seqs)
+
+
+def _group_size(samples) -> int | None:
+    """G when the samples are whole consecutive groups of equal size G > 1 with prompts of 2+ tokens, else None."""
+    ids = [smp.group for smp in samples]
+    if not samples or None in ids:
+        return None
+    size = ids.count(ids[0])
+    if size < 2 or len(ids) % size:
+        return None
+    for start in range(0, len(ids), size):
+        block = samples[start:start + size]
+        first = block[0].seq
+        n = prompt_length(first)
+        if n < 2 or any(smp.group != block[0].group or prompt_length(smp.seq) != n or smp.seq.ids[:n] != first.ids[:n]
+                        for smp in block):
+            return None
+    return size
 
 
 def _zero_grad(params):
@@ -173,7 +208,7 @@ def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSetti
             stats["loss"] += float(loss.detach())
         if not use_entropy:
             break
-        active = sorted(i for chunk in sweep.chunks for i in chunk)
+        active = sweep.active
         lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float64)
         h_bar = entropy_baseline(mean_entropy[active], lengths, settings.weighting) if active else 1.0
         if h_bar > 0:
@@ -207,12 +242,12 @@ def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateS
     else:
         stats, mean_entropy, weights, h_bar, sweep, grad_norm = _multi_epoch(model, optimizer, samples, settings,
                                                                             ref_model)
-    active = sorted(i for chunk in sweep.chunks for i in chunk)
+    active = sweep.active
     tokens = max(sweep.num_tokens, 1)
     return UpdateStats(
         loss=stats["loss"], grad_norm=grad_norm,
-        entropy_mean=float(mean_entropy[active].mean()) if active else 0.0,
-        entropy_baseline=h_bar, weights=weights,
+        entropy_mean=float(mean_entropy[active].mean()) if active else None,
+        entropy_baseline=h_bar, weights=weights, active=active,
         kl_mean=stats["kl"] / tokens, clip_frac=stats["clipped"] / tokens,
         micro_batches=len(sweep.chunks), tokens=sweep.num_tokens)
 
@@ -230,7 +265,7 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model):
             old.append(lp)
             mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
         model.train()
-    active = sorted(i for chunk in sweep.chunks for i in chunk)
+    active = sweep.active
     lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float32)
     weights = torch.ones(len(samples), dtype=torch.float32)
     h_bar = 1.0

@@ -32,14 +32,17 @@ def tiny_llama(hidden=32):
     return build_model(TOKENIZER, hidden=hidden).train()
 
 
-def _samples(n, zero_adv=1):
+def _samples(n, zero_adv=1, group_size=None):
+    """n random rollouts; with ``group_size`` they come in groups of that size sharing a prompt (group-major)."""
     out = []
     for i in range(n):
-        prompt = [random.randrange(1, VOCAB) for _ in range(random.randint(2, 9))]
+        if group_size is None or i % group_size == 0:
+            prompt = [random.randrange(1, VOCAB) for _ in range(random.randint(2, 9))]
         completion = [random.randrange(1, VOCAB) for _ in range(random.randint(1, 7))]
         adv = 0.0 if i < zero_adv else random.gauss(0, 1)
-        out.append(make_sample(prompt, completion, adv))
-    random.shuffle(out)
+        out.append(make_sample(prompt, completion, adv, None if group_size is None else i // group_size))
+    if group_size is None:
+        random.shuffle(out)
     return out
 
 
@@ -87,15 +90,19 @@ def _assert_grads_close(ours, ref):
 
 @pytest.mark.parametrize("weighting", ["none", "entropy", "entropy_token"])
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
-def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation):
+@pytest.mark.parametrize("grouped", [False, True], ids=["padded", "shared-prefix"])
+def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation, grouped):
     model = tiny_llama()
     model64 = copy.deepcopy(model).double()
-    samples = _samples(random.randint(5, 9))
+    group_size = random.randint(2, 4) if grouped else None
+    samples = _samples(3 * group_size if grouped else random.randint(5, 9), group_size=group_size)
     temperature = random.choice([1.0, 0.7])
     longest = max(len(s.seq.ids) for s in samples)
+    budget = (group_size + 1) * longest if grouped else 2 * longest   # several micro-batches of uneven size
     settings = UpdateSettings(weighting=weighting, loss_aggregation=aggregation, temperature=temperature,
-                              micro_batch_tokens=2 * longest, pad_id=0)   # several micro-batches of uneven size
+                              micro_batch_tokens=budget, pad_id=0)
     stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings)
+    assert sweep.group_size == group_size
     assert len(sweep.chunks) >= 2 and max(len(c) for c in sweep.chunks) > 1
     loss, w_ref = _reference_loss(model64, samples, weighting=weighting, aggregation=aggregation,
                                   temperature=temperature)
@@ -219,3 +226,29 @@ def test_forward_fallback_matches_float64_logits():
         lp, ent = fn(model, batch.input_ids, batch.attention_mask, batch.targets, 0.8)
         torch.testing.assert_close(lp.double(), ref_lp, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_prefix_batch_equals_padded_batch():
+    """Prompt run once + KV cache repeated per rollout gives the padded batch's completion log-probs and entropies."""
+    from prepo.batching import collate_shared_prefix
+    from prepo.forward import batch_logprobs_entropy
+
+    model = tiny_llama()
+    g = random.randint(2, 5)
+    samples = _samples(4 * g, zero_adv=0, group_size=g)
+    seqs = [smp.seq for smp in samples]
+    padded = collate_padded(seqs, 0)
+    shared = collate_shared_prefix(seqs, g, 0)
+    assert shared.prefix.input_ids.shape[0] == 4 and shared.input_ids.shape[0] == 4 * g
+    with torch.no_grad():
+        lp_p, ent_p = batch_logprobs_entropy(model, padded, temperature=0.9)
+        lp_s, ent_s = batch_logprobs_entropy(model, shared, temperature=0.9)
+    # same tokens scored: compare each row's scored values in order
+    for b in range(len(seqs)):
+        want = padded.mask[b].bool()
+        got = shared.mask[b].bool()
+        assert int(want.sum()) == int(got.sum()) == samples[b].num_tokens
+        torch.testing.assert_close(lp_s[b][got], lp_p[b][want], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ent_s[b][got], ent_p[b][want], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="share a prompt"):
+        collate_shared_prefix([seqs[0], seqs[-1]], 2, 0)
