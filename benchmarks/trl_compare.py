@@ -78,21 +78,23 @@ def run_trl(steps: int, seed: int) -> dict:
             "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
 
-def run_prepo(steps: int, seed: int) -> dict:
-    """prepo's own loop (PREPO: perplexity window of 20 candidates, entropy weights) on the same settings."""
+def run_prepo(steps: int, seed: int, extra: list[str] = ()) -> dict:
+    """prepo's own loop (PREPO: perplexity window of 20 candidates, entropy weights) on the same settings.
+
+    ``extra`` are further ``key=value`` config overrides (e.g. ``model.gradient_checkpointing=true``)."""
     from prepo.config import load_config
     from prepo.trainer import Trainer
 
     cfg = load_config(None, [f"selection.k={K}", f"rollout.group_size={G}", f"rollout.max_new_tokens={NEW_TOKENS}",
                              f"rollout.temperature={TEMPERATURE}", f"optim.lr={LR}", f"run.steps={steps}",
                              f"run.seed={seed}", "eval.every=0", "data.eval_size=0", "run.progress=false",
-                             "run.device=cpu"])
+                             "run.device=cpu", *extra])
     trainer = Trainer(cfg, tempfile.mkdtemp())
     rows = [trainer.train_step() for _ in range(steps)]
     steps_out = [{"generate": r["time_select"] + r["time_generate"] + r["time_reward"], "update": r["time_update"],
                   "step": r["time_step"], "select": r["time_select"]} for r in rows]
     return {"side": "prepo", "steps": steps_out, "peak_rss_mb": _peak_rss_mb(),
-            "gradient_checkpointing": bool(cfg.model.gradient_checkpointing)}
+            "gradient_checkpointing": bool(cfg.model.gradient_checkpointing), "overrides": list(extra)}
 
 
 def _child(side: str, steps: int, seed: int) -> dict:
@@ -115,7 +117,8 @@ def _table(results: list[dict], skip: int) -> str:
     for r in results:
         timed = r["steps"][skip:] or r["steps"]
         med = {k: statistics.median(s[k] for s in timed) for k in ("step", "generate", "update")}
-        head += (f"| {r['side']} | {len(timed)} | {med['step']:.1f} | {med['generate']:.1f} | {med['update']:.1f} | "
+        label = r["side"] + (f" ({', '.join(r['overrides'])})" if r.get("overrides") else "")
+        head += (f"| {label} | {len(timed)} | {med['step']:.1f} | {med['generate']:.1f} | {med['update']:.1f} | "
                  f"{r['peak_rss_mb']:.0f} | {r['gradient_checkpointing']} |\n")
     return head
 
@@ -127,22 +130,28 @@ def main(argv=None) -> int:
     p.add_argument("--skip", type=int, default=1, help="leading steps left out of the medians (warm-up)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULT)
-    p.add_argument("--results", nargs=2, type=Path, metavar=("TRL_JSON", "PREPO_JSON"),
-                   help="write the table from two earlier --side outputs instead of running")
+    p.add_argument("--prepo-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra prepo config overrides")
+    p.add_argument("--note", default="", help="a line added to the result file (e.g. the machine's load)")
+    p.add_argument("--results", nargs="+", type=Path, metavar="JSON",
+                   help="write the table from earlier --side outputs (TRL first, then prepo runs) instead of running")
     a = p.parse_args(argv)
     if a.side:
-        print(json.dumps((run_trl if a.side == "trl" else run_prepo)(a.steps, a.seed)))
+        result = run_trl(a.steps, a.seed) if a.side == "trl" else run_prepo(a.steps, a.seed, a.prepo_set)
+        print(json.dumps(result))
         return 0
     if a.results:
         results = [json.loads(path.read_text().strip().splitlines()[-1]) for path in a.results]
     else:
         results = [_child(side, a.steps, a.seed) for side in ("trl", "prepo")]
-    trl, ours = results
+    trl, ours = results[0], results[1]
     med = lambda r, k: statistics.median(s[k] for s in (r["steps"][a.skip:] or r["steps"]))  # noqa: E731
     ratio = med(ours, "step") / med(trl, "step")
+    n_steps = min(len(r["steps"]) for r in results)
+    timed = (f"medians over the steps after the first {a.skip}" if n_steps > a.skip
+             else f"{n_steps} step(s) each, warm-up included")
     text = (f"# TRL GRPOTrainer vs prepo's loop on CPU\n\n{datetime.date.today().isoformat()}, {_cpu_model()}, "
-            f"{os.cpu_count()} cores, `python -m benchmarks.trl_compare --steps {a.steps}` (medians over steps "
-            f"after the first {a.skip}).\n\nSmolLM2-135M-Instruct fp32, {K} arith prompts × {G} rollouts, "
+            f"{os.cpu_count()} cores, `python -m benchmarks.trl_compare` ({timed}).\n\n"
+            + (f"{a.note}\n\n" if a.note else "") + f"SmolLM2-135M-Instruct fp32, {K} arith prompts × {G} rollouts, "
             f"{NEW_TOKENS} new tokens, temperature {TEMPERATURE}, lr {LR}, no KL, one update per batch; each side in "
             f"its own process. TRL: GRPOTrainer defaults otherwise (generate = `_generate_and_score_completions`). "
             f"prepo: its default PREPO step (perplexity window of 20 candidates, entropy weights; generate includes "
