@@ -112,7 +112,11 @@ def main(argv=None) -> int:
                 os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
                 with open(out, "w") as f:
                     f.write("\n".join(lines) + "\n")
+    if hasattr(os, "getloadavg"):
+        lines.append("load average at the end (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
     if out:
+        with open(out, "w") as f:
+            f.write("\n".join(lines) + "\n")
         print(f"wrote {out}")
     return 0
 

@@ -73,7 +73,7 @@ void check_targets(const at::Tensor& targets, int64_t N, int64_t V, int64_t igno
 // faults cost several times the write itself. Ask for transparent huge pages on the buffer's 2 MiB-aligned interior:
 // only pages the kernel overwrites entirely, a hint the OS may ignore (THP off), never a change of the data.
 void advise_huge_pages(void* ptr, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(PK_NO_HUGEPAGE_HINT)  // the macro: A/B timing only
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   if (bytes < 2 * kHuge) return;
   const uintptr_t b = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
