@@ -178,7 +178,8 @@ def test_token_budget_chunks_and_packing():
         TokenSeq([1, 2], [1, 0])
 
 
-def test_prompt_perplexity_matches_float64_and_fused_reference():
+@pytest.mark.parametrize("template", [False, True], ids=["free", "shared-template"])
+def test_prompt_perplexity_matches_float64_and_fused_reference(template):
     model = tiny_llama()
     model64 = copy.deepcopy(model).double()
 
@@ -187,12 +188,21 @@ def test_prompt_perplexity_matches_float64_and_fused_reference():
             self.input_ids, self.score_mask = ids, mask
 
     prompts = []
+    head = [random.randrange(1, VOCAB) for _ in range(random.randint(2, 8))]  # a template every prompt starts with
     for _ in range(9):
-        n = random.randint(2, 14)
-        mask = [0] + [random.randint(0, 1) for _ in range(n - 1)]
-        mask[random.randrange(1, n)] = 1
-        prompts.append(P([random.randrange(1, VOCAB) for _ in range(n)], mask))
-    ours = prompt_perplexities(model, prompts, pad_id=0, token_budget=30)
+        if template:  # template, scored question, unscored tail
+            q, tail = random.randint(1, 6), random.randint(0, 4)
+            ids = head + [random.randrange(1, VOCAB) for _ in range(q + tail)]
+            mask = [0] * len(head) + [1] * q + [0] * tail
+        else:
+            n = random.randint(2, 14)
+            ids = [random.randrange(1, VOCAB) for _ in range(n)]
+            mask = [0] + [random.randint(0, 1) for _ in range(n - 1)]
+            mask[random.randrange(1, n)] = 1
+        prompts.append(P(ids, mask))
+    ours = prompt_perplexities(model, prompts, pad_id=0, token_budget=30 if not template else 10_000)
+    from prepo.scoring import _common_prompt
+    assert _common_prompt([TokenSeq(p.input_ids, p.score_mask) for p in prompts]) == template  # the path taken
     for p, got in zip(prompts, ours):
         ids = torch.tensor([p.input_ids])
         with torch.no_grad():
