@@ -149,6 +149,18 @@ def load_policy(model_cfg, device: torch.device, packed: bool):
 
 # --- the loop -----------------------------------------------------------------------------------------------------
 
+def _sigterm_as_interrupt():
+    """While training, SIGTERM (e.g. a job scheduler stopping the run) is handled like Ctrl-C: save, then exit."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -233,20 +245,21 @@ class Trainer:
 
     @contextlib.contextmanager
     def _commit_section(self):
-        """Ctrl-C during the optimizer step is deferred to the end of the step, so weights never end half-updated."""
+        """Ctrl-C / SIGTERM during the update is deferred to the end of the step, so weights never end half-updated."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
-        def on_sigint(signum, frame):
+        def on_signal(signum, frame):
             self._stop_requested = True
-            print("\nCtrl-C: finishing this update, then saving a checkpoint", file=sys.stderr)
+            print("\ninterrupted: finishing this update, then saving a checkpoint", file=sys.stderr)
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _score(self, indices: Sequence[int]) -> list[float]:
@@ -359,6 +372,7 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         interrupted = False
+        restore_sigterm = _sigterm_as_interrupt()
         bar = tqdm(total=cfg.run.steps, initial=self.step, disable=not cfg.run.progress, desc="train", unit="step",
                    dynamic_ncols=True)
         try:
@@ -389,6 +403,7 @@ class Trainer:
                   file=sys.stderr)
         finally:
             bar.close()
+            restore_sigterm()
         plot_curves(self.log.rows, self.run_dir / "curves.png")
         text = summary(self.log.rows, time.perf_counter() - t0)
         return TrainResult(self.run_dir, self.step, self.rollouts, interrupted, text)

@@ -1,0 +1,209 @@
+"""End to end on a tiny random Llama saved to a folder: `prepo train` runs, logs, plots, checkpoints and resumes exactly.
+
+The reward is swapped for a deterministic function of the completion text so a random model gets reward variance.
+"""
+import json
+import math
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import prepo.rewards
+import prepo.trainer
+from prepo import train_cli
+from prepo.checkpoint import list_checkpoints
+from prepo.metrics import TRAIN_FIELDS
+from prepo.selection import Group
+from prepo.trainer import build_samples, group_advantage_table, reward_groups, step_seed
+from tiny_lm import build_model, build_tokenizer
+
+# fields that depend on wall time or memory, not on the computation
+_TIMING = {"time_select", "time_generate", "time_reward", "time_update", "time_step", "peak_rss_mb", "time_eval"}
+
+
+def _fake_scores(examples, completions, *, timeout=5.0):
+    return [float(len(text) % 2 == 0) for text in completions]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster than two fighting over a busy machine; the trainer's setting is undone."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tok = build_tokenizer()
+    build_model(tok, seed=random.randrange(10**6), hidden=32).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _overrides(model_dir, strategy="ppl"):
+    return [f"model.name_or_path={model_dir}", "data.train=arith", "data.train_size=40", "data.eval_size=4",
+            "data.tiers=[add1, sub1]", "data.system_prompt=Answer with a single number.",
+            f"selection.strategy={strategy}", "selection.num_candidates=5", "selection.k=2",
+            "rollout.group_size=4", "rollout.max_new_tokens=5", "rollout.temperature=1.0",
+            "algorithm.weighting=entropy", "optim.lr=1e-3", "optim.micro_batch_tokens=128",
+            "eval.max_new_tokens=4", "run.progress=false", "run.threads=1", f"run.seed={random.randrange(1000)}"]
+
+
+def _rows(run_dir, kind):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def _same_row(a, b):
+    keys = set(a) - _TIMING
+    assert keys == set(b) - _TIMING
+    for key in keys:
+        assert a[key] == b[key], (key, a[key], b[key])
+
+
+def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    base = _overrides(tiny_model_dir)
+
+    # uninterrupted: 3 steps, a checkpoint after each
+    full = tmp_path / "full"
+    assert train_cli.main(["--output-dir", str(full), "--max-steps", "3", *base,
+                           "run.save_every=1", "run.keep_checkpoints=0"]) == 0
+    train = _rows(full, "train")
+    assert [r["step"] for r in train] == [1, 2, 3]
+    for r in train:
+        assert set(TRAIN_FIELDS) <= set(r)
+        for key in ("reward_mean", "accuracy", "entropy_mean", "weight_min", "weight_max", "ppl_window_lo",
+                    "ppl_window_hi", "time_select", "time_generate", "time_update", "peak_rss_mb"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r[key])
+        assert r["rollouts_step"] == 2 * 4 and r["prompts"] == 2
+        assert r["weight_min"] <= 1.0 <= r["weight_max"]
+        assert r["ppl_window_lo"] <= r["ppl_window_hi"]
+    assert [r["rollouts"] for r in train] == [8, 16, 24]
+    evals = _rows(full, "eval")
+    assert [r["step"] for r in evals] == [0, 3] and all(0.0 <= r["accuracy"] <= 1.0 for r in evals)
+    assert (full / "curves.png").stat().st_size > 1000
+    assert (full / "config.yaml").is_file()
+    assert [p.name for p in list_checkpoints(full)] == ["step-000001", "step-000002", "step-000003"]
+    w1 = load_file(str(full / "checkpoints" / "step-000001" / "model.safetensors"))
+    w3 = load_file(str(full / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert any(not torch.equal(w1[k], w3[k]) for k in w1), "training did not change the weights"
+
+    # interrupted by Ctrl-C during step 3: the checkpoint is the state after step 2
+    calls = {"n": 0}
+    real_roll_out = prepo.trainer.roll_out
+
+    def interrupting_roll_out(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_roll_out(*args, **kwargs)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(prepo.trainer, "roll_out", interrupting_roll_out)
+    assert train_cli.main(["--output-dir", str(cut), "--max-steps", "3", *base]) == 130
+    assert [p.name for p in list_checkpoints(cut)] == ["step-000002"]
+    assert [r["step"] for r in _rows(cut, "train")] == [1, 2]
+    for a, b in zip(_rows(full, "train")[:2], _rows(cut, "train")):
+        _same_row(a, b)
+
+    # resume: step 3 equals the uninterrupted run's step 3, metrics and weights alike
+    monkeypatch.setattr(prepo.trainer, "roll_out", real_roll_out)
+    assert train_cli.main(["--resume", str(cut)]) == 0
+    resumed = _rows(cut, "train")
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    _same_row(resumed[2], train[2])
+    w_resumed = load_file(str(cut / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert w_resumed.keys() == w3.keys()
+    for k in w3:
+        assert torch.equal(w_resumed[k], w3[k]), k
+    state_full = torch.load(full / "checkpoints" / "step-000003" / "state.pt", weights_only=True)
+    state_cut = torch.load(cut / "checkpoints" / "step-000003" / "state.pt", weights_only=True)
+    assert state_full["sampler"] == state_cut["sampler"] and state_full["rollouts"] == state_cut["rollouts"] == 24
+
+
+@pytest.mark.parametrize("strategy", ["dynamic", "greso", "random", "all"])
+def test_baseline_strategies_run(tiny_model_dir, tmp_path, monkeypatch, strategy):
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    out = tmp_path / strategy
+    assert train_cli.main(["--output-dir", str(out), "--max-steps", "2", *_overrides(tiny_model_dir, strategy),
+                           "eval.before=false", "data.eval_size=0", "selection.max_rounds=2"]) == 0
+    rows = _rows(out, "train")
+    assert len(rows) == 2 and rows[-1]["rollouts"] == sum(r["rollouts_step"] for r in rows)
+    for r in rows:
+        assert r["ppl_window_lo"] is None  # no perplexity window outside `ppl`
+        assert r["rollouts_step"] == r["discarded_step"] + 4 * r["prompts"]
+        if strategy == "all":
+            assert r["prompts"] == 5
+        elif strategy == "random":
+            assert r["prompts"] == 2
+
+
+def test_stage_functions_by_hand():
+    class R:
+        def __init__(self, ids, text):
+            self.completion_ids, self.text = ids, text
+
+    class P:
+        def __init__(self, ids):
+            self.input_ids = ids
+
+    from prepo.data import Example
+
+    examples = [Example("a", "What is 1 + 1?", "2"), Example("b", "What is 2 + 2?", "4")]
+    rollouts = [[R([5, 6], "2"), R([7], "3")], [R([8], "4"), R([9, 9], "four")]]
+    groups = reward_groups(examples, [0, 1], rollouts)
+    assert [g.rewards for g in groups] == [[1.0, 0.0], [1.0, 0.0]]
+    adv = group_advantage_table(groups, normalize_std=False)
+    assert adv.tolist() == [[0.5, -0.5], [0.5, -0.5]]
+    samples = build_samples(groups, [P([1, 2, 3]), P([4])], adv)
+    assert [s.seq.ids for s in samples] == [[1, 2, 3, 5, 6], [1, 2, 3, 7], [4, 8], [4, 9, 9]]
+    assert [s.seq.scored for s in samples][0] == [0, 0, 0, 1, 1]
+    assert [s.advantage for s in samples] == [0.5, -0.5, 0.5, -0.5]
+    with pytest.raises(ValueError, match="different sizes"):
+        group_advantage_table([Group(0, [1], [1.0]), Group(1, [1, 2], [1.0, 0.0])], True)
+    assert step_seed(3, 4, 0) == step_seed(3, 4, 0) != step_seed(3, 4, 1)
+
+
+def test_failing_reward_names_the_prompt(monkeypatch):
+    import prepo.rewards as rewards
+
+    def boom(completion, answer):
+        raise ZeroDivisionError("bad parse")
+
+    monkeypatch.setitem(rewards.REWARDS, "numeric", boom)
+    from prepo.data import Example
+
+    class R:
+        completion_ids, text = [1], "7"
+
+    with pytest.raises(rewards.RewardError, match="arith-x-7"):
+        reward_groups([Example("arith-x-7", "What is 3 + 4?", "7")], [0], [[R()]])
+
+
+def test_signal_during_update_finishes_the_step_then_saves(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    real_update = prepo.trainer.policy_update
+    calls = {"n": 0}
+
+    def update_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-update: deferred to the end of step 2
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(prepo.trainer, "policy_update", update_then_signal)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "sig"
+    assert train_cli.main(["--output-dir", str(out), "--max-steps", "4", *_overrides(tiny_model_dir),
+                           "eval.before=false", "data.eval_size=0"]) == 130
+    assert [r["step"] for r in _rows(out, "train")] == [1, 2]
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002"]
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the trainer's handlers are gone again
