@@ -4,7 +4,7 @@ Shared by the TRL and verl integrations; imports neither framework.
 """
 from __future__ import annotations
 
-SCORE_SPANS = ("question", "prompt")
+from prepo.data import SCORE_SPANS
 
 
 def encode_prompt(processing_class, prompt, *, span: str = "question", chat_template=None, tools=None,

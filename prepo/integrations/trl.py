@@ -17,7 +17,6 @@ How it hooks into TRL 1.16 (the rest of GRPOTrainer is untouched):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -27,6 +26,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from prepo.algorithm import WEIGHTINGS, entropy_weights
+from prepo.data import EncodedPrompt
 from prepo.forward import IGNORE_INDEX, token_logprobs_entropy
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
 from prepo.scoring import prompt_perplexities
@@ -220,7 +220,7 @@ class PREPOTrainer(GRPOTrainer):
             ids, mask = encode_prompt(self.processing_class, p, span=self.args.prepo_score_span,
                                       chat_template=self.chat_template, tools=self.tools or None,
                                       chat_template_kwargs=self.chat_template_kwargs)
-            encoded.append(SimpleNamespace(input_ids=ids, score_mask=mask))  # what prompt_perplexities reads
+            encoded.append(EncodedPrompt(input_ids=ids, score_mask=mask))
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             ppl = prompt_perplexities(self.model, encoded, pad_id=self._tokenizer.pad_token_id,
                                       token_budget=self.args.prepo_score_batch_tokens)
