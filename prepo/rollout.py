@@ -74,11 +74,17 @@ class HFEngine:
     generation_config says), seeded without touching the global RNG. Prompts are left-padded with an attention mask; completions are cut after the first stop token.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int | None = None, stop_ids: Sequence[int] | None = None):
+    def __init__(self, model, tokenizer, *, batch_size: int | None = None, stop_ids: Sequence[int] | None = None,
+                 share_prefix: int = 16):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+        if not isinstance(share_prefix, int) or share_prefix < 0:
+            raise ValueError(f"share_prefix: expected a non-negative int, got {share_prefix!r}")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size or 64
+        # a prompt prefix of at least this many tokens common to a whole chunk (chat template, system prompt, worked
+        # examples, or one prompt's n samples) is run once and its KV cache shared by the rows; 0 turns it off
+        self.share_prefix = share_prefix
         self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
         if not self.stop_ids:
             raise ValueError("stop_ids: the tokenizer has no EOS token; pass stop_ids=")
@@ -107,12 +113,17 @@ class HFEngine:
         from transformers import GenerationConfig
 
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
+        shared = _common_prefix_length(prompts) if len(prompts) > 1 and self.share_prefix else 0
+        shared = shared if shared >= self.share_prefix else 0
+        # layout [shared prefix | left padding | rest of the prompt]: the prefix sits at the same columns in every row
+        width = shared + max(len(p) - shared for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
+            ids[i, :shared] = torch.as_tensor(p[:shared], dtype=torch.long)
+            mask[i, :shared] = 1
+            ids[i, width - len(p) + shared:] = torch.as_tensor(p[shared:], dtype=torch.long)
+            mask[i, width - len(p) + shared:] = 1
         sample = temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
@@ -124,8 +135,13 @@ class HFEngine:
         self.model.eval()
         self.model.generation_config = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
         try:
+            extra = {}
+            if shared:  # the common prefix once; generate() then prefills only the columns after it
+                cache = self.model(input_ids=ids[:1, :shared].to(device), use_cache=True).past_key_values
+                cache.batch_repeat_interleave(len(prompts))
+                extra["past_key_values"] = cache
             seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                       generation_config=config)
+                                       generation_config=config, **extra)
         finally:
             self.model.generation_config = model_config
             self.model.train(was_training)
@@ -140,6 +156,16 @@ class HFEngine:
             out.append(Rollout(prompt_index=p, sample_index=s, completion_ids=completion,
                                text=self.tokenizer.decode(body, skip_special_tokens=True), finished=finished))
         return out
+
+
+def _common_prefix_length(prompts) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own for the prefill."""
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
 
 
 ENGINES = {"hf": HFEngine}

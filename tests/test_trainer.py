@@ -17,7 +17,7 @@ from prepo.checkpoint import list_checkpoints
 from prepo.metrics import TRAIN_FIELDS
 from prepo.selection import Group
 from prepo.trainer import build_samples, group_advantage_table, reward_groups, step_seed
-from tiny_lm import build_model, build_tokenizer
+from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse; run.threads=1 too)
 
 # fields that depend on wall time or memory, not on the computation
 _TIMING = {"time_select", "time_generate", "time_reward", "time_update", "time_step", "peak_rss_mb", "time_eval"}
@@ -25,14 +25,6 @@ _TIMING = {"time_select", "time_generate", "time_reward", "time_update", "time_s
 
 def _fake_scores(examples, completions, *, timeout=5.0):
     return [float(len(text) % 2 == 0) for text in completions]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster than two fighting over a busy machine; the trainer's setting is undone."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -13,19 +13,10 @@ import prepo_kernels as pk
 from prepo.batching import TokenSeq, collate_packed, collate_padded, token_budget_chunks
 from prepo.scoring import prompt_perplexities
 from prepo.update import UpdateSettings, accumulate_gradients, make_sample, policy_update
-from tiny_lm import build_model, build_tokenizer
+from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse fixture)
 
 TOKENIZER = build_tokenizer()
 VOCAB = len(TOKENIZER)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread beats two contending ones; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_llama(hidden=32):
