@@ -44,6 +44,8 @@ def prefix_cache(model, prefix):
     out = body(input_ids=prefix.input_ids, attention_mask=prefix.attention_mask, position_ids=prefix.position_ids,
                use_cache=True)
     cache = out.past_key_values
+    if cache is None:
+        raise ValueError("model: returned no KV cache (gradient checkpointing on?); the shared-prefix forward needs one")
     cache.batch_repeat_interleave(prefix.repeats)
     return cache
 

@@ -98,7 +98,9 @@ class _Pass:
         self.model, self.samples, self.s, self.ref_model = model, samples, settings, ref_model
         self.device = next(model.parameters()).device
         skip = settings.skip_zero_advantage
-        self.group_size = _group_size(samples) if settings.shared_prefix and not settings.packed else None
+        # gradient checkpointing turns the KV cache off, so the shared-prefix forward needs it off too
+        shared = settings.shared_prefix and not settings.packed and not getattr(model, "is_gradient_checkpointing", False)
+        self.group_size = _group_size(samples) if shared else None
         if self.group_size:  # whole groups per micro-batch, costed as prompt + G × (last prompt token + completion)
             groups = [list(range(g, g + self.group_size)) for g in range(0, len(samples), self.group_size)]
             groups = [g for g in groups if not (skip and all(samples[i].advantage == 0.0 for i in g))]
