@@ -119,10 +119,19 @@ def _liger(case, op, inp):
 
 
 def _verl(case, op, inp):
-    from verl.utils.kernel.linear_cross_entropy import linear_cross_entropy
+    import inspect
 
+    from verl.utils.kernel.linear_cross_entropy import LinearCrossEntropy
+
+    # the argument order has changed across verl releases: pass them by the names its forward declares
+    params = list(inspect.signature(LinearCrossEntropy.forward).parameters.values())[1:]  # after ctx
     t = inp["targets"]
-    return _runner(op, inp, lambda h, w: tuple(linear_cross_entropy(h, w, t, 1.0, "none")))
+
+    def forward(h, w):
+        given = {"hidden": h, "weight": w, "labels": t, "reduction": "none", "temperature": 1.0}
+        args = [given.get(p.name, None if p.default is inspect.Parameter.empty else p.default) for p in params]
+        return tuple(LinearCrossEntropy.apply(*args))[:2]
+    return _runner(op, inp, forward)
 
 
 # Extra memory each provider is expected to need, in fp32 N x V tensors (only to skip what cannot fit).

@@ -143,6 +143,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     for r0 in range(0, Nk, R):
         r1 = min(r0 + R, Nk)
         h, t = _block(hidden, rows, targets, r0, r1)
+        h_acc = h.float() if need_dw and not one_block else h  # upcast once per block, not once per slice
         direct = need_dh and rows is None and hidden.dtype == f32  # accumulate straight into the output rows
         dh_acc = dh[r0:r1] if direct else torch.zeros(r1 - r0, H, dtype=f32, device=dev) if need_dh else None
         for v0 in range(0, V, cols):
@@ -162,7 +163,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
                 if one_block:
                     torch.mm(d.t(), h, out=dw[v0:v1])
                 else:
-                    _acc_mm(dw[v0:v1], d.t(), h)
+                    _acc_mm(dw[v0:v1], d.t(), h_acc)
             if need_db:
                 db[v0:v1] += d.sum(0, dtype=f32)
         if need_dh and not direct:
