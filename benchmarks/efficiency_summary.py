@@ -227,6 +227,10 @@ def _diagnostics(s: StrategyStats) -> str:
         return float(np.mean(vals)) if vals else None
 
     parts = []
+    if s.final:
+        delta = [f - i for f, i in zip(s.final, s.initial)]
+        m, sd = _mean_sd(delta)
+        parts.append(f"held-out change over the run {m:+.3f}" + (f" ± {sd:.3f}" if len(delta) > 1 else ""))
     if (zv := avg("zero_variance_frac")) is not None:
         parts.append(f"zero-var groups {zv:.2f}")
     if (rw := avg("reward_mean")) is not None:
@@ -242,6 +246,29 @@ def _diagnostics(s: StrategyStats) -> str:
     if (disc := avg("discarded_step")) is not None and disc > 0:
         parts.append(f"discarded/step {disc:.1f}")
     return ", ".join(parts) or "–"
+
+
+def ratio_text(reference_reach: float | None, reach: float | None, complete: bool) -> str:
+    """The reference's rollouts-to-target over a strategy's, or why there is none."""
+    if not complete:
+        return "–"
+    if reach is None:
+        return "not reached"
+    if reference_reach is None:
+        return "–"
+    if reach == 0 or reference_reach == 0:
+        return "n/a (target met at step 0)"
+    return f"{reference_reach / reach:.2f}×"
+
+
+def _table_row(s: StrategyStats, ref: StrategyStats | None, target: float | None, per_seed: str) -> str:
+    initial = f"{np.mean(s.initial):.3f}" if s.initial else "–"
+    total = f"{np.mean(s.rollouts):,.0f}" if s.rollouts else "–"
+    reach = _fmt_rollouts(s.reach) if s.curve is not None and target is not None else "–"
+    ratio = ratio_text(ref.reach if ref else None, s.reach, bool(s.complete) and target is not None)
+    minutes = f"{np.mean(s.seconds) / 60:.1f} min" if s.seconds else "–"
+    return (f"| {s.variant} | {len(s.complete)}/{s.planned} | {initial} | {_fmt_acc(s.final)} | {total} | {reach} | "
+            f"{per_seed} | {ratio} | {minutes} |")
 
 
 def summary_markdown(report: Report, *, name: str, command: str, run_status: Sequence[tuple[str, str]],
@@ -261,17 +288,7 @@ def summary_markdown(report: Report, *, name: str, command: str, run_status: Seq
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in report.stats:
         per_seed = ", ".join(_fmt_rollouts(x) for x in s.reach_seeds) if s.reach_seeds else "–"
-        ratio = "–"
-        if ref is not None and ref.reach is not None and s.reach is not None and s.reach > 0:
-            ratio = f"{ref.reach / s.reach:.2f}×"
-        elif s.complete and report.target is not None and s.reach is None:
-            ratio = "not reached"
-        initial = f"{np.mean(s.initial):.3f}" if s.initial else "–"
-        total = f"{np.mean(s.rollouts):,.0f}" if s.rollouts else "–"
-        reach = _fmt_rollouts(s.reach) if s.curve is not None and report.target is not None else "–"
-        minutes = f"{np.mean(s.seconds) / 60:.1f} min" if s.seconds else "–"
-        lines.append(f"| {s.variant} | {len(s.complete)}/{s.planned} | {initial} | {_fmt_acc(s.final)} | {total} | "
-                     f"{reach} | {per_seed} | {ratio} | {minutes} |")
+        lines.append(_table_row(s, ref, report.target, per_seed))
     lines += ["", "## How noisy these numbers are", ""]
     n = report.eval_size
     if report.target is not None and n:

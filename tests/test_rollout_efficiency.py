@@ -283,6 +283,17 @@ def test_report_target_ratio_and_table():
     assert "2/2" in line and "0.550 ± 0.071 [0.500–0.600]" in line and "| 100 |" in line and "2.00×" in line
     assert "not reached" in next(ln for ln in text.splitlines() if ln.startswith("| greso |"))
     assert f"±{binomial_se(0.45, 100):.3f}" in text and "`ppl-s0`: incomplete" in text
+    assert "- prepo: held-out change over the run +0.450 ± 0.071" in text  # (0.5 − 0.1, 0.6 − 0.1)
+
+
+def test_ratio_text():
+    from benchmarks.efficiency_summary import ratio_text
+
+    assert ratio_text(300.0, 100.0, True) == "3.00×"
+    assert ratio_text(100.0, 400.0, True) == "0.25×"
+    assert ratio_text(300.0, None, True) == "not reached"
+    assert ratio_text(0.0, 0.0, True).startswith("n/a") and ratio_text(100.0, 0.0, True).startswith("n/a")
+    assert ratio_text(300.0, 100.0, False) == "–" and ratio_text(None, 100.0, True) == "–"
 
 
 def test_binomial_se():
