@@ -1,4 +1,4 @@
-"""Kernel microbenchmarks: ``python -m benchmarks.kernels [--quick] [--suite logits] [--N 2048 --V 49152 --dtype fp32]``.
+"""Kernel microbenchmarks: ``python -m benchmarks.kernels [--quick] [--suite logits] [--N 2048 --V 49152]``.
 
 Prints one table per case (median time, x eager torch, x the floor, peak extra memory) and can save them as markdown.
 

@@ -1,6 +1,6 @@
 """Benchmark suite of the logits path: per-token log-probs + entropy from logits [N, V], forward and forward+backward.
 
-Providers: prepo's backends, eager torch (log_softmax + gather + entropy), torch.compile of it, Liger/flash-attn CE on GPU.
+Providers: prepo backends, eager torch (log_softmax + gather + entropy), torch.compile of it, Liger/flash-attn CE (GPU).
 """
 from __future__ import annotations
 
@@ -97,6 +97,13 @@ def _compiled(case, op, inp):
     return _runner(op, inp["logits"], lambda x: fn(x, t))
 
 
+def _fresh_buffer(case, op, inp):
+    """Not an implementation: the cost of a new logits-sized buffer written once, which every out-of-place backward
+    pays (first-touch page faults: the OS zeroes each page, under a hypervisor at a high price per 4 KiB page)."""
+    x = inp["logits"]
+    return lambda: (torch.empty_like(x).fill_(0.0),)
+
+
 def _liger(case, op, inp):
     from liger_kernel.transformers.cross_entropy import LigerCrossEntropyLoss
 
@@ -146,6 +153,7 @@ PROVIDERS = (
     Provider("prepo triton in-place", _prepo("triton", inplace=True), ops=("fwd+bwd",), devices=("cuda",),
              available=_triton_ok, mutates_inputs=True),
     Provider("prepo torch backend", _prepo("torch"), work_copies={"fwd": 0.2, "fwd+bwd": 1.3}),
+    Provider("(new gradient buffer: empty_like + fill_)", _fresh_buffer, ops=("fwd+bwd",), devices=("cpu",)),
     Provider("eager torch", _eager, work_copies={"fwd": 3, "fwd+bwd": 6}),
     Provider("torch.compile", _compiled, work_copies={"fwd": 1, "fwd+bwd": 3}),
     Provider("liger-kernel CE (loss only)", _liger, devices=("cuda",), available=_importable("liger_kernel"),

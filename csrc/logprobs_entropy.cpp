@@ -14,10 +14,6 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "rows.h"
 
 namespace pk {
@@ -42,13 +38,13 @@ void check_logits(const at::Tensor& logits, const char* name, bool written) {
   TORCH_CHECK_VALUE(logits.device().is_cpu(), name, " must be a CPU tensor, got ", logits.device());
   TORCH_CHECK_VALUE(logits.dim() == 2, name, " must be 2-D [N, V], got ", logits.dim(), " dims");
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
-                  logits.scalar_type() == at::kHalf,
-              name, " must be float32, bfloat16 or float16, got ", logits.scalar_type());
+                       logits.scalar_type() == at::kHalf,
+                   name, " must be float32, bfloat16 or float16, got ", logits.scalar_type());
   TORCH_CHECK_VALUE(logits.size(1) > 0, name, " has an empty vocabulary dimension (V = 0)");
-  TORCH_CHECK_VALUE(logits.size(1) == 1 || logits.stride(1) == 1, name, " must have unit stride along V, got stride ",
-              logits.stride(1));
+  TORCH_CHECK_VALUE(logits.size(1) == 1 || logits.stride(1) == 1, name,
+                    " must have unit stride along V, got stride ", logits.stride(1));
   TORCH_CHECK_VALUE(!written || logits.size(0) <= 1 || logits.stride(0) >= logits.size(1), name,
-              " rows must not overlap (stride(0) >= V), got stride ", logits.stride(0));
+                    " rows must not overlap (stride(0) >= V), got stride ", logits.stride(0));
 }
 
 void check_row_vector(const at::Tensor& t, int64_t N, at::ScalarType dtype, const char* name) {
@@ -64,25 +60,9 @@ void check_targets(const at::Tensor& targets, int64_t N, int64_t V, int64_t igno
   const int64_t ts = targets.stride(0);
   for (int64_t i = 0; i < N; ++i) {
     const int64_t y = t[i * ts];
-    TORCH_CHECK_VALUE(y == ignore_index || (y >= 0 && y < V), "targets has value ", y, " at row ", i, " outside [0, ", V,
-                ") that is not ignore_index=", ignore_index);
+    TORCH_CHECK_VALUE(y == ignore_index || (y >= 0 && y < V), "targets has value ", y, " at row ", i,
+                      " outside [0, ", V, ") that is not ignore_index=", ignore_index);
   }
-}
-
-// A fresh gradient buffer is faulted in 4 KiB page by page as the kernel writes it, and under a hypervisor those
-// faults cost several times the write itself. Ask for transparent huge pages on the buffer's 2 MiB-aligned interior:
-// only pages the kernel overwrites entirely, a hint the OS may ignore (THP off), never a change of the data.
-void advise_huge_pages(void* ptr, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(PK_NO_HUGEPAGE_HINT)  // the macro: A/B timing only
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < 2 * kHuge) return;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(ptr) + bytes) & ~(kHuge - 1);
-  if (e > b) (void)madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#else
-  (void)ptr;
-  (void)bytes;
-#endif
 }
 
 float checked_inv_temperature(double temperature) {
@@ -184,13 +164,13 @@ void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent,
   check_logits(out, "out", true);
   const int64_t N = logits.size(0), V = logits.size(1);
   TORCH_CHECK_VALUE(out.sizes() == logits.sizes(), "out must have the shape of logits ", logits.sizes(), ", got ",
-              out.sizes());
-  TORCH_CHECK_TYPE(out.scalar_type() == logits.scalar_type(), "out must have the dtype of logits (", logits.scalar_type(),
-              "), got ", out.scalar_type());
+                    out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == logits.scalar_type(), "out must have the dtype of logits (",
+                   logits.scalar_type(), "), got ", out.scalar_type());
   const auto overlap = at::get_overlap_status(out, logits);
   TORCH_CHECK_VALUE(overlap == at::MemOverlapStatus::No ||
-                  (overlap == at::MemOverlapStatus::Full && out.strides() == logits.strides()),
-              "out must be logits itself or not overlap it");
+                        (overlap == at::MemOverlapStatus::Full && out.strides() == logits.strides()),
+                    "out must be logits itself or not overlap it");
   check_targets(targets, N, V, ignore_index);
   const char* names[4] = {"grad_lp", "grad_ent", "lse", "ez"};
   const at::Tensor* vecs[4] = {&grad_lp, &grad_ent, &lse, &ez};
@@ -199,7 +179,6 @@ void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent,
     TORCH_CHECK_VALUE(vecs[k]->is_contiguous(), names[k], " must be contiguous");
   }
   const float inv_t = checked_inv_temperature(temperature);
-  if (overlap == at::MemOverlapStatus::No && out.is_contiguous()) advise_huge_pages(out.data_ptr(), out.nbytes());
   const float* g_lp = grad_lp.const_data_ptr<float>();
   const float* g_ent = grad_ent.const_data_ptr<float>();
   const float* p_lse = lse.const_data_ptr<float>();
