@@ -291,9 +291,11 @@ def summary_markdown(report: Report, *, name: str, command: str, run_status: Seq
         lines.append(_table_row(s, ref, report.target, per_seed))
     lines += ["", "## How noisy these numbers are", ""]
     n = report.eval_size
-    if report.target is not None and n:
-        se = binomial_se(report.target, n)
-        lines.append(f"- Held-out set: {n} problems, greedy decoding, so an accuracy near {report.target:.2f} has a "
+    finals = [f for s in report.stats for f in s.final]
+    p = report.target if report.target is not None else (float(np.mean(finals)) if finals else None)
+    if p is not None and n:
+        se = binomial_se(p, n)
+        lines.append(f"- Held-out set: {n} problems, greedy decoding, so an accuracy near {p:.2f} has a "
                      f"binomial standard error of ±{se:.3f} (±{1.96 * se:.3f} for 95%); a difference between two "
                      f"strategies' single runs has ±{math.sqrt(2) * se:.3f}. The same problems are used for every "
                      "run, so differences between strategies are less noisy than this (paired), but seeds are not.")
