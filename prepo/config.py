@@ -161,7 +161,8 @@ class OptimConfig:
     adam_eps: float = 1e-8
     warmup_steps: int = 0             # linear warm-up from 0 to lr, then constant
     max_grad_norm: float = 1.0        # 0 = no clipping (the norm is still reported)
-    micro_batch_tokens: int = 4096    # padded tokens per forward/backward in the update
+    micro_batch_tokens: int = 1024    # tokens per forward/backward in the update (peak memory: 1024 vs 4096 on
+                                      # SmolLM2, 32 rollouts x 64 tokens: 4.2 vs 7.2 GB RSS, same CPU time)
 
     def __post_init__(self):
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")

@@ -74,8 +74,14 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path:
     evals = [r for r in rows if r.get("kind") == "eval" and r.get("accuracy") is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ax = axes[0]
-    if train:
-        ax.plot([r["rollouts"] for r in train], [r["reward_mean"] for r in train], ".-", label="batch reward")
+    pts = [(r["rollouts"], r["reward_mean"]) for r in train if r.get("reward_mean") is not None]
+    if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, ".-", alpha=0.35, label="step")
+        width = min(5, len(ys))
+        smooth = [sum(ys[max(0, i - width + 1):i + 1]) / len(ys[max(0, i - width + 1):i + 1]) for i in range(len(ys))]
+        ax.plot(xs, smooth, "-", linewidth=2, label=f"mean of last {width}")
+        ax.legend()
     ax.set_xlabel("rollouts generated")
     ax.set_ylabel("mean reward")
     ax.set_title("training reward")
