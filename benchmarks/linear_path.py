@@ -20,17 +20,22 @@ TRL_VOCAB_CHUNK = 32768
 
 def _grid(device: str, quick: bool) -> dict:
     if device == "cuda":
-        return {"N": [8192] if quick else [8192, 32768], "H": [4096], "V": [151936], "dtype": ["bf16"]}
-    # SmolLM2-135M's head (H = 576, V = 49152) on 2048 tokens: a few seconds per call here already
-    return {"N": [2048], "H": [576], "V": [49152], "dtype": ["fp32"]}
+        return {"N": [8192] if quick else [8192, 32768], "H": [4096], "V": [151936], "dtype": ["bf16"],
+                "ignored": [0]}
+    # SmolLM2-135M's head (H = 576, V = 49152) on 2048 tokens: a few seconds per call here already.
+    # ignored = % of positions whose target is -100 (prompt, padding): `--param ignored=0,50`
+    return {"N": [2048], "H": [576], "V": [49152], "dtype": ["fp32"], "ignored": [0]}
 
 
 def _make_case(p: dict) -> Case:
-    N, H, V, dtype = int(p["N"]), int(p["H"]), int(p["V"]), str(p["dtype"])
+    N, H, V, dtype, ignored = int(p["N"]), int(p["H"]), int(p["V"]), str(p["dtype"]), int(p.get("ignored", 0))
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if not 0 <= ignored < 100:
+        raise ValueError(f"ignored is a percentage in [0, 100), got {ignored}")
     elem = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    return Case(f"N={N} H={H} V={V} {dtype}", {"N": N, "H": H, "V": V, "dtype": dtype},
+    name = f"N={N} H={H} V={V} {dtype}" + (f" ignored={ignored}%" if ignored else "")
+    return Case(name, {"N": N, "H": H, "V": V, "dtype": dtype, "ignored": ignored},
                 nbytes=(N + V) * H * elem, work_bytes=N * V * 4)
 
 
@@ -40,7 +45,11 @@ def _make_inputs(case: Case, device: str) -> dict:
     hidden = torch.randn(N, H, device=device).to(dtype)
     # lm_head-like scale: logits with a spread of a few units
     weight = (torch.randn(V, H, device=device) * (2.0 / math.sqrt(H))).to(dtype)
-    return {"hidden": hidden, "weight": weight, "targets": torch.randint(0, V, (N,), device=device)}
+    targets = torch.randint(0, V, (N,), device=device)
+    targets[torch.randperm(N, device=device)[: N * case.params["ignored"] // 100]] = -100
+    keep = targets != -100
+    # peers without an ignore_index score every position with a valid stand-in target and mask afterwards
+    return {"hidden": hidden, "weight": weight, "targets": targets, "keep": keep, "safe": targets.clamp(min=0)}
 
 
 def _floor(case: Case, inputs: dict, device: str) -> Floor:
@@ -77,22 +86,28 @@ def _prepo(backend: str):
     return build
 
 
+def _masked(inp, forward):
+    """forward(h, w, safe_targets) on every position, then 0 at the ignored ones."""
+    keep, safe = inp["keep"], inp["safe"]
+
+    def run(h, w):
+        return tuple(o * keep for o in forward(h, w, safe))
+    return run
+
+
 def _eager(case, op, inp):
-    t = inp["targets"]
-    return _runner(op, inp, lambda h, w: eager_logprobs_entropy(h @ w.T, t))
+    return _runner(op, inp, _masked(inp, lambda h, w, t: eager_logprobs_entropy(h @ w.T, t)))
 
 
 def _chunked_torch(case, op, inp):
     from torch.utils.checkpoint import checkpoint
 
-    t = inp["targets"]
-
-    def forward(h, w):
+    def forward(h, w, t):
         outs = [checkpoint(lambda hc, tc: eager_logprobs_entropy(hc @ w.T, tc), h[s:s + TORCH_CHUNK_ROWS],
                            t[s:s + TORCH_CHUNK_ROWS], use_reentrant=False)
                 for s in range(0, h.shape[0], TORCH_CHUNK_ROWS)]
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-    return _runner(op, inp, forward)
+    return _runner(op, inp, _masked(inp, forward))
 
 
 def _matmul(case, op, inp):
@@ -101,14 +116,20 @@ def _matmul(case, op, inp):
 
 
 def _trl(case, op, inp):
-    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction, _use_triton
 
-    t = inp["targets"]
+    keep = inp["keep"]
 
-    def forward(h, w):
-        lp, ent, *_ = ChunkedLogProbFunction.apply(h, w, None, t, 1.0, TRL_VOCAB_CHUNK, None, 1.0, ("entropy",))
-        return lp, ent
-    return _runner(op, inp, forward)
+    def head(h, w, t):
+        return tuple(ChunkedLogProbFunction.apply(h, w, None, t, 1.0, TRL_VOCAB_CHUNK, None, 1.0, ("entropy",))[:2])
+
+    if not _use_triton(inp["hidden"].device):  # as TRL's trainer: every position through the head, then masked
+        return _runner(op, inp, _masked(inp, head))
+
+    def compact(h, w):  # ... and with Triton only the valid positions, scattered back
+        return tuple(h.new_zeros(keep.shape, dtype=o.dtype).masked_scatter(keep, o)
+                     for o in head(h[keep], w, inp["targets"][keep]))
+    return _runner(op, inp, compact)
 
 
 def _liger(case, op, inp):
@@ -125,13 +146,11 @@ def _verl(case, op, inp):
 
     # the argument order has changed across verl releases: pass them by the names its forward declares
     params = list(inspect.signature(LinearCrossEntropy.forward).parameters.values())[1:]  # after ctx
-    t = inp["targets"]
-
-    def forward(h, w):
+    def forward(h, w, t):
         given = {"hidden": h, "weight": w, "labels": t, "reduction": "none", "temperature": 1.0}
         args = [given.get(p.name, None if p.default is inspect.Parameter.empty else p.default) for p in params]
         return tuple(LinearCrossEntropy.apply(*args))[:2]
-    return _runner(op, inp, forward)
+    return _runner(op, inp, _masked(inp, forward))
 
 
 # Extra memory each provider is expected to need, in fp32 N x V tensors (only to skip what cannot fit).
@@ -160,9 +179,10 @@ SUITE = harness.register(Suite(
     floor_multiple=lambda op: 1.0 if op == "fwd" else 4.0,  # 2NHV FLOPs forward; 8NHV with the backward's recompute
     baseline="eager torch",
     efficiency_label="% of matmul FLOP/s",
-    notes=("All targets valid, temperature 1. fwd+bwd = forward, then the gradient of sum(lp) + sum(entropy) w.r.t. "
-           "hidden and weight (returned: the peak extra memory includes those (N + V) x H gradients). x floor = time / "
-           "bare hidden @ weight.T. TRL on CPU pushes every position through its head (as in its trainer); Liger "
-           "computes the CE loss only. On GPU, % of matmul FLOP/s = the FLOP rate (2NHV fwd, 8NHV fwd+bwd) as a % of "
-           "the bare matmul's (the floor line gives its TFLOP/s)."),
+    notes=("Temperature 1; all targets valid unless the case says ignored=x% (then prepo skips those positions, the "
+           "peers without an ignore index score them and mask). fwd+bwd = forward, then the gradient of "
+           "sum(lp) + sum(entropy) w.r.t. hidden and weight (returned: the peak extra memory includes those "
+           "(N + V) x H gradients). x floor = time / bare hidden @ weight.T. TRL on CPU pushes every position "
+           "through its head (as in its trainer); Liger computes the CE loss only. On GPU, % of matmul FLOP/s = the "
+           "FLOP rate (2NHV fwd, 8NHV fwd+bwd) as a % of the bare matmul's (the floor line gives its TFLOP/s)."),
 ))
