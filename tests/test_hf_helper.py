@@ -66,9 +66,12 @@ def _check_against_model(model, backend, temperature=0.8, **kw):
 
 
 @pytest.mark.parametrize("head", ["tied", "untied", "bias"])
-def test_llama_matches_model_logits_including_gradients(backend, head):
-    model = _llama(head)
-    _check_against_model(model, backend)
+def test_llama_matches_model_logits_including_gradients(head):
+    _check_against_model(_llama(head), "auto")
+
+
+def test_every_backend(backend):
+    _check_against_model(_llama("bias"), backend, temperature=1.3)
 
 
 def test_position_ids_are_forwarded():
