@@ -2,6 +2,8 @@
 
 SmolLM2-135M-Instruct (``prepo.models.load_model_and_tokenizer()``), 4 arith prompts × 8 rollouts, 64 new tokens,
 temperature 1, one update per batch, lr 1e-6, no KL; each side runs in its own process (peak RSS is per process).
+Both train on the same prompt text: arith problems as prepo's trainer formats them (chat template, worked examples,
+the reply started as "a + b ="), given to TRL as plain-text prompts; the table counts the tokens each side generated.
 TRL is installed only for this (``pip install "prepo[trl]"``). Run: ``python -m benchmarks.trl_compare``; writes
 benchmarks/results/trl-compare-cpu.md.
 """
@@ -22,10 +24,13 @@ K, G, NEW_TOKENS, LR, TEMPERATURE = 4, 8, 64, 1e-6, 1.0
 RESULT = Path(__file__).parent / "results" / "trl-compare-cpu.md"
 
 
-def _arith(n: int, seed: int):
-    from prepo.data import ARITH_SYSTEM_PROMPT, make_arith
+def _prepo_prompts(tokenizer, examples):
+    """The arith prompts as prepo's trainer encodes them (prepo.trainer.prompt_format)."""
+    from prepo.config import DataConfig
+    from prepo.data import encode_prompts
+    from prepo.trainer import prompt_format
 
-    return make_arith(n, seed), ARITH_SYSTEM_PROMPT
+    return encode_prompts(tokenizer, examples, **prompt_format(DataConfig(), "arith"))
 
 
 def _peak_rss_mb() -> float:
@@ -39,16 +44,18 @@ def run_trl(steps: int, seed: int) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from prepo.data import make_arith
     from prepo.models import load_model_and_tokenizer
     from prepo.rewards import numeric_reward
 
     model, tokenizer = load_model_and_tokenizer()
-    examples, system = _arith(K * steps, seed)
-    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": e.question}],
-             "answer": e.answer} for e in examples]
+    examples = make_arith(K * steps, seed)
+    # the very prompt text prepo's loop trains on (chat template, worked examples, reply started as "a + b =")
+    rows = [{"prompt": tokenizer.decode(p.input_ids), "answer": e.answer}
+            for p, e in zip(_prepo_prompts(tokenizer, examples), examples)]
 
     def reward(completions, answer, **kwargs):
-        return [numeric_reward(c[-1]["content"], a) for c, a in zip(completions, answer)]
+        return [numeric_reward(c, a) for c, a in zip(completions, answer)]
 
     timings: list[dict] = []
 
@@ -56,7 +63,8 @@ def run_trl(steps: int, seed: int) -> dict:
         def _generate_and_score_completions(self, inputs):
             t0 = time.perf_counter()
             out = super()._generate_and_score_completions(inputs)
-            timings.append({"generate": time.perf_counter() - t0})
+            timings.append({"generate": time.perf_counter() - t0,
+                            "tokens": int(out["completion_mask"].sum()) if "completion_mask" in out else None})
             return out
 
         def training_step(self, *args, **kwargs):
@@ -72,8 +80,8 @@ def run_trl(steps: int, seed: int) -> dict:
     trainer = Timed(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
                     processing_class=tokenizer)
     trainer.train()
-    steps_out = [{"generate": t["generate"], "update": t["step"] - t["generate"], "step": t["step"]}
-                 for t in timings]
+    steps_out = [{"generate": t["generate"], "update": t["step"] - t["generate"], "step": t["step"],
+                  "tokens": t["tokens"]} for t in timings]
     return {"side": "trl", "steps": steps_out, "peak_rss_mb": _peak_rss_mb(),
             "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
@@ -92,7 +100,8 @@ def run_prepo(steps: int, seed: int, extra: list[str] = ()) -> dict:
     trainer = Trainer(cfg, tempfile.mkdtemp())
     rows = [trainer.train_step() for _ in range(steps)]
     steps_out = [{"generate": r["time_select"] + r["time_generate"] + r["time_reward"], "update": r["time_update"],
-                  "step": r["time_step"], "select": r["time_select"]} for r in rows]
+                  "step": r["time_step"], "select": r["time_select"],
+                  "tokens": round(r["completion_len_mean"] * r["rollouts_step"])} for r in rows]
     return {"side": "prepo", "steps": steps_out, "peak_rss_mb": _peak_rss_mb(),
             "gradient_checkpointing": bool(cfg.model.gradient_checkpointing), "overrides": list(extra)}
 
@@ -112,14 +121,19 @@ def _cpu_model() -> str:
 
 
 def _table(results: list[dict], skip: int) -> str:
-    head = "| side | steps timed | step s (median) | generate s | update s | peak RSS MiB | grad. checkpointing |\n"
-    head += "| --- | --- | --- | --- | --- | --- | --- |\n"
+    head = ("| side | steps timed | step s (median) | generate s | update s | tokens generated / step | "
+            "generate ms / token | peak RSS MiB | grad. checkpointing |\n")
+    head += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     for r in results:
         timed = r["steps"][skip:] or r["steps"]
         med = {k: statistics.median(s[k] for s in timed) for k in ("step", "generate", "update")}
+        tokens = [s.get("tokens") for s in timed]
+        per_token = (f"{1000 * sum(s['generate'] for s in timed) / sum(tokens):.1f}"
+                     if None not in tokens and sum(tokens) else "–")
+        tok = f"{statistics.median(tokens):.0f}" if None not in tokens else "–"
         label = r["side"] + (f" ({', '.join(r['overrides'])})" if r.get("overrides") else "")
         head += (f"| {label} | {len(timed)} | {med['step']:.1f} | {med['generate']:.1f} | {med['update']:.1f} | "
-                 f"{r['peak_rss_mb']:.0f} | {r['gradient_checkpointing']} |\n")
+                 f"{tok} | {per_token} | {r['peak_rss_mb']:.0f} | {r['gradient_checkpointing']} |\n")
     return head
 
 

@@ -37,8 +37,8 @@ def _clean(value):
 class MetricsLog:
     """Append-only metrics.jsonl; on resume, rows after the checkpoint's step are dropped (they will be redone)."""
 
-    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None, write: bool = True):
+        self.path, self.writes = Path(path), write  # write=False: rows kept in memory only (other ranks than 0)
         self.rows: list[dict] = []
         if resume_step is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
@@ -46,6 +46,8 @@ class MetricsLog:
                     row = json.loads(line)
                     if int(row.get("step", 0)) <= resume_step:
                         self.rows.append(row)
+        if not write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w") as fh:
             for row in self.rows:
@@ -54,6 +56,8 @@ class MetricsLog:
     def write(self, row: dict) -> dict:
         row = _clean(row)
         self.rows.append(row)
+        if not self.writes:
+            return row
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()

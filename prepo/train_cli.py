@@ -1,6 +1,7 @@
 """``prepo train``: run PREPO (or a baseline) from a YAML config plus ``key=value`` overrides, or resume a run.
 
 usage: prepo train [--config FILE] [--output-dir DIR] [--max-steps N] [--resume DIR] [key=value ...]
+Data parallel: torchrun --nproc_per_node N -m prepo train ... (prepo.distributed)
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_dir = Path(config.run.output_root) / config.run.name
 
+    from prepo.distributed import teardown
     from prepo.trainer import Trainer
 
     try:
@@ -62,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"prepo train: {exc}", file=sys.stderr)
         return 2
-    result = trainer.train()
-    print(result.summary)
-    print(f"outputs in {result.run_dir}/ (config.yaml, metrics.jsonl, curves.png, checkpoints/)")
+    try:
+        result = trainer.train()
+    finally:
+        teardown(trainer.dist)
+    if trainer.dist.is_main:
+        print(result.summary)
+        print(f"outputs in {result.run_dir}/ (config.yaml, metrics.jsonl, curves.png, checkpoints/)")
     return 130 if result.interrupted else 0
 
 

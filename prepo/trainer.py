@@ -19,6 +19,7 @@ import torch
 from prepo.algorithm import group_advantages
 from prepo.checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from prepo.config import TrainConfig, save_config
+from prepo.distributed import Dist, setup as setup_distributed
 from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, summary
 from prepo.scoring import prompt_perplexities
 from prepo.selection import Collected, Group, PromptSampler, collect_groups, make_strategy
@@ -29,9 +30,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 # --- the stages of a step -----------------------------------------------------------------------------------------
 
-def step_seed(seed: int, step: int, round_: int) -> int:
-    """A generation seed per (run seed, step, round): a resumed run samples exactly what the original would have."""
-    return int(np.random.SeedSequence([seed, step, round_]).generate_state(1)[0])
+def step_seed(seed: int, step: int, round_: int, *more: int) -> int:
+    """A generation seed per (run seed, step, round[, prompt]): a resumed run samples what the original would have."""
+    return int(np.random.SeedSequence([seed, step, round_, *more]).generate_state(1)[0])
 
 
 def roll_out(engine, prompts: Sequence, indices: Sequence[int], rollout_cfg, seed: int) -> list[list]:
@@ -182,11 +183,16 @@ class Trainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
+        # torchrun: join the process group; each rank then holds a replica and trains on its share of the groups
+        self.dist: Dist = setup_distributed(self.device)
+        if self.dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.packed = use_packed_rows(cfg.model, self.device)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
 
         self.model, self.tokenizer = load_policy(cfg.model, self.device, self.packed)
+        self.dist.broadcast_parameters(self.model)
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.train_examples, self.eval_sets = load_datasets(cfg.data)
@@ -218,9 +224,10 @@ class Trainer:
             ckpt = find_checkpoint(resume_from)
             self._load_state(load_checkpoint(ckpt, self.model))
             resume_step = self.step
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step)
+        if self.dist.is_main:  # rank 0 alone writes the run folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main)
         self._snapshot = self._host_state()
         self._stop_requested = False
 
@@ -238,10 +245,15 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def save(self) -> Path:
-        """Checkpoint as of the last completed step (host state from the end-of-step snapshot)."""
-        state = {**self._snapshot, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict()}
-        return save_checkpoint(self.run_dir, self.step, self.model, state, tokenizer=self.tokenizer,
-                               keep=self.cfg.run.keep_checkpoints)
+        """Checkpoint as of the last completed step (host state from the end-of-step snapshot); rank 0 writes it
+        (the replicas are equal), the other ranks wait until it is complete."""
+        path = None
+        if self.dist.is_main:
+            state = {**self._snapshot, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict()}
+            path = save_checkpoint(self.run_dir, self.step, self.model, state, tokenizer=self.tokenizer,
+                                   keep=self.cfg.run.keep_checkpoints)
+        self.dist.barrier()
+        return path
 
     @contextlib.contextmanager
     def _commit_section(self):
@@ -263,15 +275,25 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------------------
     def _score(self, indices: Sequence[int]) -> list[float]:
-        ppl = prompt_perplexities(self.model, [self.prompts[i] for i in indices],
+        """Perplexities of the candidates; under torchrun each rank scores its block and all ranks get all."""
+        mine = self.dist.shard(indices)
+        ppl = prompt_perplexities(self.model, [self.prompts[i] for i in mine],
                                   pad_id=self.settings.pad_id, token_budget=self.cfg.selection.score_batch_tokens)
-        return ppl.tolist()
+        return self.dist.gather(ppl.tolist())
 
     def _roll_out_and_reward(self, indices: list[int], round_: int) -> list[Group]:
-        rollouts = roll_out(self.engine, self.prompts, indices, self.cfg.rollout,
-                            step_seed(self.cfg.run.seed, self.step, round_))
+        """G rollouts of each chosen prompt, rewarded. Under torchrun each rank rolls out its block of prompts,
+        seeded per prompt (so samples do not depend on the number of ranks), and all ranks get every group."""
+        seed = self.cfg.run.seed
+        if self.dist.active:
+            mine = self.dist.shard(indices)
+            rollouts = [roll_out(self.engine, self.prompts, [i], self.cfg.rollout,
+                                 step_seed(seed, self.step, round_, i))[0] for i in mine]
+        else:
+            mine = indices
+            rollouts = roll_out(self.engine, self.prompts, indices, self.cfg.rollout, step_seed(seed, self.step, round_))
         t1 = time.perf_counter()
-        groups = reward_groups(self.train_examples, indices, rollouts)
+        groups = self.dist.gather(reward_groups(self.train_examples, mine, rollouts))
         self._time_reward += time.perf_counter() - t1
         self._generated_rewards += [r for g in groups for r in g.rewards]
         self._completion_lengths += [len(r.completion_ids) for g in groups for r in g.rollouts]
@@ -296,7 +318,8 @@ class Trainer:
                 samples = build_samples(collected.groups, self.prompts, advantages)
                 for group in self.optimizer.param_groups:
                     group["lr"] = learning_rate(cfg.optim, self.step)
-                stats = policy_update(self.model, self.optimizer, samples, self.settings, ref_model=self.ref_model)
+                stats = policy_update(self.model, self.optimizer, samples, self.settings, ref_model=self.ref_model,
+                                      dist=self.dist)
             self.engine.sync_weights(self.model)
             t_end = time.perf_counter()
 
@@ -340,10 +363,13 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self) -> list[dict]:
-        """Held-out accuracy of the current policy, one metrics row per dataset."""
+        """Held-out accuracy of the current policy, one metrics row per dataset (rank 0 evaluates, the others wait)."""
         from prepo.evaluate import evaluate
 
         if not self.eval_sets:
+            return []
+        if not self.dist.is_main:
+            self.dist.barrier()
             return []
         e = self.cfg.eval
         t0 = time.perf_counter()
@@ -357,6 +383,7 @@ class Trainer:
             rows.append(self.log.write({"kind": "eval", "step": self.step, "rollouts": self.rollouts,
                                         "dataset": name, "accuracy": result["avg_at_k"], "time_eval": seconds,
                                         **{k: v for k, v in result.items() if k != "avg_at_k"}}))
+        self.dist.barrier()
         return rows
 
     def _eval_formats(self) -> dict:
@@ -373,7 +400,8 @@ class Trainer:
         t0 = time.perf_counter()
         interrupted = False
         restore_sigterm = _sigterm_as_interrupt()
-        bar = tqdm(total=cfg.run.steps, initial=self.step, disable=not cfg.run.progress, desc="train", unit="step",
+        bar = tqdm(total=cfg.run.steps, initial=self.step, disable=not (cfg.run.progress and self.dist.is_main),
+                   desc="train", unit="step",
                    dynamic_ncols=True)
         try:
             # evaluate the starting policy (not again after a resume)
@@ -399,12 +427,14 @@ class Trainer:
             interrupted = True
             bar.close()
             path = self.save()
-            print(f"\ninterrupted: saved {path}; continue with `prepo train --resume {self.run_dir}`",
-                  file=sys.stderr)
+            if self.dist.is_main:
+                print(f"\ninterrupted: saved {path}; continue with `prepo train --resume {self.run_dir}`",
+                      file=sys.stderr)
         finally:
             bar.close()
             restore_sigterm()
-        plot_curves(self.log.rows, self.run_dir / "curves.png")
+        if self.dist.is_main:
+            plot_curves(self.log.rows, self.run_dir / "curves.png")
         text = summary(self.log.rows, time.perf_counter() - t0)
         return TrainResult(self.run_dir, self.step, self.rollouts, interrupted, text)
 

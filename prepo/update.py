@@ -13,6 +13,7 @@ import torch
 from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_weights
 from prepo.batching import (TokenSeq, collate_packed, collate_padded, collate_shared_prefix, cost_budget_chunks,
                             prompt_length, token_budget_chunks)
+from prepo.distributed import Dist
 from prepo.forward import batch_logprobs_entropy
 
 
@@ -92,9 +93,13 @@ def _k3(lp: torch.Tensor, ref_lp: torch.Tensor) -> torch.Tensor:
 
 
 class _Pass:
-    """One micro-batched forward/backward sweep over the samples that take part."""
+    """One micro-batched forward/backward sweep over the samples that take part.
 
-    def __init__(self, model, samples, settings: UpdateSettings, ref_model=None):
+    Under data parallelism every rank sees all ``samples`` (so global denominators and the set of rollouts that
+    take part need no communication) and runs the micro-batches of its own contiguous block of groups.
+    """
+
+    def __init__(self, model, samples, settings: UpdateSettings, ref_model=None, dist: Dist = Dist()):
         self.model, self.samples, self.s, self.ref_model = model, samples, settings, ref_model
         self.device = next(model.parameters()).device
         skip = settings.skip_zero_advantage
@@ -104,17 +109,20 @@ class _Pass:
         if self.group_size:  # whole groups per micro-batch, costed as prompt + G × (last prompt token + completion)
             groups = [list(range(g, g + self.group_size)) for g in range(0, len(samples), self.group_size)]
             groups = [g for g in groups if not (skip and all(samples[i].advantage == 0.0 for i in g))]
+            participants = [i for g in groups for i in g]
+            groups = _owned_groups(groups, samples, dist)
             costs = [prompt_length(samples[g[0]].seq) + self.group_size *
                      max(len(samples[i].seq.ids) - prompt_length(samples[i].seq) + 1 for i in g) for g in groups]
             self.chunks = [[i for j in chunk for i in groups[j]]
                            for chunk in cost_budget_chunks(costs, settings.micro_batch_tokens)]
         else:
-            active = [i for i, smp in enumerate(samples) if smp.num_tokens > 0 and not (skip and smp.advantage == 0.0)]
-            lengths = [len(samples[i].seq.ids) for i in active]
-            self.chunks = [[active[j] for j in chunk]
-                           for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
-        # samples whose entropy enters H̄ and the reported weights
-        self.active = sorted(i for chunk in self.chunks for i in chunk if samples[i].num_tokens > 0)
+            participants = [i for i, smp in enumerate(samples)
+                            if smp.num_tokens > 0 and not (skip and smp.advantage == 0.0)]
+            mine = [i for g in _owned_groups([[i] for i in participants], samples, dist) for i in g]
+            lengths = [len(samples[i].seq.ids) for i in mine]
+            self.chunks = [[mine[j] for j in chunk] for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
+        # samples whose entropy enters H̄ and the reported weights (on every rank: all of them, not only its own)
+        self.active = sorted(i for i in participants if samples[i].num_tokens > 0)
         # global denominators: every sample counts, skipped ones included, so micro-batch losses add up to the batch loss
         self.num_tokens = sum(smp.num_tokens for smp in samples)
         self.num_seqs = sum(1 for smp in samples if smp.num_tokens > 0)
@@ -150,6 +158,21 @@ class _Pass:
                               num_tokens=self.num_tokens, num_seqs=self.num_seqs)
 
 
+def _owned_groups(groups: list[list[int]], samples, dist: Dist) -> list[list[int]]:
+    """This rank's contiguous block of groups (by the samples' group ids; a sample without one is its own group)."""
+    if dist.world_size == 1:
+        return groups
+    keys = sorted({_group_key(samples, g[0]) for g in groups})
+    lo, hi = dist.bounds(len(keys))
+    mine = set(keys[lo:hi])
+    return [g for g in groups if _group_key(samples, g[0]) in mine]
+
+
+def _group_key(samples, i: int):
+    group = samples[i].group
+    return (0, group, 0) if group is not None else (1, 0, i)
+
+
 def _group_size(samples) -> int | None:
     """G when the samples are whole consecutive groups of equal size G > 1 with prompts of 2+ tokens, else None."""
     ids = [smp.group for smp in samples]
@@ -173,6 +196,15 @@ def _zero_grad(params):
         p.grad = None
 
 
+def _reduce(dist: Dist, params, mean_entropy: torch.Tensor, stats: dict) -> None:
+    """Sum gradients, per-sample entropies (each rank filled its own) and loss statistics over ranks."""
+    dist.sync_gradients(params)  # also gives untouched parameters zero gradients (they still take an AdamW step)
+    dist.all_reduce_sum_(mean_entropy)
+    keys = sorted(stats)
+    for key, value in zip(keys, dist.sum_floats([stats[k] for k in keys])):
+        stats[key] = value
+
+
 def _step(model, optimizer, max_grad_norm: float) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # parameters untouched by this batch still take an AdamW step (momentum, weight decay)
@@ -183,21 +215,25 @@ def _step(model, optimizer, max_grad_norm: float) -> float:
     return float(norm)
 
 
-def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSettings, *, ref_model=None):
+def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSettings, *, ref_model=None,
+                         dist: Dist = Dist()):
     """On-policy single update (old log-probs = current, detached): accumulate the weighted loss's gradient.
 
     With weighting on, micro-batch i's loss carries the unnormalised H̄_i (detached, from this very forward) and the
     summed gradient is divided by H̄ at the end: Σ_i (H̄_i/H̄)·∇ℓ_i exactly, with no extra forward pass. If every
     rollout has zero entropy (H̄ = 0) the sweep is redone with weights 1, as entropy_weights prescribes.
-    Returns (stats dict, per-sample mean entropies, per-sample weights applied).
+    Data parallel (``dist``): each rank runs its own groups; entropies and gradients are summed over ranks before
+    H̄ is taken, so the result does not depend on the number of ranks.
+    Returns (stats dict, per-sample mean entropies, per-sample weights applied, H̄, the sweep).
     """
-    sweep = _Pass(model, samples, settings, ref_model)
+    sweep = _Pass(model, samples, settings, ref_model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
     weighted = settings.weighting != "none"
     mean_entropy = torch.zeros(len(samples), dtype=torch.float64)
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
     for use_entropy in ((True, False) if weighted else (False,)):
         _zero_grad(params)
+        mean_entropy.zero_()  # each rank fills its own samples' entries; _reduce sums them
         stats.update(loss=0.0, kl=0.0, clipped=0.0)
         for chunk in sweep.chunks:
             batch = sweep.batch(chunk)
@@ -208,6 +244,7 @@ def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSetti
             loss = sweep.loss(lp, lp.detach(), batch, chunk, w, stats)
             loss.backward()
             stats["loss"] += float(loss.detach())
+        _reduce(dist, params, mean_entropy, stats)
         if not use_entropy:
             break
         active = sweep.active
@@ -227,23 +264,24 @@ def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSetti
 
 
 def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateSettings, *,
-                  ref_model=None) -> UpdateStats:
+                  ref_model=None, dist: Dist = Dist()) -> UpdateStats:
     """Gradient(s) of the clipped surrogate over ``samples`` and the optimizer step(s); the model ends in train mode.
 
     ``ppo_epochs == 1``: on-policy, see accumulate_gradients. ``ppo_epochs > 1``: one no-grad pass gives the old
     log-probs and the old policy's H̄_i; the weights w_i = H̄_i/H̄ from that pass stay constant for every epoch (the
     rule when a batch is reused), and each epoch is one optimizer step over the whole batch.
+    ``dist``: data-parallel job (prepo.distributed); every rank passes all samples and trains on its own groups.
     """
     if not samples:
         raise ValueError("samples: nothing to train on")
     model.train()
     if settings.ppo_epochs == 1:
         stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings,
-                                                                           ref_model=ref_model)
+                                                                           ref_model=ref_model, dist=dist)
         grad_norm = _step(model, optimizer, settings.max_grad_norm)
     else:
         stats, mean_entropy, weights, h_bar, sweep, grad_norm = _multi_epoch(model, optimizer, samples, settings,
-                                                                            ref_model)
+                                                                            ref_model, dist)
     active = sweep.active
     tokens = max(sweep.num_tokens, 1)
     return UpdateStats(
@@ -254,8 +292,8 @@ def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateS
         micro_batches=len(sweep.chunks), tokens=sweep.num_tokens)
 
 
-def _multi_epoch(model, optimizer, samples, settings, ref_model):
-    sweep = _Pass(model, samples, settings, ref_model)
+def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
+    sweep = _Pass(model, samples, settings, ref_model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
     mean_entropy = torch.zeros(len(samples), dtype=torch.float64)
     old: list[torch.Tensor] = []
@@ -267,6 +305,7 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model):
             old.append(lp)
             mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
         model.train()
+    dist.all_reduce_sum_(mean_entropy)
     active = sweep.active
     lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float32)
     weights = torch.ones(len(samples), dtype=torch.float32)
@@ -286,5 +325,6 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model):
             loss = sweep.loss(lp, old_lp, batch, chunk, w, stats)
             loss.backward()
             stats["loss"] += float(loss.detach())
+        _reduce(dist, params, torch.zeros(0, dtype=torch.float64), stats)
         grad_norm = _step(model, optimizer, settings.max_grad_norm)
     return stats, mean_entropy, weights, h_bar, sweep, grad_norm

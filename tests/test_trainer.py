@@ -17,7 +17,7 @@ from prepo.checkpoint import list_checkpoints
 from prepo.metrics import TRAIN_FIELDS
 from prepo.selection import Group
 from prepo.trainer import build_samples, group_advantage_table, reward_groups, step_seed
-from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse; run.threads=1 too)
+from tiny_lm import one_thread, save_model_folder  # noqa: F401 (autouse; run.threads=1 too)
 
 # fields that depend on wall time or memory, not on the computation
 _TIMING = {"time_select", "time_generate", "time_reward", "time_update", "time_step", "peak_rss_mb", "time_eval"}
@@ -29,11 +29,7 @@ def _fake_scores(examples, completions, *, timeout=5.0):
 
 @pytest.fixture
 def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tok = build_tokenizer()
-    build_model(tok, seed=random.randrange(10**6), hidden=32).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_model_folder(tmp_path_factory.mktemp("tiny-model"))
 
 
 def _overrides(model_dir, strategy="ppl"):

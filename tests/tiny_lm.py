@@ -104,6 +104,16 @@ def build_model(tokenizer, seed: int | None = None, *, hidden: int = 64, layers:
     return LlamaForCausalLM(config).eval()
 
 
+def save_model_folder(folder, *, hidden: int = 32):
+    """A BPE tokenizer and a random model (fresh seed) saved to ``folder``, loadable as ``model.name_or_path``."""
+    import random
+
+    tok = build_tokenizer()
+    build_model(tok, seed=random.randrange(10**6), hidden=hidden).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP waits cost seconds a test.

@@ -1,0 +1,95 @@
+"""Data-parallel training under torchrun with gloo on CPU: 2 processes give the metrics and weights of 1 process.
+
+Also the pieces by hand: contiguous blocks that gather back in order, and the update on a sharded batch equal to
+the whole batch's (gradient sums, global token counts, H̄ from every rank's rollouts).
+"""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prepo.distributed import Dist
+from tiny_lm import save_model_folder
+
+HERE = Path(__file__).parent
+# metrics that depend on wall time, memory or the process layout, not on the computation
+_LAYOUT = {"time_select", "time_generate", "time_reward", "time_update", "time_step", "peak_rss_mb", "time_eval"}
+
+
+def test_blocks_cover_in_order():
+    for n in range(0, 12):
+        for world in (1, 2, 3, 5):
+            blocks = [Dist(rank=r, world_size=world).shard(list(range(n))) for r in range(world)]
+            assert [x for b in blocks for x in b] == list(range(n))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_model_folder(tmp_path_factory.mktemp("tiny-dist"))
+
+
+def _torchrun(nproc: int, out: Path, overrides: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(HERE / "dist_train.py"), "--output-dir", str(out), *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close(a, b, key):
+    if isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5), (key, a, b)
+    else:
+        assert a == b, (key, a, b)
+
+
+@pytest.mark.parametrize("strategy,weighting", [("ppl", "entropy"), ("dynamic", "entropy_token")])
+def test_two_processes_equal_one(model_dir, tmp_path, strategy, weighting):
+    seed = random.randrange(1000)
+    overrides = [f"model.name_or_path={model_dir}", "data.train=arith", "data.train_size=40", "data.eval_size=3",
+                 "data.tiers=[add1, sub1]", "data.system_prompt=Answer with a single number.",
+                 f"selection.strategy={strategy}", "selection.num_candidates=6", "selection.k=3",
+                 "selection.max_rounds=2", "rollout.group_size=4", "rollout.max_new_tokens=5",
+                 "rollout.temperature=1.0", f"algorithm.weighting={weighting}", "optim.lr=1e-3",
+                 "optim.micro_batch_tokens=96", "eval.max_new_tokens=3", "run.progress=false", "run.threads=1",
+                 "run.steps=3", "run.save_every=1", "run.keep_checkpoints=0", f"run.seed={seed}"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _torchrun(1, one, overrides)
+    _torchrun(2, two, overrides)
+
+    # rank 0 alone writes the run folder
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) + ["rank1.json"]
+    rows_one, rows_two = _rows(one), _rows(two)
+    assert [r["kind"] for r in rows_one] == [r["kind"] for r in rows_two] == ["eval", "train", "train", "train",
+                                                                               "eval"]
+    trained = 0
+    for a, b in zip(rows_one, rows_two):
+        assert set(a) == set(b)
+        for key in set(a) - _LAYOUT:
+            _close(a[key], b[key], key)
+        trained += a.get("rollouts_in_update", 0)
+    assert trained > 0, "no step had a rollout in the update: the test compares nothing"
+
+    # the weights: rank 0's checkpoint equals the one-process run's, and both ranks hold the same replica
+    w1 = load_file(str(one / "checkpoints" / "step-000003" / "model.safetensors"))
+    w2 = load_file(str(two / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["sum"] == ranks[1]["sum"] and ranks[0]["sumsq"] == ranks[1]["sumsq"]
+    first = load_file(str(one / "checkpoints" / "step-000001" / "model.safetensors"))
+    assert any(not torch.equal(first[k], w1[k]) for k in w1), "training did not move the weights"
