@@ -71,7 +71,8 @@ class HFEngine:
     """transformers ``generate`` with a KV cache, batched over prompts × samples in chunks of ``batch_size`` rows.
 
     Temperature 0 is greedy. Sampling is pure (no top-k, no repetition penalty, whatever the model's own
-    generation_config says), seeded without touching the global RNG. Prompts are left-padded with an attention mask; completions are cut after the first stop token.
+    generation_config says); with a seed it leaves the global RNG untouched, without one it advances it. Prompts
+    are left-padded with an attention mask; completions are cut after the first stop token.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int | None = None, stop_ids: Sequence[int] | None = None,
@@ -101,7 +102,9 @@ class HFEngine:
         _check_sampling(prompts, n, max_new_tokens, temperature, top_p)
         rows = [(p, s) for p in range(len(prompts)) for s in range(n)]
         out: list[Rollout] = []
-        with torch.random.fork_rng(devices=[]):
+        # a seed: sample in a forked RNG, leaving the caller's untouched; no seed: draw from (and advance) the global
+        # RNG, so repeated calls give fresh samples
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             for start in range(0, len(rows), self.batch_size):

@@ -87,6 +87,11 @@ def test_seeded_sampling(model, tok, prompts):
     assert [r.completion_ids for r in a] != [r.completion_ids for r in c]
     # samples differ within a group (the model is random, so 3 equal 8-token samples are essentially impossible)
     assert len({tuple(r.completion_ids) for r in a if r.prompt_index == 0}) > 1
+    # no seed: the global RNG is used and advanced, so two calls give different samples
+    d = engine.generate(prompts, n=3, max_new_tokens=8, temperature=1.0)
+    assert not torch.equal(torch.get_rng_state(), state)
+    e = engine.generate(prompts, n=3, max_new_tokens=8, temperature=1.0)
+    assert [r.completion_ids for r in d] != [r.completion_ids for r in e]
     # a vanishing top_p keeps only the top token: greedy
     greedy = engine.generate(prompts, n=1, max_new_tokens=8, temperature=0.0)
     nucleus = engine.generate(prompts, n=1, max_new_tokens=8, temperature=1.0, top_p=1e-9, seed=seed)
