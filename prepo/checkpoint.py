@@ -2,6 +2,7 @@
 
 A checkpoint is written to a temporary folder beside its final place, fsynced and renamed, so a crash never leaves a
 half-written one; optimizer, RNG, sampler and strategy state are plain containers of tensors, loaded weights_only.
+An FSDP2 run also writes its sharded model and optimizer state with torch.distributed.checkpoint (``dcp/``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 _NAME = re.compile(r"^step-(\d+)$")
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "model.safetensors"
+SHARDED_DIR = "dcp"
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -62,14 +64,18 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *, tokenizer=None,
-                    keep: int = 0) -> Path:
-    """Write ``checkpoints/step-NNNNNN/`` (model weights + ``state``) atomically; keep the newest ``keep`` (0 = all)."""
+                    keep: int = 0, tmp: Path | None = None, weights: dict | None = None) -> Path:
+    """Write ``checkpoints/step-NNNNNN/`` (model weights + ``state``) atomically; keep the newest ``keep`` (0 = all).
+
+    ``tmp``: a temporary folder already holding part of the checkpoint (save_sharded_checkpoint); ``weights``: the
+    full state dict to write instead of ``model``'s own (which is sharded under FSDP).
+    """
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = tmp if tmp is not None else Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)
@@ -136,3 +142,51 @@ def _tied_names(model) -> set[str]:
         else:
             seen[key] = name
     return tied
+
+
+# --- FSDP2 (sharded) checkpoints ------------------------------------------------------------------------------------
+
+def save_sharded_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, state: dict, *, dist,
+                            tokenizer=None, keep: int = 0) -> Path | None:
+    """Every rank: its shards of model and optimizer state into ``dcp/`` (torch.distributed.checkpoint); rank 0: the
+    full weights as safetensors (a Hugging Face folder, loadable without torch.distributed) and ``state``. Written
+    in a temporary folder and renamed by rank 0 once all ranks are done. Returns the folder on rank 0."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    root = checkpoints_dir(run_dir)
+    tmp = root / f".tmp-step-{step:06d}-sharded"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_shards, optim_shards = get_state_dict(model, optimizer)
+    dcp.save({"model": model_shards, "optimizer": optim_shards}, checkpoint_id=str(tmp / SHARDED_DIR))
+    dist.barrier()
+    path = None
+    if dist.is_main:
+        seen: set[int] = set()
+        for name, param in model.named_parameters(remove_duplicate=False):  # a tied weight is saved once
+            if id(param) in seen:
+                weights.pop(name, None)
+            seen.add(id(param))
+        path = save_checkpoint(run_dir, step, model, state, tokenizer=tokenizer, keep=keep, tmp=tmp, weights=weights)
+    dist.barrier()
+    return path
+
+
+def load_sharded_checkpoint(path: str | os.PathLike, model, optimizer) -> dict:
+    """Every rank: load its model and optimizer shards from ``dcp/``; returns the saved host state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = Path(path)
+    if not (path / SHARDED_DIR).is_dir():
+        raise FileNotFoundError(f"resume: {path} has no sharded state ({SHARDED_DIR}/); it was not written by an "
+                                "FSDP run (resume it with run.parallel=ddp)")
+    model_shards, optim_shards = get_state_dict(model, optimizer)
+    shards = {"model": model_shards, "optimizer": optim_shards}
+    dcp.load(shards, checkpoint_id=str(path / SHARDED_DIR))
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")

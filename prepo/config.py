@@ -203,6 +203,7 @@ class RunConfig:
     threads: int = 0                # torch CPU threads (0 = torch's default)
     progress: bool = True           # tqdm progress bar
     device: str = "auto"            # auto | cpu | cuda
+    parallel: str = "auto"          # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | auto (fsdp on CUDA, ddp on CPU)
 
     def __post_init__(self):
         _require(bool(self.name) and "/" not in self.name, "run.name", f"must be a plain folder name, got {self.name!r}")
@@ -211,6 +212,8 @@ class RunConfig:
         _require(self.keep_checkpoints >= 0, "run.keep_checkpoints", f"must be >= 0, got {self.keep_checkpoints}")
         _require(self.threads >= 0, "run.threads", f"must be >= 0, got {self.threads}")
         _require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, got {self.device!r}")
+        _require(self.parallel in ("auto", "ddp", "fsdp"), "run.parallel",
+                 f"must be auto, ddp or fsdp, got {self.parallel!r}")
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Data-parallel training over torch.distributed (``torchrun``): the process group, which rank does what, collectives.
 
-Every rank holds the whole policy and the same selection state; candidates, prompts and groups are split into
-contiguous blocks by rank, so gathering the blocks in rank order gives back the one-process order.
+Every rank runs the same selection; candidates, prompts and groups are split into contiguous blocks by rank, so
+gathering the blocks in rank order gives back the one-process order. Weights: replicated (``ddp``) or FSDP2-sharded.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     active: bool = False
+    fsdp: bool = False             # parameters sharded with FSDP2 (fully_shard) instead of replicated
+
+    def lockstep(self, n: int) -> int:
+        """The most micro-batches any rank has: under FSDP every rank must run as many forwards/backwards."""
+        if not (self.fsdp and self.world_size > 1):
+            return n
+        t = torch.tensor([n], dtype=torch.int64, device=_comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
 
     @property
     def is_main(self) -> bool:
@@ -68,11 +78,17 @@ class Dist:
         """Sum the gradients over ranks (DDP's all-reduce, done once per optimizer step, in 64 MiB buckets).
 
         The losses are already normalised by global token / sequence counts, so the sum (not the mean) is the
-        gradient of the global batch loss. A parameter without a gradient gets zeros first.
+        gradient of the global batch loss. A parameter without a gradient gets zeros first. Under FSDP the
+        backward already reduce-scattered the gradients as a mean over ranks: they are multiplied back to the sum.
         """
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        if self.fsdp:
+            if self.world_size > 1:
+                for p in params:
+                    p.grad.mul_(self.world_size)
+            return
         if not self.active or self.world_size == 1:
             return
         bucket: list[torch.Tensor] = []
@@ -120,11 +136,14 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def setup(device: torch.device) -> Dist:
+def setup(device: torch.device, parallel: str = "auto") -> Dist:
     """Join the process group ``torchrun`` set up in the environment (gloo on CPU, nccl on CUDA); ``Dist()`` if none.
 
-    On CUDA each rank takes the GPU numbered by LOCAL_RANK (``device`` must then be ``cuda``).
+    On CUDA each rank takes the GPU numbered by LOCAL_RANK (``device`` must then be ``cuda``). ``parallel``:
+    ``ddp`` (replicas), ``fsdp`` (FSDP2 shards, see :func:`shard_model`), ``auto`` = fsdp on CUDA, ddp on CPU.
     """
+    if parallel not in ("auto", "ddp", "fsdp"):
+        raise ValueError(f"parallel: expected auto, ddp or fsdp, got {parallel!r}")
     if not launched_by_torchrun():
         return Dist()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -133,7 +152,65 @@ def setup(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         torch.distributed.init_process_group(backend=backend, timeout=TIMEOUT)
-    return Dist(rank=rank, world_size=world, active=True)
+    fsdp = parallel == "fsdp" or (parallel == "auto" and device.type == "cuda")
+    return Dist(rank=rank, world_size=world, active=True, fsdp=fsdp)
+
+
+# --- FSDP2 --------------------------------------------------------------------------------------------------------
+
+def shard_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """FSDP2: ``fully_shard`` each decoder layer (the model's ``_no_split_modules`` classes), then the whole model.
+
+    The root (embeddings, final norm, the tied or untied lm_head) stays unsharded from its forward to its backward,
+    which lets the fused head read ``lm_head.weight`` after the forward (prepo.forward). One forward through the root
+    initialises FSDP's state on every rank. No-op unless ``dist.fsdp``.
+    """
+    if not dist.fsdp:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.world_size,))
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"model ({type(model).__name__}): no decoder layers to shard (_no_split_modules is empty)")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
+    model.reshard()  # the root keeps its gathered parameters after a forward: back to the shards the optimizer takes
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module):
+    """Within: every FSDP unit's full parameters are gathered and kept, so forwards need no collectives (ranks may
+    run different numbers of them: scoring, ``generate``, evaluation). Every rank must enter together. No-op for a
+    model that is not sharded."""
+    if not is_sharded(model):
+        yield model
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(unit is not model, recurse=False)  # the root keeps its own until backward
 
 
 def teardown(dist: Dist) -> None:

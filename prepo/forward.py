@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 import prepo_kernels as pk
+from prepo.distributed import is_sharded
 
 IGNORE_INDEX = -100
 
@@ -32,9 +33,9 @@ def token_logprobs_entropy(model, input_ids: torch.Tensor, attention_mask: torch
     model body (e.g. ``position_ids`` for packed rows).
     """
     hf = getattr(pk, "hf", None)
-    if hf is not None:
-        return hf.causal_lm_logprobs_and_entropy(model, input_ids, attention_mask, targets,
-                                                 temperature=temperature, **body_kwargs)
+    if hf is not None:  # an FSDP2-sharded model gathers its parameters in the whole model's forward: go through it
+        return hf.causal_lm_logprobs_and_entropy(model, input_ids, attention_mask, targets, temperature=temperature,
+                                                 via_model_forward=is_sharded(model), **body_kwargs)
     return _fallback(model, input_ids, attention_mask, targets, temperature, **body_kwargs)
 
 

@@ -143,8 +143,10 @@ class HFEngine:
                 cache = self.model(input_ids=ids[:1, :shared].to(device), use_cache=True).past_key_values
                 cache.batch_repeat_interleave(len(prompts))
                 extra["past_key_values"] = cache
+            # synced_gpus off: transformers turns it on for FSDP models, but the trainer gathers the full weights
+            # (prepo.distributed.full_weights) so each rank may stop when its own rows are done
             seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                       generation_config=config, **extra)
+                                       generation_config=config, synced_gpus=False, **extra)
         finally:
             self.model.generation_config = model_config
             self.model.train(was_training)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from prepo.algorithm import group_advantages
-from prepo.checkpoint import find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from prepo.checkpoint import (find_checkpoint, load_checkpoint, load_sharded_checkpoint, rng_state, save_checkpoint,
+                              save_sharded_checkpoint, set_rng_state)
 from prepo.config import TrainConfig, save_config
-from prepo.distributed import Dist, setup as setup_distributed
+from prepo.distributed import Dist, full_weights, setup as setup_distributed, shard_model
 from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, summary
 from prepo.scoring import prompt_perplexities
 from prepo.selection import Collected, Group, PromptSampler, collect_groups, make_strategy
@@ -183,8 +184,9 @@ class Trainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
-        # torchrun: join the process group; each rank then holds a replica and trains on its share of the groups
-        self.dist: Dist = setup_distributed(self.device)
+        # torchrun: join the process group; each rank then holds a replica (or FSDP2 shards) and trains on its share
+        # of the groups
+        self.dist: Dist = setup_distributed(self.device, cfg.run.parallel)
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.packed = use_packed_rows(cfg.model, self.device)
@@ -195,6 +197,7 @@ class Trainer:
         self.dist.broadcast_parameters(self.model)
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        self.model = shard_model(self.model, self.dist)  # FSDP2 only; before the optimizer sees the parameters
         self.train_examples, self.eval_sets = load_datasets(cfg.data)
         self.prompts = encode_prompts(self.tokenizer, self.train_examples,
                                       use_chat_template=cfg.data.use_chat_template, score_span=cfg.data.score_span,
@@ -216,13 +219,17 @@ class Trainer:
             loss_aggregation=cfg.algorithm.loss_aggregation, kl_coef=cfg.algorithm.kl_coef,
             ppo_epochs=cfg.algorithm.ppo_epochs, skip_zero_advantage=cfg.algorithm.skip_zero_advantage,
             temperature=cfg.rollout.temperature, micro_batch_tokens=o.micro_batch_tokens,
-            max_grad_norm=o.max_grad_norm, pad_id=int(self.tokenizer.pad_token_id), packed=self.packed)
+            max_grad_norm=o.max_grad_norm, pad_id=int(self.tokenizer.pad_token_id), packed=self.packed,
+            shared_prefix=not self.dist.fsdp)  # FSDP gathers parameters in the model's forward, not the body's
 
         self.step, self.rollouts = 0, 0
         resume_step = None
         if resume_from is not None:
             ckpt = find_checkpoint(resume_from)
-            self._load_state(load_checkpoint(ckpt, self.model))
+            if self.dist.fsdp:
+                self._load_state(load_sharded_checkpoint(ckpt, self.model, self.optimizer))
+            else:
+                self._load_state(load_checkpoint(ckpt, self.model))
             resume_step = self.step
         if self.dist.is_main:  # rank 0 alone writes the run folder
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +246,8 @@ class Trainer:
 
     def _load_state(self, state: dict) -> None:
         self.step, self.rollouts = int(state["step"]), int(state["rollouts"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # (sharded checkpoints hold it in dcp/)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.strategy.load_state_dict(state["strategy"])
         set_rng_state(state["rng"])
@@ -247,11 +255,15 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint as of the last completed step (host state from the end-of-step snapshot); rank 0 writes it
         (the replicas are equal), the other ranks wait until it is complete."""
+        keep = self.cfg.run.keep_checkpoints
+        if self.dist.fsdp:
+            state = {**self._snapshot, "config": self.cfg.to_dict()}
+            return save_sharded_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, dist=self.dist,
+                                           tokenizer=self.tokenizer, keep=keep)
         path = None
         if self.dist.is_main:
             state = {**self._snapshot, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict()}
-            path = save_checkpoint(self.run_dir, self.step, self.model, state, tokenizer=self.tokenizer,
-                                   keep=self.cfg.run.keep_checkpoints)
+            path = save_checkpoint(self.run_dir, self.step, self.model, state, tokenizer=self.tokenizer, keep=keep)
         self.dist.barrier()
         return path
 
@@ -304,10 +316,12 @@ class Trainer:
         t_start = time.perf_counter()
         self._time_reward, self._generated_rewards, self._completion_lengths = 0.0, [], []
 
-        # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds)
-        collected: Collected = collect_groups(
-            self.strategy, self.sampler, step=self.step, total_steps=cfg.run.steps, k=cfg.selection.k,
-            roll_out=self._roll_out_and_reward, score=self._score if cfg.selection.strategy == "ppl" else None)
+        # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds);
+        # FSDP: with the full weights gathered, so ranks may run different numbers of forwards
+        with full_weights(self.model):
+            collected: Collected = collect_groups(
+                self.strategy, self.sampler, step=self.step, total_steps=cfg.run.steps, k=cfg.selection.k,
+                roll_out=self._roll_out_and_reward, score=self._score if cfg.selection.strategy == "ppl" else None)
 
         # group advantages, then the update: entropy weights + clipped surrogate, micro-batched, AdamW step
         t_update = time.perf_counter()
@@ -364,13 +378,16 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self) -> list[dict]:
         """Held-out accuracy of the current policy, one metrics row per dataset (rank 0 evaluates, the others wait)."""
-        from prepo.evaluate import evaluate
-
         if not self.eval_sets:
             return []
-        if not self.dist.is_main:
+        with full_weights(self.model):
+            rows = self._evaluate_main() if self.dist.is_main else []
             self.dist.barrier()
-            return []
+        return rows
+
+    def _evaluate_main(self) -> list[dict]:
+        from prepo.evaluate import evaluate
+
         e = self.cfg.eval
         t0 = time.perf_counter()
         report = evaluate(self.engine, self.tokenizer, self.eval_sets, k=e.k,
@@ -383,7 +400,6 @@ class Trainer:
             rows.append(self.log.write({"kind": "eval", "step": self.step, "rollouts": self.rollouts,
                                         "dataset": name, "accuracy": result["avg_at_k"], "time_eval": seconds,
                                         **{k: v for k, v in result.items() if k != "avg_at_k"}}))
-        self.dist.barrier()
         return rows
 
     def _eval_formats(self) -> dict:

@@ -123,9 +123,18 @@ class _Pass:
             self.chunks = [[mine[j] for j in chunk] for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
         # samples whose entropy enters H̄ and the reported weights (on every rank: all of them, not only its own)
         self.active = sorted(i for i in participants if samples[i].num_tokens > 0)
+        self.dist = dist
+        # FSDP: every rank runs as many micro-batches as the busiest; the extra ones repeat a chunk with weight 0
+        self.rounds = dist.lockstep(len(self.chunks))
+        self.filler = (self.chunks[:1] or [self.active[:1]])[0]
         # global denominators: every sample counts, skipped ones included, so micro-batch losses add up to the batch loss
         self.num_tokens = sum(smp.num_tokens for smp in samples)
         self.num_seqs = sum(1 for smp in samples if smp.num_tokens > 0)
+
+    def steps(self):
+        """(chunk, real) for each micro-batch this rank runs; real=False: a lockstep filler (loss times 0)."""
+        for j in range(self.rounds):
+            yield (self.chunks[j], True) if j < len(self.chunks) else (self.filler, False)
 
     def batch(self, chunk):
         seqs = [self.samples[i].seq for i in chunk]
@@ -212,7 +221,7 @@ def _step(model, optimizer, max_grad_norm: float) -> float:
             p.grad = torch.zeros_like(p)
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     optimizer.step()
-    return float(norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
 
 def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSettings, *, ref_model=None,
@@ -235,12 +244,15 @@ def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSetti
         _zero_grad(params)
         mean_entropy.zero_()  # each rank fills its own samples' entries; _reduce sums them
         stats.update(loss=0.0, kl=0.0, clipped=0.0)
-        for chunk in sweep.chunks:
+        for chunk, real in sweep.steps():
             batch = sweep.batch(chunk)
             lp, ent = _forward(model, batch, settings.temperature)
             h_i = _seq_mean(ent.detach(), batch.mask)
-            mean_entropy[chunk] = h_i.double().cpu()
             w = h_i if use_entropy else torch.ones_like(h_i)
+            if not real:
+                (sweep.loss(lp, lp.detach(), batch, chunk, w, {"kl": 0.0, "clipped": 0.0}) * 0.0).backward()
+                continue
+            mean_entropy[chunk] = h_i.double().cpu()
             loss = sweep.loss(lp, lp.detach(), batch, chunk, w, stats)
             loss.backward()
             stats["loss"] += float(loss.detach())
@@ -299,11 +311,12 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
     old: list[torch.Tensor] = []
     with torch.no_grad():
         model.eval()
-        for chunk in sweep.chunks:
+        for chunk, real in sweep.steps():
             batch = sweep.batch(chunk)
             lp, ent = _forward(model, batch, settings.temperature)
             old.append(lp)
-            mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
+            if real:
+                mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
         model.train()
     dist.all_reduce_sum_(mean_entropy)
     active = sweep.active
@@ -318,10 +331,13 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
     for _ in range(settings.ppo_epochs):
         _zero_grad(params)
         stats.update(loss=0.0, kl=0.0, clipped=0.0)
-        for chunk, old_lp in zip(sweep.chunks, old):
+        for (chunk, real), old_lp in zip(sweep.steps(), old):
             batch = sweep.batch(chunk)
             lp, _ = _forward(model, batch, settings.temperature)
             w = weights[chunk].to(lp.device)
+            if not real:
+                (sweep.loss(lp, old_lp, batch, chunk, w, {"kl": 0.0, "clipped": 0.0}) * 0.0).backward()
+                continue
             loss = sweep.loss(lp, old_lp, batch, chunk, w, stats)
             loss.backward()
             stats["loss"] += float(loss.detach())

@@ -51,7 +51,7 @@ def _logit_temperature(model, temperature: float) -> float:
 
 def causal_lm_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                                    targets: torch.Tensor, temperature: float = 1.0, backend: str = "auto",
-                                   **body_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+                                   via_model_forward: bool = False, **body_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropies of a Hugging Face causal LM at temperature T, without the full logits.
 
     Args:
@@ -60,6 +60,9 @@ def causal_lm_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mas
         input_ids, attention_mask: (B, T) as for ``model(...)``.
         targets: (B, T) int; ``targets[b, t]`` is the token predicted at position t (input_ids shifted left),
             -100 where there is none (prompt, padding, last position). Only those positions go through the head.
+        via_model_forward: run ``model(...)`` (logits for the last position only) and take the body's output from a
+            forward hook, instead of calling the body directly: for wrappers that gather parameters in the outer
+            module's forward (FSDP2 ``fully_shard`` on the whole model); same result.
         body_kwargs: forwarded to the model body (e.g. ``position_ids``); ``use_cache`` defaults to False.
     Returns:
         (logprobs, entropy), float32 (B, T), 0 at ignored positions; differentiable w.r.t. the model parameters.
@@ -68,10 +71,26 @@ def causal_lm_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mas
     body = _body(model)
     temperature = _logit_temperature(model, temperature)
     body_kwargs.setdefault("use_cache", False)
-    out = body(input_ids=input_ids, attention_mask=attention_mask, **body_kwargs)
+    if via_model_forward:
+        out = _body_output_via_model(model, body, input_ids, attention_mask, body_kwargs)
+    else:
+        out = body(input_ids=input_ids, attention_mask=attention_mask, **body_kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     weight = head.weight
     if hidden.dtype != weight.dtype:  # e.g. under autocast: use the head's precision
         hidden = hidden.to(weight.dtype)
     return linear_logprobs_and_entropy(hidden, weight, targets, bias=getattr(head, "bias", None),
                                        temperature=temperature, ignore_index=IGNORE_INDEX, backend=backend)
+
+
+def _body_output_via_model(model, body, input_ids, attention_mask, body_kwargs):
+    """The body's output, captured by a hook while the whole model runs (its head on the last position only)."""
+    captured = []
+    handle = body.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **body_kwargs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"model ({type(model).__name__}): its forward ran the body {len(captured)} times, expected 1")
+    return captured[0]

@@ -23,7 +23,8 @@ class Recording(prepo.trainer.Trainer):
 
     def train(self):
         result = super().train()
-        params = [p.detach().double() for p in self.model.parameters()]
+        params = [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double()  # FSDP: DTensor shards
+                  for p in self.model.parameters()]
         Recording.checksum = {"sum": float(sum(p.sum() for p in params)),
                               "sumsq": float(sum((p * p).sum() for p in params))}
         return result

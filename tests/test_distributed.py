@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,41 +56,66 @@ def _close(a, b, key):
         assert a == b, (key, a, b)
 
 
-@pytest.mark.parametrize("strategy,weighting", [("ppl", "entropy"), ("dynamic", "entropy_token")])
-def test_two_processes_equal_one(model_dir, tmp_path, strategy, weighting):
-    seed = random.randrange(1000)
-    overrides = [f"model.name_or_path={model_dir}", "data.train=arith", "data.train_size=40", "data.eval_size=3",
-                 "data.tiers=[add1, sub1]", "data.system_prompt=Answer with a single number.",
-                 f"selection.strategy={strategy}", "selection.num_candidates=6", "selection.k=3",
-                 "selection.max_rounds=2", "rollout.group_size=4", "rollout.max_new_tokens=5",
-                 "rollout.temperature=1.0", f"algorithm.weighting={weighting}", "optim.lr=1e-3",
-                 "optim.micro_batch_tokens=96", "eval.max_new_tokens=3", "run.progress=false", "run.threads=1",
-                 "run.steps=3", "run.save_every=1", "run.keep_checkpoints=0", f"run.seed={seed}"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    _torchrun(1, one, overrides)
-    _torchrun(2, two, overrides)
+def _overrides(model_dir, strategy, weighting, seed):
+    return [f"model.name_or_path={model_dir}", "data.train=arith", "data.train_size=40", "data.eval_size=3",
+            "data.tiers=[add1, sub1]", "data.system_prompt=Answer with a single number.",
+            f"selection.strategy={strategy}", "selection.num_candidates=6", "selection.k=3",
+            "selection.max_rounds=2", "rollout.group_size=4", "rollout.max_new_tokens=5",
+            "rollout.temperature=1.0", f"algorithm.weighting={weighting}", "optim.lr=1e-3",
+            "optim.micro_batch_tokens=96", "eval.max_new_tokens=3", "run.progress=false", "run.threads=1",
+            "run.steps=3", "run.save_every=1", "run.keep_checkpoints=0", f"run.seed={seed}"]
 
-    # rank 0 alone writes the run folder
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) + ["rank1.json"]
-    rows_one, rows_two = _rows(one), _rows(two)
-    assert [r["kind"] for r in rows_one] == [r["kind"] for r in rows_two] == ["eval", "train", "train", "train",
-                                                                               "eval"]
-    trained = 0
+
+def _weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+
+
+def _same_run(one, two, *, first_row=0):
+    """Metrics rows (from ``first_row`` on) and the last checkpoint's weights of two runs agree."""
+    rows_one, rows_two = _rows(one)[first_row:], _rows(two)[first_row:]
+    assert [r["kind"] for r in rows_one] == [r["kind"] for r in rows_two]
     for a, b in zip(rows_one, rows_two):
         assert set(a) == set(b)
         for key in set(a) - _LAYOUT:
             _close(a[key], b[key], key)
-        trained += a.get("rollouts_in_update", 0)
-    assert trained > 0, "no step had a rollout in the update: the test compares nothing"
-
-    # the weights: rank 0's checkpoint equals the one-process run's, and both ranks hold the same replica
-    w1 = load_file(str(one / "checkpoints" / "step-000003" / "model.safetensors"))
-    w2 = load_file(str(two / "checkpoints" / "step-000003" / "model.safetensors"))
+    w1, w2 = _weights(one, 3), _weights(two, 3)
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("strategy,weighting", [("ppl", "entropy"), ("dynamic", "entropy_token")])
+def test_two_processes_equal_one(model_dir, tmp_path, strategy, weighting):
+    overrides = _overrides(model_dir, strategy, weighting, random.randrange(1000))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _torchrun(1, one, overrides)
+    _torchrun(2, two, [*overrides, "run.parallel=ddp"])
+
+    # rank 0 alone writes the run folder
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) + ["rank1.json"]
+    assert [r["kind"] for r in _rows(one)] == ["eval", "train", "train", "train", "eval"]
+    assert sum(r.get("rollouts_in_update", 0) for r in _rows(one)) > 0, "no rollout was trained on: nothing compared"
+    _same_run(one, two)
+    # both ranks hold the same replica, and training moved it
     ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["world_size"] == 2
-    assert ranks[0]["sum"] == ranks[1]["sum"] and ranks[0]["sumsq"] == ranks[1]["sumsq"]
-    first = load_file(str(one / "checkpoints" / "step-000001" / "model.safetensors"))
-    assert any(not torch.equal(first[k], w1[k]) for k in w1), "training did not move the weights"
+    assert ranks[0]["world_size"] == 2 and ranks[0] == {**ranks[1], "world_size": 2}
+    assert any(not torch.equal(_weights(one, 1)[k], v) for k, v in _weights(one, 3).items())
+
+
+def test_fsdp_two_processes_equal_one_and_resume(model_dir, tmp_path):
+    """FSDP2 shards over 2 gloo ranks: the run equals the 1-process run; its sharded checkpoint resumes exactly."""
+    overrides = _overrides(model_dir, "ppl", "entropy", random.randrange(1000))
+    one, two = tmp_path / "one", tmp_path / "fsdp"
+    _torchrun(1, one, overrides)
+    _torchrun(2, two, [*overrides, "run.parallel=fsdp"])
+    _same_run(one, two)
+    assert (two / "checkpoints" / "step-000003" / "dcp").is_dir()
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["sum"] == ranks[1]["sum"]  # the gathered full parameters, seen from each rank
+
+    # resume from step 2's sharded checkpoint: step 3 and the final weights equal the uninterrupted run's
+    cut = tmp_path / "cut"
+    shutil.copytree(two, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-000003")
+    _torchrun(2, cut, ["--resume", str(cut), "run.parallel=fsdp"])
+    _same_run(two, cut, first_row=-2)

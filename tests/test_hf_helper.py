@@ -45,10 +45,11 @@ def _reference(model, ids, mask, targets, temperature, **kw):
     return ref_logprobs_entropy(logits.double(), targets, temperature)
 
 
-def _check_against_model(model, backend, temperature=0.8, **kw):
+def _check_against_model(model, backend, temperature=0.8, via_model_forward=False, **kw):
     ids, mask, targets = _batch()
     a, b = torch.randn(2, *targets.shape)
-    lp, ent = pk.hf.causal_lm_logprobs_and_entropy(model, ids, mask, targets, temperature, backend, **kw)
+    lp, ent = pk.hf.causal_lm_logprobs_and_entropy(model, ids, mask, targets, temperature, backend,
+                                                   via_model_forward=via_model_forward, **kw)
     assert lp.shape == ent.shape == targets.shape and lp.dtype == ent.dtype == torch.float32
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad((a * lp).sum() + (b * ent).sum(), params, allow_unused=True)
@@ -68,6 +69,17 @@ def _check_against_model(model, backend, temperature=0.8, **kw):
 @pytest.mark.parametrize("head", ["tied", "untied", "bias"])
 def test_llama_matches_model_logits_including_gradients(head):
     _check_against_model(_llama(head), "auto")
+
+
+@pytest.mark.parametrize("head", ["tied", "bias"])
+def test_via_model_forward_matches_model_logits_including_gradients(head):
+    """The path for FSDP2-sharded models: the whole model's forward runs, the body's output comes from a hook."""
+    model = _llama(head)
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs.get("logits_to_keep")),
+                                with_kwargs=True)
+    _check_against_model(model, "auto", via_model_forward=True)
+    assert calls[0] == 1  # the model's own head ran on the last position only
 
 
 def test_every_backend(backend):
