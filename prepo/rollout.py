@@ -37,6 +37,17 @@ class RolloutEngine(Protocol):
         ...
 
 
+def make_rollout(prompt_index: int, sample_index: int, tokens: Sequence[int], stops: set[int], tokenizer) -> Rollout:
+    """A Rollout from generated tokens: cut after the first stop token (kept in the ids, left out of the text)."""
+    tokens = list(tokens)
+    cut = next((j for j, t in enumerate(tokens) if t in stops), None)
+    finished = cut is not None
+    completion = tokens[:cut + 1] if finished else tokens
+    body = completion[:-1] if finished else completion
+    return Rollout(prompt_index=prompt_index, sample_index=sample_index, completion_ids=completion,
+                   text=tokenizer.decode(body, skip_special_tokens=True), finished=finished)
+
+
 def stop_token_ids(tokenizer, model=None) -> list[int]:
     """EOS of the tokenizer and the model's generation config, plus the chat template's end-of-turn token."""
     ids: list[int] = []
@@ -150,17 +161,9 @@ class HFEngine:
         finally:
             self.model.generation_config = model_config
             self.model.train(was_training)
-        new = seqs[:, width:].tolist()
         stops = set(self.stop_ids)
-        out = []
-        for (p, s), tokens in zip(chunk, new):
-            cut = next((j for j, t in enumerate(tokens) if t in stops), None)
-            finished = cut is not None
-            completion = tokens[:cut + 1] if finished else tokens
-            body = completion[:-1] if finished else completion
-            out.append(Rollout(prompt_index=p, sample_index=s, completion_ids=completion,
-                               text=self.tokenizer.decode(body, skip_special_tokens=True), finished=finished))
-        return out
+        new = seqs[:, width:].tolist()
+        return [make_rollout(p, s, tokens, stops, self.tokenizer) for (p, s), tokens in zip(chunk, new)]
 
 
 def _common_prefix_length(prompts) -> int:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .rollout import Rollout, _check_sampling, stop_token_ids
+from .rollout import Rollout, _check_sampling, make_rollout, stop_token_ids
 
 INSTALL_HINT = (
     'engine "vllm" needs vLLM: on a CUDA machine `pip install "prepo[vllm]"`; on a Linux x86_64 CPU-only machine '
@@ -213,18 +213,8 @@ class VLLMEngine:
         groups = self.completions(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   seed=seed)
         stops = set(self.stop_ids)
-        rollouts = []
-        for p, group in enumerate(groups):
-            for s, completion in enumerate(group):
-                tokens = list(completion.token_ids)
-                cut = next((j for j, t in enumerate(tokens) if t in stops), None)
-                finished = cut is not None
-                ids = tokens[:cut + 1] if finished else tokens
-                body = ids[:-1] if finished else ids
-                rollouts.append(Rollout(prompt_index=p, sample_index=s, completion_ids=ids,
-                                        text=self.tokenizer.decode(body, skip_special_tokens=True),
-                                        finished=finished))
-        return rollouts
+        return [make_rollout(p, s, completion.token_ids, stops, self.tokenizer)
+                for p, group in enumerate(groups) for s, completion in enumerate(group)]
 
     def completions(self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float,
                     top_p: float = 1.0, seed: int | None = None, **extra) -> list[list]:
