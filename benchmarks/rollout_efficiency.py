@@ -30,7 +30,7 @@ from benchmarks.efficiency_summary import RunRecord, build_report, plot, read_me
 _VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
                   ("model", "cache_dir")}
 _TOP_KEYS = {"name", "train", "variants", "seeds", "reference", "runs_root", "results_root", "eval_dataset",
-             "keep_checkpoints_after", "notes"}
+             "keep_checkpoints_after", "notes", "base"}
 
 
 class BenchmarkConfigError(ValueError):
@@ -111,16 +111,40 @@ def run_name(variant: Variant, seed: int) -> str:
     return f"{variant.name}-s{seed}"
 
 
-def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
-    """Read and validate the benchmark YAML; every run's TrainConfig is built once here so a typo fails at once."""
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML mapping at ``path``; ``base: other.yaml`` (relative to it) is read first and overridden by the rest.
+    A derived config must name itself (its results go to efficiency-<name>/)."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise BenchmarkConfigError(f"--config: {str(path)!r} does not exist")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise BenchmarkConfigError(f"{path}: expected a mapping at the top level")
+    if "base" not in raw:
+        return raw
+    base_path = (path.parent / str(raw.pop("base"))).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise BenchmarkConfigError(f"{path}: base: {base_path} includes itself")
+    base = _read_with_base(base_path, seen + (path.resolve(),))
+    if raw.get("name") in (None, base.get("name")):
+        raise BenchmarkConfigError(f"{path}: name: a config with a base needs a name of its own "
+                                   f"(base: {base.get('name')!r})")
+    return _merge(base, raw)
+
+
+def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
+    """Read and validate the benchmark YAML; every run's TrainConfig is built once here so a typo fails at once."""
+    path = Path(path)
+    raw = _read_with_base(path)
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise BenchmarkConfigError(f"{path}: unknown key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")

@@ -179,11 +179,31 @@ def test_bad_benchmark_config(tmp_path, text, match):
         eff.load_efficiency_config(path)
 
 
+def test_config_with_a_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nseeds: [0, 1]\nreference: a\ntrain: {optim: {lr: 1.0e-6, weight_decay: 0.5}, run: {steps: 3}}\n"
+        "variants: [{name: a}, {name: b}]\n")
+    derived = tmp_path / "sub" / "derived.yaml"
+    derived.parent.mkdir()
+    derived.write_text("base: ../base.yaml\nname: derived\ntrain: {optim: {lr: 2.0e-5}}\nvariants: [{name: a}]\n")
+    cfg = eff.load_efficiency_config(derived)
+    assert cfg.name == "derived" and [(v.name, v.seeds) for v in cfg.variants] == [("a", [0, 1])]
+    run = eff.train_config(cfg, cfg.variants[0], 0)
+    assert (run.optim.lr, run.optim.weight_decay, run.run.steps) == (2e-5, 0.5, 3)  # merged section by section
+    derived.write_text("base: ../base.yaml\ntrain: {}\n")
+    with pytest.raises(eff.BenchmarkConfigError, match="name of its own"):
+        eff.load_efficiency_config(derived)
+    derived.write_text("base: derived.yaml\nname: loop\n")
+    with pytest.raises(eff.BenchmarkConfigError, match="includes itself"):
+        eff.load_efficiency_config(derived)
+
+
 def test_shipped_configs_load():
-    for path in ("configs/efficiency-cpu.yaml", "configs/efficiency-gpu.yaml"):
+    for path in ("configs/efficiency-cpu.yaml", "configs/efficiency-cpu-lr1e-5.yaml", "configs/efficiency-gpu.yaml"):
         cfg = eff.load_efficiency_config(path)
         names = [v.name for v in cfg.variants]
-        assert {"prepo", "ppl", "random", "dynamic", "greso"} <= set(names)
+        assert {"prepo", "ppl", "random"} <= set(names)
+        assert "lr1e-5" in path or {"dynamic", "greso"} <= set(names)
         assert all(len(v.seeds) >= 3 for v in cfg.variants if v.name in ("prepo", "ppl", "random"))
         configs = {v.name: eff.train_config(cfg, v, v.seeds[0]) for v in cfg.variants}
         assert configs["prepo"].selection.strategy == "ppl" and configs["prepo"].algorithm.weighting != "none"
