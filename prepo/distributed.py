@@ -214,5 +214,7 @@ def full_weights(model: torch.nn.Module):
 
 
 def teardown(dist: Dist) -> None:
+    """Leave the process group once every rank is done (a rank that left early would break the others' last calls)."""
     if dist.active and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
