@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,18 +200,22 @@ def test_config_with_a_base(tmp_path):
 
 
 def test_shipped_configs_load():
-    for path in ("configs/efficiency-cpu.yaml", "configs/efficiency-cpu-lr1e-5.yaml", "configs/efficiency-gpu.yaml"):
+    paths = sorted(Path("configs").glob("efficiency-*.yaml"))
+    assert {"efficiency-cpu.yaml", "efficiency-gpu.yaml"} <= {p.name for p in paths}
+    for path in paths:
         cfg = eff.load_efficiency_config(path)
         names = [v.name for v in cfg.variants]
-        assert {"prepo", "ppl", "random"} <= set(names)
-        assert "lr1e-5" in path or {"dynamic", "greso"} <= set(names)
+        assert {"prepo", "random"} <= set(names)
+        derived = "base" in path.read_text()  # a variation of another benchmark may compare fewer strategies
+        assert derived or {"ppl", "dynamic", "greso"} <= set(names)
         assert all(len(v.seeds) >= 3 for v in cfg.variants if v.name in ("prepo", "ppl", "random"))
         configs = {v.name: eff.train_config(cfg, v, v.seeds[0]) for v in cfg.variants}
         assert configs["prepo"].selection.strategy == "ppl" and configs["prepo"].algorithm.weighting != "none"
-        assert configs["ppl"].selection.strategy == "ppl" and configs["ppl"].algorithm.weighting == "none"
+        assert "ppl" not in configs or configs["ppl"].algorithm.weighting == "none"
         assert configs["random"].selection.k == configs["prepo"].selection.k
         assert configs["random"].selection.num_candidates == configs["prepo"].selection.num_candidates
         assert configs["prepo"].rollout.group_size == 8
+    cfg = eff.load_efficiency_config("configs/efficiency-gpu.yaml")
     gpu = eff.train_config(cfg, cfg.variants[0], 0)
     assert gpu.selection.num_candidates == 5 * gpu.selection.k
     assert (gpu.algorithm.eps_low, gpu.algorithm.eps_high, gpu.rollout.temperature) == (0.2, 0.28, 1.0)
