@@ -170,10 +170,11 @@ class Report:
     target: float | None
     dataset: str | None
     eval_size: int
+    decoding: str = "greedy decoding"           # how the held-out answers were sampled, for the noise note
 
 
 def build_report(runs: Sequence[RunRecord], planned: dict[str, int], reference: str,
-                 dataset: str | None = None, eval_size: int = 0) -> Report:
+                 dataset: str | None = None, eval_size: int = 0, decoding: str = "greedy decoding") -> Report:
     """Statistics per strategy (in ``planned`` order); the target is the reference's mean final accuracy."""
     stats = [_stats(v, n, [r for r in runs if r.variant == v], dataset) for v, n in planned.items()]
     ref = next((s for s in stats if s.variant == reference), None)
@@ -183,7 +184,7 @@ def build_report(runs: Sequence[RunRecord], planned: dict[str, int], reference: 
             if s.curve is not None:
                 s.reach = rollouts_to_reach(s.curve.xs, s.curve.mean, target)
             s.reach_seeds = [rollouts_to_reach(*r.curve(dataset), target) for r in s.complete]
-    return Report(stats, reference, target, dataset, eval_size)
+    return Report(stats, reference, target, dataset, eval_size, decoding)
 
 
 def plot(report: Report, path: str | Path, title: str) -> Path:
@@ -295,7 +296,7 @@ def summary_markdown(report: Report, *, name: str, command: str, run_status: Seq
     p = report.target if report.target is not None else (float(np.mean(finals)) if finals else None)
     if p is not None and n:
         se = binomial_se(p, n)
-        lines.append(f"- Held-out set: {n} problems, greedy decoding, so an accuracy near {p:.2f} has a "
+        lines.append(f"- Held-out set: {n} problems, {report.decoding}, so an accuracy near {p:.2f} has a "
                      f"binomial standard error of ±{se:.3f} (±{1.96 * se:.3f} for 95%); a difference between two "
                      f"strategies' single runs has ±{math.sqrt(2) * se:.3f}. The same problems are used for every "
                      "run, so differences between strategies are less noisy than this (paired), but seeds are not.")

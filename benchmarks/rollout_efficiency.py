@@ -336,7 +336,12 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
         names = sorted({row.get("dataset") for r in records for row in r.evals(None) if row.get("dataset")})
         dataset = names[0] if names else None
     planned = {v.name: len(v.seeds) for v in cfg.variants}
-    report = build_report(records, planned, cfg.reference, dataset, _eval_size(records, dataset, cfg))
+    first = cfg.variants[0]
+    ev = train_config(cfg, first, first.seeds[0]).eval
+    decoding = ("greedy decoding" if ev.temperature == 0 else
+                f"avg@{ev.k} at temperature {ev.temperature:g} (the bound below is for one sample per problem; "
+                f"{ev.k} samples make it somewhat smaller)")
+    report = build_report(records, planned, cfg.reference, dataset, _eval_size(records, dataset, cfg), decoding)
     out = cfg.results_dir
     out.mkdir(parents=True, exist_ok=True)
     plot(report, out / "curves.png", f"rollout efficiency: {cfg.name}")
