@@ -136,6 +136,16 @@ class _Pass:
         for j in range(self.rounds):
             yield (self.chunks[j], True) if j < len(self.chunks) else (self.filler, False)
 
+    def backward(self, lp, old_lp, batch, chunk, weights, stats: dict, real: bool) -> None:
+        """Backward of one micro-batch's loss, added into ``stats``. A lockstep filler (``real=False``) runs the same
+        graph with weight 0 and records nothing: it only keeps FSDP's collectives in step across ranks."""
+        if not real:
+            (self.loss(lp, old_lp, batch, chunk, weights, {"kl": 0.0, "clipped": 0.0}) * 0.0).backward()
+            return
+        loss = self.loss(lp, old_lp, batch, chunk, weights, stats)
+        loss.backward()
+        stats["loss"] += float(loss.detach())
+
     def batch(self, chunk):
         seqs = [self.samples[i].seq for i in chunk]
         if self.group_size:
@@ -205,20 +215,19 @@ def _zero_grad(params):
         p.grad = None
 
 
-def _reduce(dist: Dist, params, mean_entropy: torch.Tensor, stats: dict) -> None:
-    """Sum gradients, per-sample entropies (each rank filled its own) and loss statistics over ranks."""
+def _reduce(dist: Dist, params, stats: dict, mean_entropy: torch.Tensor | None = None) -> None:
+    """Sum gradients, loss statistics and per-sample entropies (each rank filled its own) over ranks."""
     dist.sync_gradients(params)  # also gives untouched parameters zero gradients (they still take an AdamW step)
-    dist.all_reduce_sum_(mean_entropy)
+    if mean_entropy is not None:
+        dist.all_reduce_sum_(mean_entropy)
     keys = sorted(stats)
     for key, value in zip(keys, dist.sum_floats([stats[k] for k in keys])):
         stats[key] = value
 
 
 def _step(model, optimizer, max_grad_norm: float) -> float:
+    """Clip and step; every parameter has its (rank-summed) gradient from _reduce."""
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:  # parameters untouched by this batch still take an AdamW step (momentum, weight decay)
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     optimizer.step()
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
@@ -249,14 +258,10 @@ def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSetti
             lp, ent = _forward(model, batch, settings.temperature)
             h_i = _seq_mean(ent.detach(), batch.mask)
             w = h_i if use_entropy else torch.ones_like(h_i)
-            if not real:
-                (sweep.loss(lp, lp.detach(), batch, chunk, w, {"kl": 0.0, "clipped": 0.0}) * 0.0).backward()
-                continue
-            mean_entropy[chunk] = h_i.double().cpu()
-            loss = sweep.loss(lp, lp.detach(), batch, chunk, w, stats)
-            loss.backward()
-            stats["loss"] += float(loss.detach())
-        _reduce(dist, params, mean_entropy, stats)
+            sweep.backward(lp, lp.detach(), batch, chunk, w, stats, real)
+            if real:
+                mean_entropy[chunk] = h_i.double().cpu()
+        _reduce(dist, params, stats, mean_entropy)
         if not use_entropy:
             break
         active = sweep.active
@@ -335,12 +340,7 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
             batch = sweep.batch(chunk)
             lp, _ = _forward(model, batch, settings.temperature)
             w = weights[chunk].to(lp.device)
-            if not real:
-                (sweep.loss(lp, old_lp, batch, chunk, w, {"kl": 0.0, "clipped": 0.0}) * 0.0).backward()
-                continue
-            loss = sweep.loss(lp, old_lp, batch, chunk, w, stats)
-            loss.backward()
-            stats["loss"] += float(loss.detach())
-        _reduce(dist, params, torch.zeros(0, dtype=torch.float64), stats)
+            sweep.backward(lp, old_lp, batch, chunk, w, stats, real)
+        _reduce(dist, params, stats)
         grad_norm = _step(model, optimizer, settings.max_grad_norm)
     return stats, mean_entropy, weights, h_bar, sweep, grad_norm
