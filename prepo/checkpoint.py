@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^step-(\d+)$")
+# a save in progress: .tmp-step-N-<pid>-<random> (.tmp-step-N-sharded-<pid> under FSDP), .old-step-N-<pid>-<random>
+_UNFINISHED = re.compile(r"^\.(?:tmp|old)-step-\d+-(?:sharded-)?(?:(\d+)-|(\d+)$)?")
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "model.safetensors"
 SHARDED_DIR = "dcp"
@@ -24,6 +26,12 @@ SHARDED_DIR = "dcp"
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def run_dir_of(checkpoint: str | os.PathLike) -> Path:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/step-N), or the path itself."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -73,7 +81,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = tmp if tmp is not None else Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    tmp = tmp if tmp is not None else Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=root))
     try:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
         if tokenizer is not None:
@@ -81,7 +89,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *
         torch.save(state, tmp / STATE_FILE)
         _fsync_tree(tmp)
         if final.exists():  # same step saved again (e.g. Ctrl-C right after a periodic save): replace it
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=root))
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-{os.getpid()}-", dir=root))
             os.rename(final, old / final.name)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, final)
@@ -92,6 +100,34 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *
         for stale in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_unfinished(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders that interrupted saves left in ``checkpoints/`` (never a complete checkpoint);
+    a folder whose writer (the pid in its name) is still running on this machine is left alone. Returns those
+    removed."""
+    root = checkpoints_dir(run_dir)
+    removed = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        m = _UNFINISHED.match(path.name)
+        if not m or not path.is_dir():
+            continue
+        pid = m.group(1) or m.group(2)
+        if pid is not None and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -115,12 +151,49 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: str | os.PathLike, model) -> dict:
-    """Load weights into ``model`` (in place) and return the saved state (torch.load with weights_only=True)."""
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or corrupt (the message names it and the checkpoint before it)."""
+
+
+def _corrupt(path: Path, name: str, exc: BaseException) -> CheckpointError:
+    in_run = path.parent.name == "checkpoints"
+    earlier = [p for p in list_checkpoints(run_dir_of(path)) if p.name < path.name] if in_run else []
+    advice = (f"resume from the previous checkpoint instead: --resume {earlier[-1]}" if earlier
+              else "no earlier checkpoint to fall back on")
+    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0][:200]
+    return CheckpointError(f"checkpoint file {path / name} is truncated or corrupt ({detail}); {advice}")
+
+
+def read_state(path: str | os.PathLike, *, check_weights: bool = True) -> dict:
+    """The saved host state of a checkpoint (torch.load, weights_only), after checking that its safetensors weights
+    file is complete; CheckpointError naming the bad file (and the previous checkpoint) otherwise."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if check_weights:
+        try:
+            with safe_open(str(path / WEIGHTS_FILE), framework="pt"):
+                pass  # opening reads and checks the header against the file size
+        except Exception as exc:
+            raise _corrupt(path, WEIGHTS_FILE, exc) from None
+    try:
+        state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise _corrupt(path, STATE_FILE, exc) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise _corrupt(path, STATE_FILE, ValueError("not a prepo training state"))
+    return state
+
+
+def load_weights(path: str | os.PathLike, model) -> None:
+    """Load a checkpoint's safetensors weights into ``model`` (in place)."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    weights = load_file(str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+    except Exception as exc:
+        raise _corrupt(path, WEIGHTS_FILE, exc) from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {path}: weights the model does not have: {sorted(unexpected)[:5]}")
@@ -128,7 +201,13 @@ def load_checkpoint(path: str | os.PathLike, model) -> dict:
     untied_missing = [k for k in missing if k not in tied]
     if untied_missing:
         raise ValueError(f"checkpoint {path}: missing weights {untied_missing[:5]}")
-    return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+
+
+def load_checkpoint(path: str | os.PathLike, model) -> dict:
+    """Load weights into ``model`` (in place) and return the saved state (torch.load with weights_only=True)."""
+    state = read_state(path)
+    load_weights(path, model)
+    return state
 
 
 def _tied_names(model) -> set[str]:
@@ -155,7 +234,8 @@ def save_sharded_checkpoint(run_dir: str | os.PathLike, step: int, model, optimi
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
     root = checkpoints_dir(run_dir)
-    tmp = root / f".tmp-step-{step:06d}-sharded"
+    (pid,) = dist.gather([os.getpid()] if dist.is_main else [])  # rank 0's: it owns (and renames) the folder
+    tmp = root / f".tmp-step-{step:06d}-sharded-{pid}"
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -189,4 +269,4 @@ def load_sharded_checkpoint(path: str | os.PathLike, model, optimizer) -> dict:
     shards = {"model": model_shards, "optimizer": optim_shards}
     dcp.load(shards, checkpoint_id=str(path / SHARDED_DIR))
     set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
-    return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+    return read_state(path, check_weights=False)

@@ -5,6 +5,7 @@ Every field is documented once, here; ``__post_init__`` rejects bad values and b
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _require_finite(section, prefix: str) -> None:
+    """Every float field of a config section is a finite number (inf and NaN pass most range checks)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{prefix}.{f.name}", f"must be a finite number, got {value}")
+
+
 @dataclass
 class ModelConfig:
     """The policy model."""
@@ -46,7 +55,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Training and held-out prompts, and how they become token ids."""
-    train: str = "arith"                    # "arith" (built-in task) or a file path (jsonl / json / parquet)
+    train: str = "arith"                    # a built-in task ("arith", "tiny-arith") or a file (jsonl/json/parquet)
     preset: str | None = None               # field preset for a file (see prepo.data.load_examples)
     fields: dict[str, str] | None = None    # file field mapping, e.g. {prompt_field: problem, answer_field: answer}
     train_size: int = 2000                  # arith: number of training problems; file: cap (0 = all)
@@ -64,12 +73,21 @@ class DataConfig:
         _require(bool(self.train), "data.train", "must be 'arith' or a file path")
         _require(self.train_size >= 0, "data.train_size", f"must be >= 0, got {self.train_size}")
         _require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
-        _require(self.train != "arith" or self.train_size > 0, "data.train_size", "must be > 0 for arith")
+        _require(self.train not in ("arith", "tiny-arith") or self.train_size > 0, "data.train_size",
+                 f"must be > 0 for the built-in task {self.train!r}")
         _require(self.score_span in SCORE_SPANS, "data.score_span",
                  f"must be one of {SCORE_SPANS}, got {self.score_span!r}")
         _require(self.prompt_template.count("{question}") == 1, "data.prompt_template",
                  f"must contain '{{question}}' exactly once, got {self.prompt_template!r}")
-        _require(self.train == "arith" or self.tiers is None, "data.tiers", "only applies to data.train=arith")
+        from prepo.data import BUILTIN_TASKS, builtin_tiers
+
+        _require(self.train in BUILTIN_TASKS or self.tiers is None, "data.tiers",
+                 f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
+        if self.tiers is not None:
+            known = builtin_tiers(self.train)
+            unknown_tiers = [t for t in self.tiers if t not in known]
+            _require(bool(self.tiers), "data.tiers", f"must not be empty; known tiers: {known}")
+            _require(not unknown_tiers, "data.tiers", f"unknown tier(s) {unknown_tiers}; known: {known}")
         unknown = sorted(set(self.fields or {}) - set(FILE_FIELDS))
         _require(not unknown, "data.fields", f"unknown key(s) {unknown}; valid: {list(FILE_FIELDS)}")
 
@@ -89,6 +107,7 @@ class SelectionConfig:
     greso_p_min: float = 0.05       # greso: exploration probability floor (a skipped prompt is never gone for good)
 
     def __post_init__(self):
+        _require_finite(self, "selection")
         _require(self.strategy in STRATEGIES, "selection.strategy",
                  f"must be one of {STRATEGIES}, got {self.strategy!r}")
         _require(self.k >= 1, "selection.k", f"must be >= 1, got {self.k}")
@@ -116,8 +135,14 @@ class RolloutConfig:
     batch_size: int | None = None   # sequences per generate call (None: all at once)
 
     def __post_init__(self):
-        _require(bool(self.engine), "rollout.engine", "must not be empty")
-        _require(self.group_size >= 1, "rollout.group_size", f"must be >= 1, got {self.group_size}")
+        _require_finite(self, "rollout")
+        from prepo.rollout import engine_names
+
+        _require(self.engine in engine_names(), "rollout.engine",
+                 f"unknown engine {self.engine!r}; known: {engine_names()}")
+        _require(self.group_size >= 2, "rollout.group_size",
+                 f"must be >= 2, got {self.group_size} (advantages are relative to the group: with G=1 every "
+                 "advantage is 0 and nothing is learned)")
         _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         _require(self.temperature > 0, "rollout.temperature", f"must be > 0, got {self.temperature}")
         _require(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
@@ -139,6 +164,7 @@ class AlgorithmConfig:
     def __post_init__(self):
         from prepo.algorithm import LOSS_AGGREGATIONS, WEIGHTINGS
 
+        _require_finite(self, "algorithm")
         _require(self.weighting in WEIGHTINGS, "algorithm.weighting",
                  f"must be one of {WEIGHTINGS}, got {self.weighting!r}")
         _require(self.loss_aggregation in LOSS_AGGREGATIONS, "algorithm.loss_aggregation",
@@ -165,6 +191,7 @@ class OptimConfig:
                                       # SmolLM2, 32 rollouts x 64 tokens: 4.2 vs 7.2 GB RSS, same CPU time)
 
     def __post_init__(self):
+        _require_finite(self, "optim")
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         for name in ("adam_beta1", "adam_beta2"):
@@ -185,6 +212,7 @@ class EvalConfig:
     max_new_tokens: int | None = None  # None: rollout.max_new_tokens
 
     def __post_init__(self):
+        _require_finite(self, "eval")
         _require(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
         _require(self.k >= 1, "eval.k", f"must be >= 1, got {self.k}")
         _require(self.temperature >= 0, "eval.temperature", f"must be >= 0, got {self.temperature}")
@@ -206,7 +234,8 @@ class RunConfig:
     parallel: str = "auto"          # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | auto (fsdp on CUDA, ddp on CPU)
 
     def __post_init__(self):
-        _require(bool(self.name) and "/" not in self.name, "run.name", f"must be a plain folder name, got {self.name!r}")
+        _require(bool(self.name) and self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
+                 "run.name", f"must be one plain folder name (no '/', '\\', '.' or '..'), got {self.name!r}")
         _require(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
         _require(self.save_every >= 0, "run.save_every", f"must be >= 0, got {self.save_every}")
         _require(self.keep_checkpoints >= 0, "run.keep_checkpoints", f"must be >= 0, got {self.keep_checkpoints}")
@@ -227,10 +256,6 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def __post_init__(self):
-        _require(self.selection.strategy not in ("dynamic", "greso") or self.rollout.group_size >= 2,
-                 "rollout.group_size", f"strategy {self.selection.strategy!r} filters zero-variance groups: needs G >= 2")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -386,7 +411,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {str(path)!r}: malformed YAML{where}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -401,3 +434,49 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# --- resuming: which keys may differ from the checkpoint's config ---------------------------------------------------
+
+# no effect on what a run computes: may differ on --resume without a word
+FREE_ON_RESUME = ("run.name", "run.output_root", "run.progress", "run.threads", "run.device", "run.save_every",
+                  "run.keep_checkpoints", "model.cache_dir")
+# the checkpoint's state (sampler positions, strategy state, weights) is tied to these: never changed on --resume
+FIXED_ON_RESUME = ("model.name_or_path", "run.seed", "selection.strategy", "data.train", "data.preset",
+                   "data.fields", "data.train_size", "data.tiers", "data.seed")
+
+
+def _flatten(tree: dict) -> dict:
+    """{"section.key": value} from ``TrainConfig.to_dict()``."""
+    return {f"{section}.{key}": value for section, keys in tree.items() if isinstance(keys, dict)
+            for key, value in keys.items()}
+
+
+def resume_changes(saved: dict, config: TrainConfig, allow=()) -> list[str]:
+    """Check ``config`` against the checkpoint's saved config (``TrainConfig.to_dict()``) before resuming.
+
+    Keys in FREE_ON_RESUME may differ; any other differing key must be named in ``allow`` (a dotted key, or its last
+    part when that is unambiguous, e.g. ``steps``) and must not be in FIXED_ON_RESUME. Returns the allowed changes
+    ("key: old -> new"); raises ConfigError naming every refused key.
+    """
+    valid = _valid_keys(TrainConfig)
+    allowed = set()
+    for name in allow:
+        matches = [k for k in valid if k == name or k.endswith("." + name)]
+        if len(matches) != 1:
+            raise ConfigError(f"--allow-config-change: {name!r} is {'ambiguous' if matches else 'not a config key'}"
+                              f"{' (' + ', '.join(matches) + ')' if matches else ''}")
+        allowed.add(matches[0])
+    old = {k: v for k, v in _flatten(saved).items() if k in valid}
+    new = _flatten(config.to_dict())
+    changed = [k for k in valid if k in old and old[k] != new[k] and k not in FREE_ON_RESUME]
+    describe = lambda k: f"{k} ({old[k]!r} -> {new[k]!r})"
+    fixed = [k for k in changed if k in FIXED_ON_RESUME]
+    if fixed:
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {', '.join(map(describe, fixed))}; "
+                          "the checkpoint's state depends on these, so they cannot change: start a new run instead")
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        raise ConfigError(f"--resume: the config differs from the checkpoint's in {', '.join(map(describe, refused))}; "
+                          f"resume with the run's own config, or pass --allow-config-change {','.join(refused)}")
+    return [describe(k) for k in changed]

@@ -110,9 +110,19 @@ def detect_preset(path: str | Path) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # readers: each yields (location, row) with location "file:line N" / "file:row N" for error messages
 # ---------------------------------------------------------------------------------------------------------------
+def _utf8(raw: bytes, path: Path, first_line: int = 1) -> str:
+    """``raw`` decoded as UTF-8; ValueError naming the file and line of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        raise ValueError(f"{path}:line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as "
+                         "UTF-8") from None
+
+
 def _read_json_array(path: Path):
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(_utf8(path.read_bytes(), path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:line {exc.lineno}: malformed JSON ({exc.msg})") from None
     for i, row in enumerate(rows, 1):
@@ -122,8 +132,9 @@ def _read_json_array(path: Path):
 
 
 def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = _utf8(raw, path, lineno)
             if not line.strip():
                 continue
             where = f"{path}:line {lineno}"
@@ -165,7 +176,7 @@ def _rows(path: Path, split: str | None):
     if path.is_dir():
         return _read_hf_disk(path, split)
     suffix = path.suffix.lower()
-    if suffix == ".json" and path.read_text(encoding="utf-8").lstrip()[:1] == "[":
+    if suffix == ".json" and _utf8(path.read_bytes(), path).lstrip()[:1] == "[":
         return _read_json_array(path)
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path)
@@ -177,12 +188,14 @@ def _rows(path: Path, split: str | None):
 
 def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: str | None = None,
                   answer_field: str | None = None, answer_extractor: str | Callable | None = None,
-                  verifier: str | None = None, limit: int | None = None, split: str | None = None) -> list[Example]:
+                  verifier: str | None = None, limit: int | None = None, split: str | None = None,
+                  check_answers: bool = True) -> list[Example]:
     """Read a dataset file into Examples.
 
     ``preset`` (one of PRESETS) gives the field mapping; when None it is detected from the folder name, and explicit
     ``prompt_field``/``answer_field``/``answer_extractor`` (a name in EXTRACTORS or a callable)/``verifier`` override
-    it. A malformed line or a row missing a field raises ValueError naming the file and line. ``split`` picks a split
+    it. A malformed line, a row missing a field or (``check_answers``) a gold answer its verifier cannot read raises
+    ValueError naming the file and line. ``split`` picks a split
     of a saved DatasetDict. Ids are ``"<preset or file stem>/<id field or line>"``; meta holds source and line.
     """
     path = Path(path)
@@ -194,6 +207,8 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
         preset = detect_preset(path)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"preset: unknown {preset!r}; known: {sorted(PRESETS)}")
+    from prepo.rewards import check_gold
+
     base = PRESETS[preset] if preset else None
     prompt_field = prompt_field or (base.prompt_field if base else None)
     answer_field = answer_field or (base.answer_field if base else None)
@@ -227,6 +242,11 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
             raise ValueError(f"{where}: field {answer_field!r}: {exc}") from None
         if not isinstance(answer, str):
             raise ValueError(f"{where}: answer_extractor returned {type(answer).__name__}, expected str")
+        if check_answers:
+            try:
+                check_gold(answer, verifier)
+            except ValueError as exc:
+                raise ValueError(f"{where}: field {answer_field!r}: {exc}") from None
         key = row.get(id_field) if id_field else None
         meta = {"source": str(path), "line": lineno}
         meta.update({k: row[k] for k in (base.meta_fields if base else ()) if k in row})
@@ -353,6 +373,32 @@ def make_arith(n: int, seed: int, tiers: Sequence[str] | None = None, *, split: 
                            verifier="numeric", meta={"tier": name, "expr": expr}))
         counts[name] += 1
     return out
+
+
+BUILTIN_TASKS = ("arith", "tiny-arith")  # synthetic tasks named by data.train / --data (tiny-arith: prepo.tiny_arith)
+
+
+def builtin_tiers(task: str) -> list[str]:
+    """The difficulty tiers of a built-in task, easiest first."""
+    if task == "arith":
+        return list(ARITH_TIERS)
+    if task == "tiny-arith":
+        from prepo.tiny_arith import TIERS
+
+        return list(TIERS)
+    raise ValueError(f"task: unknown built-in task {task!r}; known: {list(BUILTIN_TASKS)}")
+
+
+def make_builtin(task: str, n: int, seed: int, tiers: Sequence[str] | None = None, *,
+                 split: str | None = None) -> list[Example]:
+    """``n`` problems of a built-in task (see ``make_arith`` / ``prepo.tiny_arith.make_tiny_arith``)."""
+    if task == "arith":
+        return make_arith(n, seed, tiers, split=split)
+    if task == "tiny-arith":
+        from prepo.tiny_arith import make_tiny_arith
+
+        return make_tiny_arith(n, seed, tiers, split=split)
+    raise ValueError(f"task: unknown built-in task {task!r}; known: {list(BUILTIN_TASKS)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def summary(rows: list[dict], wall_seconds: float | None = None) -> str:
         lines.append(f"  steps {last['step']}, rollouts {last['rollouts']}, "
                      f"reward (first quarter → last quarter) {sum(first_rewards) / len(first_rewards):.3f} → "
                      f"{sum(last_rewards) / len(last_rewards):.3f}")
-        step_times = [r["time_select"] + r["time_generate"] + r["time_update"] for r in train]
+        step_times = [r["time_step"] for r in train]  # select + generate + reward + update
         lines.append(f"  mean step time {sum(step_times) / len(step_times):.1f} s, peak RSS {last['peak_rss_mb']:.0f} MiB")
     for name in sorted({r.get("dataset", "eval") for r in evals}):
         pts = [r for r in evals if r.get("dataset", "eval") == name]

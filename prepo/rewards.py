@@ -202,6 +202,30 @@ def verify(completion: str, answer: str, kind: str, *, timeout: float = 5.0) -> 
         return 0.0
 
 
+def check_gold(answer: str, kind: str, *, timeout: float = 5.0) -> None:
+    """ValueError when verifier ``kind`` cannot read the gold ``answer`` (it would fail on every completion).
+
+    >>> check_gold("1,200", "numeric"), check_gold(r"\\frac{14}{3}", "math")
+    (None, None)
+    """
+    if kind not in REWARDS:
+        raise ValueError(f"kind: unknown verifier {kind!r}; known: {sorted(REWARDS)}")
+    if kind == "numeric":
+        if parse_number(answer) is None:
+            raise ValueError(f"gold answer {answer!r} is not a number (the numeric verifier needs one; "
+                             "use the math verifier)")
+        return
+    prepare_verifier(kind)
+    try:
+        run_with_deadline(_parse_gold, (answer,), timeout)
+    except TimeoutError:
+        raise ValueError(f"math-verify did not parse the gold answer {answer!r} within {timeout} s") from None
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"math-verify cannot parse the gold answer {answer!r} ({type(exc).__name__}: {exc})") from None
+
+
 def score_rollouts(examples: Sequence, completions: Sequence[str], *, timeout: float = 5.0) -> list[float]:
     """``verify`` each completion against its aligned example's answer with the example's verifier.
 

@@ -181,6 +181,11 @@ ENGINES = {"hf": HFEngine}
 _LAZY_ENGINES = {"vllm": ("prepo.rollout_vllm", "VLLMEngine")}
 
 
+def engine_names() -> list[str]:
+    """The names ``make_engine`` accepts (``ENGINES`` and the lazily imported ones)."""
+    return sorted(ENGINES) + sorted(_LAZY_ENGINES)
+
+
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     """Build a rollout engine by name: ``"hf"`` (transformers generate) or ``"vllm"``; ``kw`` go to its constructor."""
     if name in ENGINES:
@@ -194,4 +199,4 @@ def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
                 raise
             raise NotImplementedError(f"engine {name!r} is not part of this build of prepo; use engine='hf'") from exc
         return getattr(module, class_name)(model, tokenizer, **kw)
-    raise ValueError(f"name: unknown rollout engine {name!r}; known: {sorted(ENGINES) + sorted(_LAZY_ENGINES)}")
+    raise ValueError(f"name: unknown rollout engine {name!r}; known: {engine_names()}")

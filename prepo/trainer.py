@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from prepo.algorithm import group_advantages
-from prepo.checkpoint import (find_checkpoint, load_checkpoint, load_sharded_checkpoint, rng_state, save_checkpoint,
-                              save_sharded_checkpoint, set_rng_state)
-from prepo.config import TrainConfig, save_config
+from prepo.checkpoint import (find_checkpoint, load_sharded_checkpoint, load_weights, read_state, remove_unfinished,
+                              rng_state, run_dir_of, save_checkpoint, save_sharded_checkpoint, set_rng_state)
+from prepo.config import TrainConfig, resume_changes, save_config
 from prepo.distributed import Dist, full_weights, setup as setup_distributed, shard_model
 from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, summary
 from prepo.scoring import prompt_perplexities
@@ -83,12 +83,14 @@ def learning_rate(optim_cfg, step: int) -> float:
 # --- data and model set-up ----------------------------------------------------------------------------------------
 
 def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
-    """(training examples, {name: held-out examples}); arith draws both from disjoint parts of its question space."""
-    from prepo.data import load_examples, make_arith
+    """(training examples, {name: held-out examples}); a built-in task draws both from disjoint parts of its
+    question space."""
+    from prepo.data import BUILTIN_TASKS, load_examples, make_builtin
 
-    if data_cfg.train == "arith":
-        train = make_arith(data_cfg.train_size, data_cfg.seed, data_cfg.tiers, split="train")
-        evals = {"arith": make_arith(data_cfg.eval_size, data_cfg.eval_seed, data_cfg.tiers, split="eval")}
+    if data_cfg.train in BUILTIN_TASKS:
+        task = data_cfg.train
+        train = make_builtin(task, data_cfg.train_size, data_cfg.seed, data_cfg.tiers, split="train")
+        evals = {task: make_builtin(task, data_cfg.eval_size, data_cfg.eval_seed, data_cfg.tiers, split="eval")}
         if not data_cfg.eval_size:
             evals = {}
     else:
@@ -149,6 +151,52 @@ def load_policy(model_cfg, device: torch.device, packed: bool):
     return model, tokenizer
 
 
+# --- the run folder -------------------------------------------------------------------------------------------------
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "curves.png", "checkpoints")  # what a run writes in its folder
+
+
+def _same_run(run_dir: Path, checkpoint: Path) -> bool:
+    return run_dir.resolve() == run_dir_of(checkpoint).resolve()
+
+
+def check_run_dir(run_dir: Path, checkpoint: Path | None, overwrite: bool) -> None:
+    """A new run (or a checkpoint resumed into another folder) refuses a folder that holds another run, unless
+    ``overwrite`` (then it is cleared once the model has loaded); the run resumed from is never overwritten."""
+    own = checkpoint is not None and _same_run(run_dir, checkpoint)
+    if own and overwrite:
+        raise ValueError(f"overwrite: {run_dir} holds the checkpoint being resumed ({checkpoint}); it cannot be "
+                         "cleared and resumed at once")
+    if not own and not overwrite and any((run_dir / name).exists() for name in RUN_FILES):
+        raise ValueError(f"run_dir: {run_dir} already holds a run; continue it with --resume {run_dir}, or pass "
+                         "--overwrite to delete it and start over (or choose another --output-dir / run.name)")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete what a run wrote in ``run_dir`` (other files there are left alone)."""
+    import shutil
+
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def check_context(examples: Sequence, prompts: Sequence, max_new_tokens: int, context: int | None, what: str,
+                  key: str) -> None:
+    """Every prompt plus ``max_new_tokens`` fits in the model's context (``context`` tokens; None: unknown)."""
+    if not context:
+        return
+    for ex, prompt in zip(examples, prompts):
+        n = len(prompt.input_ids)
+        if n + max_new_tokens > context:
+            where = f" ({ex.meta['source']}:line {ex.meta['line']})" if "source" in ex.meta else ""
+            raise ValueError(f"{what}: prompt {ex.id!r}{where} is {n} tokens; with {key}={max_new_tokens} it "
+                             f"exceeds the model's context of {context} tokens (shorten or drop it, or lower {key})")
+
+
 # --- the loop -----------------------------------------------------------------------------------------------------
 
 def _sigterm_as_interrupt():
@@ -175,7 +223,11 @@ class TrainResult:
 class Trainer:
     """One training run in ``run_dir``: set-up in ``__init__`` (or from a checkpoint), the loop in :meth:`train`."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, *, resume_from: str | Path | None = None):
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, resume_from: str | Path | None = None,
+                 overwrite: bool = False, allow_config_change: Sequence[str] = ()):
+        """``overwrite``: ``run_dir`` may hold another run, which is deleted first (else that is refused);
+        ``allow_config_change``: config keys that may differ from the resumed checkpoint's (prepo.config.resume_changes).
+        Everything checkable without the model (run folder, checkpoint, config, data) is checked before it loads."""
         from prepo.data import encode_prompts
         from prepo.rollout import make_engine
 
@@ -190,18 +242,40 @@ class Trainer:
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.packed = use_packed_rows(cfg.model, self.device)
+
+        # before the model loads: the run folder, the checkpoint (readable, same config) and the data
+        ckpt, state, self.config_changes = None, None, []
+        if resume_from is not None:
+            ckpt = find_checkpoint(resume_from)
+            state = read_state(ckpt)
+            self.config_changes = resume_changes(state.get("config", {}), cfg, allow_config_change)
+        check_run_dir(self.run_dir, ckpt, overwrite)
+        self.train_examples, self.eval_sets = load_datasets(cfg.data)
+        self.strategy = make_strategy(cfg.selection, seed=cfg.run.seed)
+        self.sampler = PromptSampler(len(self.train_examples), seed=cfg.run.seed)
+        need = self.strategy.draw_size()
+        if len(self.train_examples) < need:
+            key = "selection.k" if need != cfg.selection.num_candidates else "selection.num_candidates"
+            raise ValueError(f"data.train: {len(self.train_examples)} training examples, fewer than the {need} "
+                             f"prompts a step draws ({key}={need}); lower {key} or use more data")
+
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
-
         self.model, self.tokenizer = load_policy(cfg.model, self.device, self.packed)
         self.dist.broadcast_parameters(self.model)
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model = shard_model(self.model, self.dist)  # FSDP2 only; before the optimizer sees the parameters
-        self.train_examples, self.eval_sets = load_datasets(cfg.data)
         self.prompts = encode_prompts(self.tokenizer, self.train_examples,
                                       use_chat_template=cfg.data.use_chat_template, score_span=cfg.data.score_span,
                                       **prompt_format(cfg.data, "arith" if cfg.data.train == "arith" else "train"))
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        check_context(self.train_examples, self.prompts, cfg.rollout.max_new_tokens, context, "data.train",
+                      "rollout.max_new_tokens")
+        for name, examples in self.eval_sets.items():
+            check_context(examples, encode_prompts(self.tokenizer, examples, **prompt_format(cfg.data, name)),
+                          cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens, context, f"data.eval ({name})",
+                          "eval.max_new_tokens")
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
                                   **({"batch_size": cfg.rollout.batch_size} if cfg.rollout.batch_size else {}))
         self.ref_model = None
@@ -212,8 +286,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
                                            betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
                                            weight_decay=o.weight_decay)
-        self.strategy = make_strategy(cfg.selection, seed=cfg.run.seed)
-        self.sampler = PromptSampler(len(self.train_examples), seed=cfg.run.seed)
+        self._stepped = False  # the optimizer changed the weights in a step not yet committed (see train_step)
+        self.optimizer.register_step_pre_hook(lambda *args: setattr(self, "_stepped", True))
         self.settings = UpdateSettings(
             weighting=cfg.algorithm.weighting, eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high,
             loss_aggregation=cfg.algorithm.loss_aggregation, kl_coef=cfg.algorithm.kl_coef,
@@ -223,15 +297,22 @@ class Trainer:
             shared_prefix=not self.dist.fsdp)  # FSDP gathers parameters in the model's forward, not the body's
 
         self.step, self.rollouts = 0, 0
+        self._evaluated_step = -1  # the step whose evaluation last completed (a resumed run redoes a lost one)
         resume_step = None
-        if resume_from is not None:
-            ckpt = find_checkpoint(resume_from)
+        if ckpt is not None:
             if self.dist.fsdp:
-                self._load_state(load_sharded_checkpoint(ckpt, self.model, self.optimizer))
+                state = load_sharded_checkpoint(ckpt, self.model, self.optimizer)
             else:
-                self._load_state(load_checkpoint(ckpt, self.model))
+                load_weights(ckpt, self.model)
+            self._load_state(state)
             resume_step = self.step
         if self.dist.is_main:  # rank 0 alone writes the run folder
+            if overwrite and (ckpt is None or not _same_run(self.run_dir, ckpt)):
+                clear_run_dir(self.run_dir)
+            for path in remove_unfinished(self.run_dir):
+                print(f"removed {path}: an unfinished checkpoint left by an interrupted save", file=sys.stderr)
+            for change in self.config_changes:
+                print(f"resume: config changed (--allow-config-change): {change}", file=sys.stderr)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main)
@@ -242,10 +323,12 @@ class Trainer:
     def _host_state(self) -> dict:
         """Everything but the model weights that a resumed run needs (plain containers / tensors)."""
         return {"step": self.step, "rollouts": self.rollouts, "rng": rng_state(),
-                "sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict()}
+                "sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict(),
+                "eval_step": self._evaluated_step}
 
     def _load_state(self, state: dict) -> None:
         self.step, self.rollouts = int(state["step"]), int(state["rollouts"])
+        self._evaluated_step = int(state.get("eval_step", self.step))  # older checkpoints: taken as evaluated
         if "optimizer" in state:  # (sharded checkpoints hold it in dcp/)
             self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -315,6 +398,7 @@ class Trainer:
         cfg = self.cfg
         t_start = time.perf_counter()
         self._time_reward, self._generated_rewards, self._completion_lengths = 0.0, [], []
+        self._stepped = False
 
         # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds);
         # FSDP: with the full weights gathered, so ranks may run different numbers of forwards
@@ -343,6 +427,7 @@ class Trainer:
             row = self._train_row(collected, stats, t_start, t_update, t_end)
             self.log.write(row)
             self._snapshot = self._host_state()
+            self._stepped = False
         return row
 
     def _train_row(self, collected: Collected, stats, t_start, t_update, t_end) -> dict:
@@ -420,9 +505,9 @@ class Trainer:
                    desc="train", unit="step",
                    dynamic_ncols=True)
         try:
-            # evaluate the starting policy (not again after a resume)
-            if cfg.eval.before and self.step == 0:
-                self._report_eval(bar, self.evaluate())
+            # the starting policy's evaluation, or one an interruption cut short (a resumed run redoes it)
+            if self._eval_due(self.step) and self._evaluated_step != self.step:
+                self._evaluate_and_report(bar)
             while self.step < cfg.run.steps:
                 # one training step: select → roll out → reward → advantages → weights → update
                 row = self.train_step()
@@ -430,14 +515,15 @@ class Trainer:
                 bar.set_postfix(reward=f"{row['reward_mean'] or 0:.3f}", rollouts=row["rollouts"],
                                 step_s=f"{row['time_step']:.1f}")
                 # periodic evaluation and checkpoint
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.run.steps:
-                    self._report_eval(bar, self.evaluate())
+                if self._eval_due(self.step):
+                    self._evaluate_and_report(bar)
                 if cfg.run.save_every and self.step % cfg.run.save_every == 0:
                     self.save()
                 if self._stop_requested:
                     raise KeyboardInterrupt
             # final evaluation and checkpoint
-            self._report_eval(bar, self.evaluate())
+            if self._evaluated_step != self.step:
+                self._evaluate_and_report(bar)
             self.save()
         except KeyboardInterrupt:
             interrupted = True
@@ -446,6 +532,10 @@ class Trainer:
             if self.dist.is_main:
                 print(f"\ninterrupted: saved {path}; continue with `prepo train --resume {self.run_dir}`",
                       file=sys.stderr)
+        except Exception as exc:
+            bar.close()
+            self._save_after_error(exc)
+            raise
         finally:
             bar.close()
             restore_sigterm()
@@ -454,6 +544,36 @@ class Trainer:
         text = summary(self.log.rows, time.perf_counter() - t0)
         return TrainResult(self.run_dir, self.step, self.rollouts, interrupted, text)
 
-    def _report_eval(self, bar, rows: list[dict]) -> None:
-        for r in rows:
+    def _eval_due(self, step: int) -> bool:
+        """Evaluate after ``step`` steps? Before training (eval.before) and every eval.every steps; the final
+        evaluation is train's own."""
+        every = self.cfg.eval.every
+        return (step == 0 and self.cfg.eval.before) or (every > 0 and 0 < step < self.cfg.run.steps
+                                                         and step % every == 0)
+
+    def _evaluate_and_report(self, bar) -> None:
+        for r in self.evaluate():
             bar.write(f"eval step {r['step']}: {r['dataset']} accuracy {r['accuracy']:.3f} ({r['time_eval']:.0f} s)")
+        self._evaluated_step = self.step
+        self._snapshot["eval_step"] = self.step  # evaluation leaves the RNG states alone: the snapshot stays valid
+
+    def _save_after_error(self, exc: Exception) -> None:
+        """An exception ends the run: save the last completed step's checkpoint (as Ctrl-C does) and say so, unless
+        the error came after this step's optimizer step changed the weights (they belong to no step then)."""
+        if self._stepped:
+            note = (f"no checkpoint saved: the error came after step {self.step + 1}'s optimizer step had changed "
+                    f"the weights; resume from the newest checkpoint: `prepo train --resume {self.run_dir}`")
+        elif self.dist.active and self.dist.world_size > 1:
+            note = ("no checkpoint saved: under torchrun the other ranks may not reach the save; resume from the "
+                    f"newest checkpoint: `prepo train --resume {self.run_dir}`")
+        else:
+            try:
+                path = self.save()
+                note = (f"saved {path} (the last completed step, {self.step}); after fixing the cause, continue with "
+                        f"`prepo train --resume {self.run_dir}`")
+            except Exception as save_exc:  # e.g. the disk is full: report the original error
+                note = f"could not save a checkpoint either ({type(save_exc).__name__}: {save_exc})"
+        if self.dist.is_main:
+            print(f"\nerror during training: {note}", file=sys.stderr)
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)

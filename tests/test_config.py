@@ -92,7 +92,7 @@ def test_bad_values_rejected(override, pattern):
 
 
 def test_cross_section_combinations():
-    with pytest.raises(ConfigError, match=r"rollout\.group_size: strategy 'dynamic'.*G >= 2"):
+    with pytest.raises(ConfigError, match=r"rollout\.group_size: must be >= 2, got 1 \(advantages are relative"):
         load_config(None, ["selection.strategy=dynamic", "rollout.group_size=1"])
     with pytest.raises(ConfigError, match=r"data\.prompt_template"):
         load_config(None, ["data.prompt_template=Solve it"])
@@ -108,3 +108,81 @@ def test_demo_config_is_valid():
     cfg = load_config(demo)
     assert cfg.selection.strategy == "ppl" and cfg.algorithm.weighting != "none"
     assert cfg.data.train == "arith"
+
+
+@pytest.mark.parametrize("override", [
+    "optim.lr=inf", "optim.lr=nan", "optim.lr=-inf", "optim.weight_decay=inf", "optim.adam_eps=inf",
+    "optim.max_grad_norm=inf", "optim.adam_beta1=nan", "rollout.temperature=inf", "rollout.temperature=nan",
+    "rollout.top_p=nan", "algorithm.eps_high=inf", "algorithm.eps_low=nan", "algorithm.kl_coef=inf",
+    "eval.temperature=inf", "selection.greso_p_easy=nan", "selection.greso_step=inf",
+])
+def test_every_float_is_finite(override):
+    key = override.split("=")[0].replace(".", r"\.")
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number, got (inf|-inf|nan)$"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../x", "a\\b", "/abs"])
+def test_run_name_is_one_plain_folder_name(name):
+    with pytest.raises(ConfigError, match=r"^run\.name: must be one plain folder name"):
+        load_config(None, [f"run.name={name}"])
+    assert load_config(None, ["run.name=my-run_2.b"]).run.name == "my-run_2.b"
+
+
+def test_group_size_one_is_refused():
+    with pytest.raises(ConfigError, match=r"^rollout\.group_size: must be >= 2, got 1 .*every advantage is 0"):
+        load_config(None, ["rollout.group_size=1"])
+    assert load_config(None, ["rollout.group_size=2"]).rollout.group_size == 2
+
+
+def test_unknown_tiers_and_engine_are_named():
+    with pytest.raises(ConfigError, match=r"^data\.tiers: unknown tier\(s\) \['foo'\]; known: \['add1'"):
+        load_config(None, ["data.tiers=[foo]"])
+    with pytest.raises(ConfigError, match=r"^data\.tiers: must not be empty"):
+        load_config(None, ["data.tiers=[]"])
+    with pytest.raises(ConfigError, match=r"^rollout\.engine: unknown engine 'nope'; known: \['hf'"):
+        load_config(None, ["rollout.engine=nope"])
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("run:\n  name: [a, b\n", r"malformed YAML at line 3, column 1: expected ',' or ']'"),
+    ("run:\n\tsteps: 3\n", r"malformed YAML at line 2, column 1: found character '\\t'"),
+    ("a: b: c\n", r"malformed YAML at line 1, column 5: mapping values are not allowed here"),
+])
+def test_malformed_yaml_is_one_line(tmp_path, text, pattern):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern) as err:
+        load_config(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_non_utf8_config_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml'?: not UTF-8 text"):
+        load_config(path)
+
+
+def test_resume_changes_name_the_differing_keys():
+    from prepo.config import resume_changes
+
+    saved = load_config(None, ["run.steps=3", "run.seed=1"]).to_dict()
+    assert resume_changes(saved, load_config(None, ["run.steps=3", "run.seed=1", "run.threads=2",
+                                                    "run.progress=false", "run.save_every=1"])) == []
+    for override, key in [("run.seed=2", "run.seed"), ("rollout.group_size=4", "rollout.group_size"),
+                          ("optim.lr=1e-5", "optim.lr"), ("selection.strategy=greso", "selection.strategy"),
+                          ("run.steps=5", "run.steps")]:
+        cfg = load_config(None, ["run.steps=3", "run.seed=1", override])
+        with pytest.raises(ConfigError, match=rf"^--resume: the config differs from the checkpoint's in {key} "):
+            resume_changes(saved, cfg)
+    # the flag allows the keys that the checkpoint's state does not depend on, by full or short name
+    cfg = load_config(None, ["run.steps=5", "run.seed=1", "optim.lr=1e-5"])
+    assert resume_changes(saved, cfg, ["steps", "optim.lr"]) == ["optim.lr (1e-06 -> 1e-05)", "run.steps (3 -> 5)"]
+    with pytest.raises(ConfigError, match=r"run\.steps \(3 -> 5\); resume .*--allow-config-change run\.steps"):
+        resume_changes(saved, cfg, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"selection\.strategy \('ppl' -> 'greso'\).*cannot change"):
+        resume_changes(saved, load_config(None, ["run.steps=3", "run.seed=1", "selection.strategy=greso"]),
+                       ["selection.strategy"])
+    with pytest.raises(ConfigError, match=r"'nope' is not a config key"):
+        resume_changes(saved, cfg, ["nope"])
