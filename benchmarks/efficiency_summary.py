@@ -1,5 +1,5 @@
-"""Rollout-efficiency report: held-out accuracy against cumulative rollouts per strategy, mean over seeds with the
-seeds' spread, the rollouts each strategy needs to reach the reference's final accuracy, curves.png and summary.md.
+"""Rollout-efficiency report (summary.md, curves.png): the reference's validity gate, then per strategy, paired by seed,
+the rollouts and seconds to reach the reference's final accuracy, the area under the curve, and diagnostics by quarter.
 """
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from benchmarks.efficiency_stats import (RESAMPLES, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
+                                         paired_difference, paired_ratio, rollouts_to_reach, t_interval,
+                                         validity_gate)
 
 # --- curves -------------------------------------------------------------------------------------------------------
 
@@ -24,14 +27,24 @@ class RunRecord:
     complete: bool
     steps: int                      # steps the run is configured for
 
-    def evals(self, dataset: str | None) -> list[dict]:
-        return [r for r in self.rows if r.get("kind") == "eval" and r.get("accuracy") is not None
+    def evals(self, dataset: str | None, key: str = "accuracy") -> list[dict]:
+        return [r for r in self.rows if r.get("kind") == "eval" and r.get(key) is not None
                 and (dataset is None or r.get("dataset") == dataset)]
 
-    def curve(self, dataset: str | None) -> tuple[np.ndarray, np.ndarray]:
+    def curve(self, dataset: str | None, key: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
         """(cumulative rollouts, held-out accuracy) at each evaluation, in step order."""
-        pts = sorted(self.evals(dataset), key=lambda r: r["step"])
-        return (np.array([float(r["rollouts"]) for r in pts]), np.array([float(r["accuracy"]) for r in pts]))
+        pts = sorted(self.evals(dataset, key), key=lambda r: r["step"])
+        return (np.array([float(r["rollouts"]) for r in pts]), np.array([float(r[key]) for r in pts]))
+
+    def points(self, dataset: str | None, key: str = "accuracy") -> dict[int, tuple[float, float, float]]:
+        """step → (cumulative rollouts, cumulative step seconds, held-out accuracy) at each evaluation. The seconds
+        add up the train rows' time_step (selection, generation, reward, update) to that step; evaluation excluded."""
+        steps = {int(r["step"]): float(r.get("time_step") or 0.0) for r in self.train_rows()}
+        out = {}
+        for r in self.evals(dataset, key):
+            s = int(r["step"])
+            out[s] = (float(r["rollouts"]), sum(t for k, t in steps.items() if k <= s), float(r[key]))
+        return out
 
     def train_rows(self) -> list[dict]:
         return [r for r in self.rows if r.get("kind") == "train"]
@@ -55,30 +68,6 @@ def read_metrics(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {n}: malformed JSON ({exc.msg})") from None
     return rows
-
-
-def rollouts_to_reach(xs: Sequence[float], ys: Sequence[float], target: float) -> float | None:
-    """Rollouts at which the curve first reaches ``target``, linearly interpolated between the two evaluations that
-    bracket the crossing; the first x when the curve starts at or above it; None when it never gets there.
-
-    >>> rollouts_to_reach([0, 100, 200], [0.1, 0.3, 0.5], 0.4)
-    150.0
-    """
-    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    if xs.shape != ys.shape or xs.ndim != 1:
-        raise ValueError(f"xs, ys: expected two 1-D sequences of one length, got shapes {xs.shape} and {ys.shape}")
-    if xs.size and np.any(np.diff(xs) < 0):
-        raise ValueError("xs: rollouts must be non-decreasing along the curve")
-    if not math.isfinite(target):
-        raise ValueError(f"target: expected a finite accuracy, got {target!r}")
-    hits = np.nonzero(ys >= target)[0]
-    if hits.size == 0:
-        return None
-    i = int(hits[0])
-    if i == 0:
-        return float(xs[0])
-    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-    return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))  # y0 < target <= y1, so y1 > y0
 
 
 @dataclass
@@ -129,17 +118,18 @@ class StrategyStats:
     reach_seeds: list[float | None] = field(default_factory=list)
 
 
-def _stats(variant: str, planned: int, runs: list[RunRecord], dataset: str | None) -> StrategyStats:
-    done = [r for r in runs if r.complete and len(r.curve(dataset)[0])]
+def _stats(variant: str, planned: int, runs: list[RunRecord], dataset: str | None,
+           key: str = "accuracy") -> StrategyStats:
+    done = [r for r in runs if r.complete and len(r.curve(dataset, key)[0])]
     s = StrategyStats(variant, planned, done)
     for r in done:
-        xs, ys = r.curve(dataset)
+        xs, ys = r.curve(dataset, key)
         s.final.append(float(ys[-1]))
         s.initial.append(float(ys[0]))
         s.rollouts.append(float(xs[-1]))
         s.seconds.append(r.seconds())
     if done:
-        s.curve = mean_curve([r.curve(dataset) for r in done])
+        s.curve = mean_curve([r.curve(dataset, key) for r in done])
     return s
 
 
@@ -161,6 +151,152 @@ def _fmt_rollouts(x: float | None) -> str:
     return "not reached" if x is None else f"{x:,.0f}"
 
 
+# --- the paired comparison ----------------------------------------------------------------------------------------
+
+METRIC_KEYS = {"avg@k": "accuracy", "pass@k": "pass_at_k", "maj@k": "maj_at_k", "greedy": "greedy_accuracy"}
+ABLATION = (("prepo", "both: window + entropy weights"), ("ppl", "window alone"),
+            ("entropy", "weights alone: random choice + entropy weights"))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A held-out accuracy the eval rows carry: its config name, its key in metrics.jsonl and how to say it."""
+
+    name: str
+    key: str
+    label: str
+
+
+def resolve_metrics(name: str, temperature: float | None, runs: Sequence[RunRecord]) -> list[Metric]:
+    """The primary metric first, then the other of avg@k and greedy when the rows carry it. At eval temperature 0,
+    avg@k *is* greedy accuracy (the ``accuracy`` key)."""
+    if name not in METRIC_KEYS:
+        raise ValueError(f"metric: {name!r} is not one of {sorted(METRIC_KEYS)}")
+    evals = [r for run in runs for r in run.rows if r.get("kind") == "eval"]
+    k = next((r["k"] for r in evals if isinstance(r.get("k"), int)), None)
+    at = f"at temperature {temperature:g}" if temperature is not None else "at the eval temperature"
+    greedy_is_avg = temperature == 0
+    labels = {"avg@k": (f"avg@{k or 'k'} at temperature 0 (greedy)" if greedy_is_avg
+                        else f"avg@{k or 'k'} {at}"),
+              "pass@k": f"pass@{k or 'k'} {at}", "maj@k": f"maj@{k or 'k'} {at}",
+              "greedy": "greedy accuracy"}
+
+    def metric(n: str) -> Metric:
+        key = "accuracy" if n == "greedy" and greedy_is_avg else METRIC_KEYS[n]
+        return Metric(n, key, labels["avg@k"] if key == "accuracy" else labels[n])
+
+    out = [metric(name)]
+    for other in ("avg@k", "greedy"):
+        m = metric(other)
+        if m.key not in {o.key for o in out} and any(r.get(m.key) is not None for r in evals):
+            out.append(m)
+    return out
+
+
+@dataclass
+class Aligned:
+    """One strategy's complete runs on the evaluation steps they all have: row i is seeds[i]."""
+
+    seeds: list[int]
+    steps: list[int]
+    rollouts: np.ndarray       # (seeds, evaluations)
+    seconds: np.ndarray
+    accuracy: np.ndarray
+
+    def rows(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = [self.seeds.index(s) for s in seeds]
+        return self.rollouts[idx], self.seconds[idx], self.accuracy[idx]
+
+
+def align(runs: Sequence[RunRecord], dataset: str | None, key: str) -> Aligned | None:
+    """The complete runs' evaluations of ``key`` as (seeds, steps) arrays; None when no step is common to them."""
+    pts = {r.seed: r.points(dataset, key) for r in runs if r.complete}
+    pts = {s: p for s, p in pts.items() if p}
+    if not pts:
+        return None
+    steps = sorted(set.intersection(*(set(p) for p in pts.values())))
+    if not steps:
+        return None
+    seeds = sorted(pts)
+    cols = [np.array([[pts[s][t][i] for t in steps] for s in seeds], float).reshape(len(seeds), len(steps))
+            for i in range(3)]
+    return Aligned(seeds, steps, *cols)
+
+
+@dataclass
+class StrategyComparison:
+    """One strategy against the reference on their common complete seeds."""
+
+    variant: str
+    seeds: list[int]
+    rollouts: PairedRatio | None = None
+    seconds: PairedRatio | None = None
+    auc: PairedDifference | None = None
+
+
+@dataclass
+class Comparison:
+    metric: Metric
+    gate: Gate | None                         # None: no complete reference run
+    aligned: dict[str, Aligned]
+    auc: dict[str, dict[int, float]]          # variant → seed → mean accuracy over the seed's common rollouts range
+    rows: list[StrategyComparison]
+
+
+def seed_aucs(aligned: dict[str, Aligned]) -> dict[str, dict[int, float]]:
+    """Per seed, every strategy's mean accuracy over the rollouts range all that seed's complete runs cover."""
+    out: dict[str, dict[int, float]] = {v: {} for v in aligned}
+    for seed in sorted({s for a in aligned.values() for s in a.seeds}):
+        have = [v for v, a in aligned.items() if seed in a.seeds]
+        rows = [aligned[v].rows([seed]) for v in have]
+        for v, value in zip(have, common_range_auc([(x[0], y[0]) for x, _, y in rows])):
+            out[v][seed] = value
+    return out
+
+
+def compare(runs: Sequence[RunRecord], variants: Sequence[str], reference: str, dataset: str | None, metric: Metric,
+            gate: tuple[float, float], resamples: int = RESAMPLES) -> Comparison:
+    """The gate and every strategy's paired ratios (rollouts, seconds) and AUC difference against the reference."""
+    aligned = {v: a for v in variants if (a := align([r for r in runs if r.variant == v], dataset, metric.key))}
+    ref = aligned.get(reference)
+    the_gate = None if ref is None else validity_gate(ref.accuracy[:, -1] - ref.accuracy[:, 0], *gate)
+    aucs = seed_aucs(aligned)
+    rows = []
+    for v in variants:
+        if v == reference or v not in aligned or ref is None:
+            continue
+        seeds = sorted(set(aligned[v].seeds) & set(ref.seeds))
+        row = StrategyComparison(v, seeds)
+        if seeds:
+            rx, rt, ry = ref.rows(seeds)
+            x, t, y = aligned[v].rows(seeds)
+            row.rollouts = paired_ratio(rx, ry, x, y, resamples=resamples)
+            row.seconds = paired_ratio(rt, ry, t, y, resamples=resamples)
+            row.auc = paired_difference([aucs[v][s] for s in seeds], [aucs[reference][s] for s in seeds],
+                                        resamples=resamples)
+        rows.append(row)
+    return Comparison(metric, the_gate, aligned, aucs, rows)
+
+
+QUARTER_KEYS = (("zero_variance_frac", "Zero-variance groups", "share of the groups trained on (dynamic sampling and "
+                                                               "GRESO discard such groups first: 0 by construction)"),
+                ("ppl_selected_mean", "Mean perplexity of the selected prompts", ""),
+                ("ppl_window_lo", "Perplexity window, low end", "the least perplexing selected prompt"),
+                ("ppl_window_hi", "Perplexity window, high end", "the most perplexing selected prompt"))
+
+
+def quarters(runs: Sequence[RunRecord], key: str) -> tuple[list[float | None], int]:
+    """A train-row key by quarter of the run, averaged over the complete runs that have it; and how many have it."""
+    per_run = []
+    for r in runs:
+        rows = r.train_rows() if r.complete else []
+        q = by_quarter([int(x["step"]) for x in rows], [x.get(key) for x in rows], r.steps)
+        if any(v is not None for v in q):
+            per_run.append(q)
+    means = [[v[i] for v in per_run if v[i] is not None] for i in range(4)]
+    return [float(np.mean(m)) if m else None for m in means], len(per_run)
+
+
 # --- the report ---------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -171,45 +307,71 @@ class Report:
     dataset: str | None
     eval_size: int
     decoding: str = "greedy decoding"           # how the held-out answers were sampled, for the noise note
+    comparisons: list[Comparison] = field(default_factory=list)  # paired, one per metric (the primary first)
+    # train-row key → variant → (mean by quarter of the run, runs that have the key)
+    quarters: dict[str, dict[str, tuple[list[float | None], int]]] = field(default_factory=dict)
+    resamples: int = RESAMPLES
 
 
 def build_report(runs: Sequence[RunRecord], planned: dict[str, int], reference: str,
-                 dataset: str | None = None, eval_size: int = 0, decoding: str = "greedy decoding") -> Report:
-    """Statistics per strategy (in ``planned`` order); the target is the reference's mean final accuracy."""
-    stats = [_stats(v, n, [r for r in runs if r.variant == v], dataset) for v, n in planned.items()]
+                 dataset: str | None = None, eval_size: int = 0, decoding: str = "greedy decoding", *,
+                 metric: str = "avg@k", temperature: float | None = None, gate: tuple[float, float] = (0.15, 0.8),
+                 resamples: int = RESAMPLES) -> Report:
+    """Statistics per strategy (in ``planned`` order); the target is the reference's mean final accuracy of the
+    primary ``metric``; the paired comparison for it and for the other metric the eval rows carry, if any; ``gate``
+    is (min gain, min share of seeds)."""
+    metrics = resolve_metrics(metric, temperature, runs)
+    key = metrics[0].key
+    stats = [_stats(v, n, [r for r in runs if r.variant == v], dataset, key) for v, n in planned.items()]
     ref = next((s for s in stats if s.variant == reference), None)
     target = float(np.mean(ref.final)) if ref is not None and ref.final else None
     if target is not None:
         for s in stats:
             if s.curve is not None:
                 s.reach = rollouts_to_reach(s.curve.xs, s.curve.mean, target)
-            s.reach_seeds = [rollouts_to_reach(*r.curve(dataset), target) for r in s.complete]
-    return Report(stats, reference, target, dataset, eval_size, decoding)
+            s.reach_seeds = [rollouts_to_reach(*r.curve(dataset, key), target) for r in s.complete]
+    comparisons = [compare(runs, list(planned), reference, dataset, m, gate, resamples) for m in metrics]
+    by_key = {k: {v: quarters([r for r in runs if r.variant == v], k) for v in planned} for k, *_ in QUARTER_KEYS}
+    return Report(stats, reference, target, dataset, eval_size, decoding, comparisons, by_key, resamples)
+
+
+def band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a (seeds, evaluations) array: mean and its 95% Student-t interval (the mean itself: one seed)."""
+    mean = values.mean(0)
+    if len(values) < 2:
+        return mean, mean, mean
+    lo, hi = np.array([t_interval(col) for col in values.T]).T
+    return mean, lo, hi
 
 
 def plot(report: Report, path: str | Path, title: str) -> Path:
-    """curves.png: held-out accuracy against rollouts, one line per strategy (mean over seeds, min–max band)."""
+    """curves.png: held-out accuracy (primary metric) against rollouts (left) and step seconds (right), one line per
+    strategy: the mean over its seeds at each evaluation, with the 95% t-interval of that mean as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for s in report.stats:
-        if s.curve is None:
-            continue
-        c = s.curve
-        line, = ax.plot(c.xs, c.mean, "o-", ms=3, label=f"{s.variant} (n={c.n})")
-        if c.n > 1:
-            ax.fill_between(c.xs, c.lo, c.hi, color=line.get_color(), alpha=0.15, lw=0)
-    if report.target is not None:
-        ax.axhline(report.target, color="gray", ls="--", lw=1, label=f"{report.reference} final ({report.target:.3f})")
-    ax.set_xlabel("rollouts generated (discarded included)")
-    ax.set_ylabel(f"held-out accuracy{f' ({report.dataset})' if report.dataset else ''}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    comparison = report.comparisons[0] if report.comparisons else None
+    for variant, a in (comparison.aligned.items() if comparison else ()):
+        mean, lo, hi = band(a.accuracy)
+        for ax, xs in zip(axes, (a.rollouts.mean(0), a.seconds.mean(0) / 60)):
+            line, = ax.plot(xs, mean, "o-", ms=3, label=f"{variant} (n={len(a.seeds)})")
+            if len(a.seeds) > 1:
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    for ax, xlabel in zip(axes, ("rollouts generated (discarded included)",
+                                 "training minutes (selection, generation, reward, update; evaluation excluded)")):
+        if report.target is not None:
+            ax.axhline(report.target, color="gray", ls="--", lw=1,
+                       label=f"{report.reference} final ({report.target:.3f})")
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    label = comparison.metric.label if comparison else "accuracy"
+    axes[0].set_ylabel(f"held-out {label}{f' ({report.dataset})' if report.dataset else ''}", fontsize=9)
+    fig.suptitle(f"{title}: mean over seeds, band = 95% t-interval of the mean", fontsize=10)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -272,11 +434,166 @@ def _table_row(s: StrategyStats, ref: StrategyStats | None, target: float | None
             f"{per_seed} | {ratio} | {minutes} |")
 
 
+# --- rendering of the paired comparison ---------------------------------------------------------------------------
+
+def fmt_ratio(x: float, bound: bool = False) -> str:
+    """A cost ratio as the tables print it: 0 is a strategy that never reaches the target ("not reached", or 0 as an
+    interval bound)."""
+    if math.isnan(x):
+        return "n/a"
+    if x == 0:
+        return "0" if bound else "not reached"
+    return "∞" if math.isinf(x) else f"{x:.2f}×"
+
+
+def _fmt_cost(x: float | None, seconds: bool) -> str:
+    if x is None:
+        return "not reached"
+    if not seconds:
+        return f"{x:,.0f}"
+    return f"{x / 60:.1f} min" if x >= 120 else f"{x:.0f} s"
+
+
+def _fmt_ratio_ci(r: PairedRatio) -> str:
+    if math.isnan(r.ratio) or math.isnan(r.lo):
+        return fmt_ratio(r.ratio)
+    ci = f"{fmt_ratio(r.lo, True)} – {fmt_ratio(r.hi, True)}"
+    return f"{fmt_ratio(r.ratio)} [{ci}]"
+
+
+def _fmt_diff(d: PairedDifference, which: str = "t") -> str:
+    lo, hi = (d.t_lo, d.t_hi) if which == "t" else (d.boot_lo, d.boot_hi)
+    ci = f"[{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else "[n/a: one seed]"
+    return f"{d.diff:+.3f} {ci}"
+
+
+def gate_lines(c: Comparison, reference: str, primary: bool = True) -> list[str]:
+    """The validity gate: PASSED/FAILED, the rule, the per-seed gains."""
+    if c.gate is None:
+        return [f"No complete `{reference}` run with `{c.metric.key}` ({c.metric.label}) in its eval rows yet: the "
+                "validity gate cannot be checked."]
+    g, a = c.gate, c.aligned[reference]
+    hits = sum(x >= g.min_gain - 1e-12 for x in g.gains)
+    verdict = "PASSED" if g.passed else "FAILED"
+    text = (f"**{verdict}**{'' if primary else ' (secondary metric, not the gate)'}: `{reference}` must raise held-out "
+            f"{c.metric.label} by ≥ {g.min_gain:.3f} absolute over the run (last − first evaluation) on ≥ "
+            f"{g.min_share:.0%} of seeds; it does on {hits} of {len(g.gains)} ({g.share:.0%}).")
+    if primary and not g.passed:
+        text += (" The reference does not learn reliably in this regime, so the comparison below says little about "
+                 "the strategies.")
+    gains = ", ".join(f"s{s} {x:+.3f}" for s, x in zip(a.seeds, g.gains))
+    return [text, "", f"Per-seed gain, {c.metric.label}: {gains}."]
+
+
+def _ratio_table(c: Comparison, reference: str, seconds: bool) -> list[str]:
+    unit = "time" if seconds else "rollouts"
+    lines = [f"| strategy | paired seeds | target | {reference} {unit} to target | strategy {unit} to target | "
+             f"ratio [95% CI] | resamples not reaching |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in c.rows:
+        r = row.seconds if seconds else row.rollouts
+        if r is None:
+            lines.append(f"| {row.variant} | 0 | – | – | – | – | – |")
+            continue
+        lines.append(f"| {row.variant} | {r.n} | {r.target:.3f} | {_fmt_cost(r.reference_cost, seconds)} | "
+                     f"{_fmt_cost(r.cost, seconds)} | {_fmt_ratio_ci(r)} | {r.not_reached:.0%}"
+                     + (f" (+{r.undefined:.0%} n/a)" if r.undefined else "") + " |")
+    return lines
+
+
+def _auc_table(c: Comparison, reference: str) -> list[str]:
+    ref = c.auc.get(reference, {})
+    lines = ["| strategy | paired seeds | mean AUC | " + reference + " AUC (same seeds) | difference [95% CI, t] | "
+             "[95% CI, bootstrap] |", "| --- | --- | --- | --- | --- | --- |"]
+    if ref:
+        lines.append(f"| {reference} (reference) | {len(ref)} | {np.mean(list(ref.values())):.3f} | – | – | – |")
+    for row in c.rows:
+        d = row.auc
+        if d is None:
+            lines.append(f"| {row.variant} | 0 | – | – | – | – |")
+            continue
+        boot = f"[{d.boot_lo:+.3f}, {d.boot_hi:+.3f}]"
+        lines.append(f"| {row.variant} | {d.n} | {d.mean:.3f} | {d.reference:.3f} | {_fmt_diff(d)} | {boot} |")
+    return lines
+
+
+def compact_table(c: Comparison, labelled: Sequence[tuple[str, str]], reference: str) -> list[str]:
+    """One row per (variant, label) present: seeds, AUC difference, rollouts and wall-time ratios with their CIs."""
+    by = {row.variant: row for row in c.rows if row.auc is not None}
+    lines = [f"| strategy | variant | paired seeds | AUC − {reference} [95% CI, t] | rollouts ratio [95% CI] | "
+             "wall-time ratio [95% CI] |", "| --- | --- | --- | --- | --- | --- |"]
+    for variant, label in labelled:
+        if variant in by:
+            row = by[variant]
+            lines.append(f"| {label} | {variant} | {len(row.seeds)} | {_fmt_diff(row.auc)} | "
+                         f"{_fmt_ratio_ci(row.rollouts)} | {_fmt_ratio_ci(row.seconds)} |")
+    return lines if len(lines) > 2 else []
+
+
+def paired_lines(c: Comparison, reference: str, resamples: int) -> list[str]:
+    """The paired comparison of one metric: rollouts ratio, AUC, wall-time ratio, ablation."""
+    lines = [f"Paired by seed (same seed: same initial model, same candidate draws): each strategy against "
+             f"`{reference}` on the seeds both completed. Target: `{reference}`'s mean final {c.metric.label} over "
+             "those seeds. Cost to target: where the seed-mean curve (accuracy and cost averaged over seeds at each "
+             "evaluation step) first reaches it, linearly interpolated. Ratio: the reference's cost over the "
+             "strategy's (> 1: the strategy needs less). 95% CI: percentile bootstrap over seeds "
+             f"({resamples} resamples, the same seed draw for both strategies, target recomputed); a resample in "
+             "which the strategy's mean curve never reaches the target counts as infinite cost (ratio 0, kept in the "
+             "interval) and the last column gives their share; n/a: resamples with no ratio (the reference's mean "
+             "curve starts at or above the target), left out.", "",
+             "### Rollouts to target", ""]
+    lines += _ratio_table(c, reference, seconds=False)
+    lines += ["", "### Area under the accuracy-vs-rollouts curve", "",
+              "Per seed, each strategy's mean accuracy over the rollouts range that all of that seed's complete runs "
+              "cover (trapezoid area over the range, divided by its length). Difference: strategy − reference on "
+              "each seed, then the mean; 95% CI: Student t on the per-seed differences, and percentile bootstrap "
+              "over seeds.", ""]
+    lines += _auc_table(c, reference)
+    lines += ["", "### Wall time to target (selection cost included)", "",
+              "Cost: each run's cumulative step time (`time_step`: selection scoring, generation, reward, update; "
+              "evaluation excluded), same target, same bootstrap.", ""]
+    lines += _ratio_table(c, reference, seconds=True)
+    ablation = compact_table(c, ABLATION, reference)
+    if ablation:
+        lines += ["", "### Ablation: window alone, weights alone, both", ""] + ablation
+        missing = [f"`{v}` ({label})" for v, label in ABLATION if v not in {row.variant for row in c.rows}]
+        lines += ["", f"Not in this benchmark: {', '.join(missing)}."] if missing else []
+    return lines
+
+
+def _cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def quarter_lines(report: Report) -> list[str]:
+    """Zero-variance share and the perplexity window by quarter of the run, per strategy."""
+    lines = ["Each quarter: the mean over its training steps, then over the complete seeds (n: seeds with the key).",
+             ""]
+    for key, title, note in QUARTER_KEYS:
+        per = report.quarters.get(key, {})
+        if not any(n for _, n in per.values()):
+            if key == "ppl_selected_mean":
+                lines += [f"{title}: not in the metrics (the train rows have no `{key}`).", ""]
+            continue
+        lines += [f"{title} (`{key}`){': ' + note if note else ''}.", "",
+                  "| strategy | n | Q1 | Q2 | Q3 | Q4 |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {v} | {n} | " + " | ".join(_cell(x) for x in q) + " |"
+                  for v, (q, n) in per.items() if n]
+        lines.append("")
+    return lines[:-1]
+
+
 def summary_markdown(report: Report, *, name: str, command: str, run_status: Sequence[tuple[str, str]],
                      notes: str = "") -> str:
-    """summary.md: the table, the noise, the runs' status and the free-text notes of the configuration."""
+    """summary.md: the validity gate, the overview table, the paired comparison (primary metric, then the secondary
+    one), the diagnostics by quarter, the noise, the runs' status and the free-text notes of the configuration."""
     ref = next((s for s in report.stats if s.variant == report.reference), None)
     lines = [f"# Rollout efficiency: {name}", "", f"Made by `{command}`.", ""]
+    primary, *secondary = report.comparisons or [None]
+    if primary is not None:
+        lines += ["## Validity gate", ""] + gate_lines(primary, report.reference)
+        for c in secondary:
+            lines += [""] + gate_lines(c, report.reference, primary=False)
+        lines += ["", f"## Overview: {primary.metric.label}", ""]
     if report.target is None:
         lines += [f"No complete `{report.reference}` run yet: rollouts-to-reach and ratios are not available.", ""]
     else:
@@ -290,6 +607,16 @@ def summary_markdown(report: Report, *, name: str, command: str, run_status: Seq
     for s in report.stats:
         per_seed = ", ".join(_fmt_rollouts(x) for x in s.reach_seeds) if s.reach_seeds else "–"
         lines.append(_table_row(s, ref, report.target, per_seed))
+    if primary is not None and primary.rows:
+        lines += ["", f"## Paired comparison with {report.reference}: {primary.metric.label}", ""]
+        lines += paired_lines(primary, report.reference, report.resamples)
+    for c in secondary:
+        table = compact_table(c, [(row.variant, row.variant) for row in c.rows], report.reference)
+        if table:
+            lines += ["", f"## Secondary metric: {c.metric.label}", "", "The same paired statistics, in short.", ""]
+            lines += table
+    if any(n for per in report.quarters.values() for _, n in per.values()):
+        lines += ["", "## Over the run, by quarter", ""] + quarter_lines(report)
     lines += ["", "## How noisy these numbers are", ""]
     n = report.eval_size
     finals = [f for s in report.stats for f in s.final]

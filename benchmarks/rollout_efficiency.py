@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.efficiency_summary import RunRecord, build_report, plot, read_metrics, summary_markdown
+from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
+                                           summary_markdown)
 
 # config keys that may differ between a run's start and its resume without changing what it computes
 _VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
                   ("model", "cache_dir")}
 _TOP_KEYS = {"name", "train", "variants", "seeds", "reference", "runs_root", "results_root", "eval_dataset",
-             "keep_checkpoints_after", "notes", "base"}
+             "keep_checkpoints_after", "notes", "base", "metric", "gate_min_gain", "gate_min_share"}
 
 
 class BenchmarkConfigError(ValueError):
@@ -59,6 +60,9 @@ class EfficiencyConfig:
     eval_dataset: str | None = None             # which held-out set the report uses (None: the only/first one)
     keep_checkpoints_after: bool = False        # keep a finished run's checkpoints (they are ~3× the model size)
     notes: str = ""                             # free text appended to summary.md (what was tried and why)
+    metric: str = "avg@k"                       # the report's primary held-out metric (METRIC_KEYS)
+    gate_min_gain: float = 0.15                 # validity gate: the reference's held-out gain over the run …
+    gate_min_share: float = 0.8                 # … on at least this share of its seeds
 
     @property
     def runs_dir(self) -> Path:
@@ -182,7 +186,7 @@ def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
                            results_root=str(raw.get("results_root", "benchmarks/results")),
                            eval_dataset=raw.get("eval_dataset"),
                            keep_checkpoints_after=bool(raw.get("keep_checkpoints_after", False)),
-                           notes=str(raw.get("notes") or ""))
+                           notes=str(raw.get("notes") or ""), **_report_keys(raw))
     from prepo.config import ConfigError
 
     for variant in variants:
@@ -191,6 +195,19 @@ def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
         except ConfigError as exc:
             raise BenchmarkConfigError(f"variant {variant.name!r}: {exc}") from None
     return cfg
+
+
+def _report_keys(raw: dict) -> dict:
+    """metric, gate_min_gain, gate_min_share: validated, only those present."""
+    out = {k: raw[k] for k in ("metric", "gate_min_gain", "gate_min_share") if k in raw}
+    if "metric" in out and out["metric"] not in METRIC_KEYS:
+        raise BenchmarkConfigError(f"metric: expected one of {sorted(METRIC_KEYS)}, got {out['metric']!r}")
+    for key in ("gate_min_gain", "gate_min_share"):
+        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))):
+            raise BenchmarkConfigError(f"{key}: expected a number, got {out[key]!r}")
+    if not 0 <= out.get("gate_min_share", 0) <= 1:
+        raise BenchmarkConfigError(f"gate_min_share: expected a share in [0, 1], got {out['gate_min_share']!r}")
+    return out
 
 
 def _seeds(value, key: str) -> list[int]:
@@ -341,7 +358,9 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
     decoding = ("greedy decoding" if ev.temperature == 0 else
                 f"avg@{ev.k} at temperature {ev.temperature:g} (the bound below is for one sample per problem; "
                 f"{ev.k} samples make it somewhat smaller)")
-    report = build_report(records, planned, cfg.reference, dataset, _eval_size(records, dataset, cfg), decoding)
+    report = build_report(records, planned, cfg.reference, dataset, _eval_size(records, dataset, cfg), decoding,
+                          metric=cfg.metric, temperature=ev.temperature,
+                          gate=(float(cfg.gate_min_gain), float(cfg.gate_min_share)))
     out = cfg.results_dir
     out.mkdir(parents=True, exist_ok=True)
     plot(report, out / "curves.png", f"rollout efficiency: {cfg.name}")
