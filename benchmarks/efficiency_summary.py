@@ -474,14 +474,16 @@ def gate_lines(c: Comparison, reference: str, primary: bool = True) -> list[str]
                 "validity gate cannot be checked."]
     g, a = c.gate, c.aligned[reference]
     hits = sum(x >= g.min_gain - 1e-12 for x in g.gains)
-    verdict = "PASSED" if g.passed else "FAILED"
-    text = (f"**{verdict}**{'' if primary else ' (secondary metric, not the gate)'}: `{reference}` must raise held-out "
-            f"{c.metric.label} by ≥ {g.min_gain:.3f} absolute over the run (last − first evaluation) on ≥ "
-            f"{g.min_share:.0%} of seeds; it does on {hits} of {len(g.gains)} ({g.share:.0%}).")
-    if primary and not g.passed:
+    gains = ", ".join(f"s{s} {x:+.3f}" for s, x in zip(a.seeds, g.gains))
+    if not primary:
+        return [f"Secondary metric, {c.metric.label} (not the gate): gain ≥ {g.min_gain:.3f} on {hits} of "
+                f"{len(g.gains)} seeds ({g.share:.0%}), would {'pass' if g.passed else 'fail'}; per seed: {gains}."]
+    text = (f"**{'PASSED' if g.passed else 'FAILED'}**: `{reference}` must raise held-out {c.metric.label} by ≥ "
+            f"{g.min_gain:.3f} absolute over the run (last − first evaluation) on ≥ {g.min_share:.0%} of seeds; it "
+            f"does on {hits} of {len(g.gains)} ({g.share:.0%}).")
+    if not g.passed:
         text += (" The reference does not learn reliably in this regime, so the comparison below says little about "
                  "the strategies.")
-    gains = ", ".join(f"s{s} {x:+.3f}" for s, x in zip(a.seeds, g.gains))
     return [text, "", f"Per-seed gain, {c.metric.label}: {gains}."]
 
 
@@ -517,14 +519,16 @@ def _auc_table(c: Comparison, reference: str) -> list[str]:
 
 
 def compact_table(c: Comparison, labelled: Sequence[tuple[str, str]], reference: str) -> list[str]:
-    """One row per (variant, label) present: seeds, AUC difference, rollouts and wall-time ratios with their CIs."""
+    """One row per (variant, label) present: seeds, AUC difference, rollouts and wall-time ratios with their CIs (a
+    label column when some label is not the variant's name)."""
     by = {row.variant: row for row in c.rows if row.auc is not None}
-    lines = [f"| strategy | variant | paired seeds | AUC − {reference} [95% CI, t] | rollouts ratio [95% CI] | "
-             "wall-time ratio [95% CI] |", "| --- | --- | --- | --- | --- | --- |"]
+    named = any(v != label for v, label in labelled)
+    lines = [f"| {'what | ' if named else ''}strategy | paired seeds | AUC − {reference} [95% CI, t] | "
+             "rollouts ratio [95% CI] | wall-time ratio [95% CI] |", "| --- " * (6 if named else 5) + "|"]
     for variant, label in labelled:
         if variant in by:
             row = by[variant]
-            lines.append(f"| {label} | {variant} | {len(row.seeds)} | {_fmt_diff(row.auc)} | "
+            lines.append(f"| {label + ' | ' if named else ''}{variant} | {len(row.seeds)} | {_fmt_diff(row.auc)} | "
                          f"{_fmt_ratio_ci(row.rollouts)} | {_fmt_ratio_ci(row.seconds)} |")
     return lines if len(lines) > 2 else []
 

@@ -199,7 +199,8 @@ def test_report_gate_fails_and_secondary_metric():
     assert report.comparisons[1].metric.key == "greedy_accuracy"
     text = summary_markdown(report, name="t", command="cmd", run_status=[])
     assert "**FAILED**" in text and "on 2 of 4 (50%)" in text
-    assert "## Secondary metric: greedy accuracy" in text and "(secondary metric, not the gate)" in text
+    assert "## Secondary metric: greedy accuracy" in text and "| prepo | 4 |" in text.split("## Secondary")[1]
+    assert "greedy accuracy (not the gate): gain ≥ 0.150 on 2 of 4 seeds (50%), would fail" in text
     greedy = build_report(runs, {"prepo": 4, "random": 4}, "random", "d", metric="greedy", temperature=1.0,
                           resamples=50)
     assert greedy.comparisons[0].metric.key == "greedy_accuracy" and greedy.comparisons[1].metric.key == "accuracy"
