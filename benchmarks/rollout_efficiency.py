@@ -368,8 +368,10 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
     for extra in ("notes.md", "diagnostics.md"):  # hand-written notes; the task diagnostics, when measured
         if (out / extra).is_file():
             notes = (notes + "\n\n" + ("\n" + (out / extra).read_text()).replace("\n# ", "\n### ")).strip()
-    (out / "summary.md").write_text(summary_markdown(report, name=cfg.name, command=command,
-                                                     run_status=status_lines, notes=notes))
+    text = summary_markdown(report, name=cfg.name, command=command, run_status=status_lines, notes=notes)
+    tmp = out / f".summary.md.{os.getpid()}"  # --jobs workers rebuild it concurrently: replace, never interleave
+    tmp.write_text(text)
+    os.replace(tmp, out / "summary.md")
     return out / "summary.md"
 
 
@@ -380,11 +382,15 @@ def _forward_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
-def run_all(cfg: EfficiencyConfig, command: str, log=print) -> list[RunOutcome]:
-    """Every planned run in order, the report rebuilt after each; stops (re-raising Interrupted) on an interrupt."""
+def run_all(cfg: EfficiencyConfig, command: str, log=print, shard: tuple[int, int] = (0, 1)) -> list[RunOutcome]:
+    """Every planned run in order (those of shard ``i`` of ``n``: plan positions ≡ i mod n), the report rebuilt after
+    each; stops (re-raising Interrupted) on an interrupt."""
     outcomes = []
     plan = cfg.plan()
+    index, count = shard
     for i, (variant, seed) in enumerate(plan, 1):
+        if (i - 1) % count != index:
+            continue
         log(f"[{i}/{len(plan)}] {run_name(variant, seed)}")
         try:
             outcome = run_one(cfg, variant, seed, log)
@@ -398,11 +404,38 @@ def run_all(cfg: EfficiencyConfig, command: str, log=print) -> list[RunOutcome]:
     return outcomes
 
 
+def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) -> int:
+    """``jobs`` worker processes, each taking every jobs-th run of the plan; SIGTERM/Ctrl-C reach all of them (each
+    checkpoints and stops); the report is rebuilt once they are done."""
+    import subprocess
+
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rollout_efficiency", "--config", config_path,
+                                 "--shard", f"{i}/{jobs}"]) for i in range(jobs)]
+    signal.signal(signal.SIGTERM, lambda signum, frame: [w.send_signal(signal.SIGINT) for w in workers])
+    try:
+        codes = [w.wait() for w in workers]
+    except KeyboardInterrupt:  # the terminal's Ctrl-C went to the workers too: let them checkpoint
+        codes = [w.wait() for w in workers]
+    print(f"wrote {summarize(cfg, command)}")
+    return max(codes)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rollout_efficiency", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/efficiency-cpu.yaml)")
     p.add_argument("--summarize-only", action="store_true", help="rebuild summary.md and curves.png, train nothing")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process (use run.threads: 1 in the config; default 1)")
+    p.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # "i/n": the runs one --jobs worker takes
     args = p.parse_args(argv)
+    shard = (0, 1)
+    if args.shard is not None:
+        i, _, n = args.shard.partition("/")
+        shard = (int(i), int(n))
+        if not 0 <= shard[0] < shard[1]:
+            p.error(f"--shard: expected i/n with 0 <= i < n, got {args.shard!r}")
+    if args.jobs < 1:
+        p.error(f"--jobs: expected a positive int, got {args.jobs}")
     try:
         cfg = load_efficiency_config(args.config)
     except BenchmarkConfigError as exc:
@@ -412,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize_only:
         print(f"wrote {summarize(cfg, command)}")
         return 0
+    if args.jobs > 1:
+        return _run_jobs(args.config, args.jobs, cfg, command)
     _forward_sigterm()
     try:
-        outcomes = run_all(cfg, command, log=lambda msg: print(msg, flush=True))
+        outcomes = run_all(cfg, command, log=lambda msg: print(msg, flush=True), shard=shard)
     except Interrupted as exc:
         print(f"rollout_efficiency: {exc}", file=sys.stderr)
         return 130

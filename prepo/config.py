@@ -210,9 +210,12 @@ class EvalConfig:
     k: int = 1                     # samples per problem (avg@k)
     temperature: float = 0.0       # 0 = greedy
     max_new_tokens: int | None = None  # None: rollout.max_new_tokens
+    greedy: bool = False           # with temperature > 0: also the greedy accuracy (metrics key greedy_accuracy)
+    rows_per_call: int = 64        # samples (problems x k) per generate call: larger is faster for tiny models
 
     def __post_init__(self):
         _require_finite(self, "eval")
+        _require(self.rows_per_call >= 1, "eval.rows_per_call", f"must be >= 1, got {self.rows_per_call}")
         _require(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
         _require(self.k >= 1, "eval.k", f"must be >= 1, got {self.k}")
         _require(self.temperature >= 0, "eval.temperature", f"must be >= 0, got {self.temperature}")

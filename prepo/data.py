@@ -341,38 +341,53 @@ def arith_split_of(question: str) -> str:
     return "eval" if zlib.crc32(question.encode()) % _EVAL_BUCKETS == 0 else "train"
 
 
+def draw_examples(task: str, n: int, seed: int, tiers: Sequence[str] | None, known: Sequence[str],
+                  draw: Callable[[str, random.Random], tuple[str, str, dict]], *, split: str | None = None,
+                  weights: Sequence[float] | None = None) -> list[Example]:
+    """``n`` examples of a synthetic task: tier names round robin over ``tiers`` (default ``known``), or drawn by
+    ``weights``; ``draw(tier, rng)`` gives (question, answer, meta) and is retried until the question lies in
+    ``split`` (see arith_split_of). Deterministic for a seed; ids ``<task>-<tier>-<i>``, meta gains ``tier``."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    tiers = list(known) if tiers is None else list(tiers)
+    if not tiers:
+        raise ValueError("tiers: empty")
+    unknown = [t for t in tiers if t not in known]
+    if unknown:
+        raise ValueError(f"tiers: unknown {unknown}; known: {list(known)}")
+    if split is not None and split not in ARITH_SPLITS:
+        raise ValueError(f"split: expected one of {ARITH_SPLITS} or None, got {split!r}")
+    if weights is not None and (len(weights) != len(tiers) or min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"weights: expected {len(tiers)} non-negative numbers with a positive sum, got {weights!r}")
+    rng = random.Random(f"{task}/{seed}/{split}")
+    counts = {t: 0 for t in tiers}
+    out = []
+    for i in range(n):
+        name = tiers[i % len(tiers)] if weights is None else rng.choices(tiers, weights)[0]
+        for _ in range(10_000):
+            question, answer, meta = draw(name, rng)
+            if split is None or arith_split_of(question) == split:
+                break
+        else:  # pragma: no cover - every tier has hundreds of questions in each split
+            raise RuntimeError(f"tier {name!r} has no {split} questions")
+        out.append(Example(id=f"{task}-{name}-{counts[name]}", question=question, answer=answer,
+                           verifier="numeric", meta={"tier": name, **meta}))
+        counts[name] += 1
+    return out
+
+
+def _arith_example(tier: str, rng: random.Random) -> tuple[str, str, dict]:
+    expr, value = _arith_draw(ARITH_TIERS[tier], rng)
+    return ARITH_QUESTION.format(expr=expr), str(value), {"expr": expr}
+
+
 def make_arith(n: int, seed: int, tiers: Sequence[str] | None = None, *, split: str | None = None) -> list[Example]:
     """``n`` integer-arithmetic examples spread round robin over ``tiers`` (default: all of ARITH_TIERS, easiest
     first), deterministic for a seed. ``split="train"``/``"eval"`` keeps only questions of that part of a fixed
     partition of the question space, so a held-out set never shares a question with training; None draws from all.
     Ids are ``arith-<tier>-<i>`` (i counts within the tier); ``meta`` holds ``tier`` and ``expr`` ("7 + 5").
     """
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n: expected a non-negative int, got {n!r}")
-    tiers = list(ARITH_TIERS) if tiers is None else list(tiers)
-    if not tiers:
-        raise ValueError("tiers: empty")
-    unknown = [t for t in tiers if t not in ARITH_TIERS]
-    if unknown:
-        raise ValueError(f"tiers: unknown {unknown}; known: {list(ARITH_TIERS)}")
-    if split is not None and split not in ARITH_SPLITS:
-        raise ValueError(f"split: expected one of {ARITH_SPLITS} or None, got {split!r}")
-    rng = random.Random(f"arith/{seed}/{split}")
-    counts = {t: 0 for t in tiers}
-    out = []
-    for i in range(n):
-        name = tiers[i % len(tiers)]
-        for _ in range(10_000):
-            expr, value = _arith_draw(ARITH_TIERS[name], rng)
-            question = ARITH_QUESTION.format(expr=expr)
-            if split is None or arith_split_of(question) == split:
-                break
-        else:  # pragma: no cover - every tier has thousands of questions in each split
-            raise RuntimeError(f"tier {name!r} has no {split} questions")
-        out.append(Example(id=f"arith-{name}-{counts[name]}", question=question, answer=str(value),
-                           verifier="numeric", meta={"tier": name, "expr": expr}))
-        counts[name] += 1
-    return out
+    return draw_examples("arith", n, seed, tiers, list(ARITH_TIERS), _arith_example, split=split)
 
 
 BUILTIN_TASKS = ("arith", "tiny-arith")  # synthetic tasks named by data.train / --data (tiny-arith: prepo.tiny_arith)

@@ -135,6 +135,7 @@ class PerplexityWindow(Strategy):
         chosen = [ppl[i] for i in window]
         return Choice([candidates[i] for i in window],
                       {"ppl_window_lo": min(chosen), "ppl_window_hi": max(chosen),
+                       "ppl_selected_mean": sum(chosen) / len(chosen),
                        "ppl_candidates_lo": min(ppl), "ppl_candidates_hi": max(ppl)})
 
 

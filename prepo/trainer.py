@@ -449,6 +449,7 @@ class Trainer:
             "weight_min": float(weights.min()) if weights is not None else None,
             "weight_max": float(weights.max()) if weights is not None else None,
             "ppl_window_lo": collected.info.get("ppl_window_lo"), "ppl_window_hi": collected.info.get("ppl_window_hi"),
+            "ppl_selected_mean": collected.info.get("ppl_selected_mean"),
             "ppl_candidates_lo": collected.info.get("ppl_candidates_lo"),
             "ppl_candidates_hi": collected.info.get("ppl_candidates_hi"),
             **{k: v for k, v in collected.info.items() if k.startswith("greso_")},
@@ -475,16 +476,20 @@ class Trainer:
 
         e = self.cfg.eval
         t0 = time.perf_counter()
-        report = evaluate(self.engine, self.tokenizer, self.eval_sets, k=e.k,
-                          max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
-                          temperature=e.temperature, seed=self.cfg.run.seed, progress=False,
-                          **self._eval_formats())
+        common = dict(max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens, seed=self.cfg.run.seed,
+                      progress=False, rows_per_call=e.rows_per_call, **self._eval_formats())
+        report = evaluate(self.engine, self.tokenizer, self.eval_sets, k=e.k, temperature=e.temperature, **common)
+        greedy = {}
+        if e.greedy and e.temperature > 0:  # the sampled avg@k and the greedy answer, on the same problems
+            greedy = evaluate(self.engine, self.tokenizer, self.eval_sets, k=1, temperature=0.0,
+                              **common).to_dict()["benchmarks"]
         seconds = time.perf_counter() - t0
         rows = []
         for name, result in report.to_dict()["benchmarks"].items():
+            extra = {"greedy_accuracy": greedy[name]["avg_at_k"]} if name in greedy else {}
             rows.append(self.log.write({"kind": "eval", "step": self.step, "rollouts": self.rollouts,
                                         "dataset": name, "accuracy": result["avg_at_k"], "time_eval": seconds,
-                                        **{k: v for k, v in result.items() if k != "avg_at_k"}}))
+                                        **{k: v for k, v in result.items() if k != "avg_at_k"}, **extra}))
         return rows
 
     def _eval_formats(self) -> dict:
