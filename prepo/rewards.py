@@ -220,10 +220,9 @@ def check_gold(answer: str, kind: str, *, timeout: float = 5.0) -> None:
         run_with_deadline(_parse_gold, (answer,), timeout)
     except TimeoutError:
         raise ValueError(f"math-verify did not parse the gold answer {answer!r} within {timeout} s") from None
-    except ValueError:
-        raise
     except Exception as exc:
-        raise ValueError(f"math-verify cannot parse the gold answer {answer!r} ({type(exc).__name__}: {exc})") from None
+        detail = "" if isinstance(exc, ValueError) else f" ({type(exc).__name__}: {exc})"
+        raise ValueError(f"math-verify cannot parse the gold answer {answer!r}{detail}") from None
 
 
 def score_rollouts(examples: Sequence, completions: Sequence[str], *, timeout: float = 5.0) -> list[float]:

@@ -28,6 +28,19 @@ def test_window_positions():
         window_start(5, 0, 0.1)
 
 
+@pytest.mark.parametrize("n, k", [(10, 3), (7, 7), (20, 4), (5, 1)])
+def test_window_holds_k_candidates_when_progress_leaves_zero_one(n, k):
+    """verl passes global_steps / total, TRL a user's progress(): ρ < 0 and ρ > 1 clip to the ends of the order."""
+    ppl = [random.uniform(1, 30) for _ in range(n)]
+    order = sorted(range(n), key=lambda i: ppl[i])
+    for rho in (-0.5, -3.0, -1e-9):
+        assert window_start(n, k, rho) == 0
+        assert ppl_window(ppl, k, rho) == order[:k]
+    for rho in (1.0 + 1e-9, 1.7, 40.0):
+        assert window_start(n, k, rho) == n - k
+        assert ppl_window(ppl, k, rho) == order[n - k:]
+
+
 def test_ppl_window_selects_sorted_band():
     n, k = 23, 5
     ppl = [random.uniform(1, 30) for _ in range(n)]

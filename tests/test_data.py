@@ -88,6 +88,36 @@ def test_bad_rows_name_file_and_line(tmp_path, bad_line, message):
         load_examples(path)
 
 
+def test_gold_answers_are_checked_under_their_verifier_at_load(tmp_path):
+    """A gold the verifier cannot read would fail every rollout of that prompt mid-training: refuse it at load."""
+    path = tmp_path / "train.jsonl"
+    rows = [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(60)]
+    rows[49]["a"] = "four"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:line 50: field 'a': gold answer 'four' is not a number")):
+        load_examples(path, prompt_field="q", answer_field="a", verifier="numeric")
+    assert len(load_examples(path, prompt_field="q", answer_field="a", verifier="math")) == 60  # "four": a symbol
+    assert len(load_examples(path, prompt_field="q", answer_field="a", verifier="numeric", check_answers=False)) == 60
+    rows[49]["a"] = "$$"  # math-verify reads nothing in it
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:line 50: field 'a': math-verify cannot parse the gold")):
+        load_examples(path, prompt_field="q", answer_field="a", verifier="math")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_non_utf8_data_names_file_and_line(tmp_path, suffix):
+    path = tmp_path / f"latin1{suffix}"
+    lines = ['{"q": "What is 1 + 1?", "a": "2"}'] * 4
+    lines[2] = '{"q": "Caf\xe9: what is 2 + 2?", "a": "4"}'
+    text = "\n".join(lines) + "\n"
+    if suffix == ".json":
+        text = "[\n" + ",\n".join(lines) + "\n]\n"
+    path.write_bytes(text.encode("latin-1"))
+    line = 3 if suffix == ".jsonl" else 4
+    with pytest.raises(ValueError, match=re.escape(f"{path}:line {line}: not UTF-8 text (byte 0xe9)")):
+        load_examples(path, prompt_field="q", answer_field="a")
+
+
 def test_bad_arguments(tmp_path):
     path = FIXTURES / "amc23" / "test.jsonl"
     with pytest.raises(ValueError, match="preset"):

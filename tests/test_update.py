@@ -150,6 +150,75 @@ def test_skipping_zero_advantage_rollouts_keeps_the_unweighted_gradient():
     _assert_grads_close(_grads(model), g_full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("weighting", ["entropy", "entropy_token"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["padded", "shared-prefix"])
+def test_skipped_rollouts_stay_out_of_the_entropy_weights(weighting, grouped):
+    """skip_zero_advantage with entropy weights: H̄ and the weights are over the rollouts in the update only (their
+    mean weight is 1), and the gradient is the explicit weighted loss over those rollouts."""
+    model = tiny_llama()
+    model64 = copy.deepcopy(model).double()
+    if grouped:  # 3 groups of 3, the middle one all-zero advantages (a zero-variance group)
+        samples = _samples(9, zero_adv=0, group_size=3)
+        for smp in samples[3:6]:
+            smp.advantage = 0.0
+    else:
+        samples = _samples(8, zero_adv=3)
+    settings = UpdateSettings(weighting=weighting, micro_batch_tokens=40, pad_id=0, skip_zero_advantage=True)
+    stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings)
+    active = [i for i, smp in enumerate(samples) if smp.advantage != 0.0]
+    assert sweep.active == active and sum(len(c) for c in sweep.chunks) == len(active)
+    lengths = torch.tensor([float(samples[i].num_tokens) for i in active])
+    if weighting == "entropy":
+        assert float(weights[active].mean()) == pytest.approx(1.0, rel=1e-6)
+    else:
+        assert float((weights[active] * lengths).sum() / lengths.sum()) == pytest.approx(1.0, rel=1e-6)
+    # reference: the explicit loss over the rollouts in the update; token-mean over every rollout's tokens
+    loss, w_ref = _reference_loss(model64, [samples[i] for i in active], weighting=weighting,
+                                  aggregation="token-mean", temperature=1.0)
+    all_tokens = sum(smp.num_tokens for smp in samples)
+    (loss * float(lengths.sum()) / all_tokens).backward()
+    _assert_grads_close(_grads(model), _grads(model64))
+    torch.testing.assert_close(weights[active].double(), w_ref, rtol=1e-4, atol=1e-5)
+
+
+def _token_logprobs(model, samples):
+    """(log-probs (B, T), response mask (B, T)) of the samples under ``model``, float64, no gradient."""
+    batch = collate_padded([s.seq for s in samples], 0)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double()
+    lp = torch.log_softmax(logits, -1).gather(-1, batch.targets.clamp_min(0)[..., None])[..., 0]
+    return lp, batch.mask.double()
+
+
+def test_second_epoch_ratio_is_against_the_policy_before_the_first():
+    """ppo_epochs=2 at lr > 0: epoch 2's ratio is π_after-epoch-1 / π_before (the old log-probs come from before
+    the first epoch), so its clip fraction and loss match that reference, not a ratio of 1."""
+    torch.manual_seed(0)
+    random.seed(0)
+    model = tiny_llama()
+    samples = _samples(6, zero_adv=0)
+    lr, eps_low, eps_high = 0.001, 0.2, 0.28
+    settings = UpdateSettings(weighting="entropy", ppo_epochs=2, micro_batch_tokens=40, max_grad_norm=0.0, pad_id=0,
+                              eps_low=eps_low, eps_high=eps_high)
+    after_one = copy.deepcopy(model)
+    old_lp, mask = _token_logprobs(model, samples)
+    stats = policy_update(model, torch.optim.AdamW(model.parameters(), lr=lr), samples, settings)
+    # the first epoch alone: the on-policy update with the same weights and the same optimizer
+    on_policy = UpdateSettings(**{**settings.__dict__, "ppo_epochs": 1})
+    policy_update(after_one, torch.optim.AdamW(after_one.parameters(), lr=lr), samples, on_policy)
+    new_lp, _ = _token_logprobs(after_one, samples)
+    ratio = torch.exp(new_lp - old_lp)
+    clipped = ((ratio < 1 - eps_low) | (ratio > 1 + eps_high)).double()
+    ref_clip = float((clipped * mask).sum() / mask.sum())
+    assert 0.05 < ref_clip < 0.95  # the policy moved far enough for the clip to matter
+    assert stats.clip_frac == pytest.approx(ref_clip, abs=1.5 / float(mask.sum()))
+    adv = torch.tensor([s.advantage for s in samples], dtype=torch.float64)[:, None]
+    surrogate = -torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)
+    w = stats.weights.double()[:, None]
+    ref_loss = float((surrogate * w * mask).sum() / mask.sum())
+    assert stats.loss == pytest.approx(ref_loss, rel=2e-3, abs=1e-6)
+
+
 def test_token_budget_chunks_and_packing():
     lengths = [random.randint(1, 12) for _ in range(30)]
     budget = 24
