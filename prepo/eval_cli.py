@@ -1,4 +1,5 @@
-"""``prepo eval``: evaluate a model on benchmark files and/or the built-in arith task; print a table, write JSON.
+"""``prepo eval``: evaluate a model on benchmark files and/or a built-in task (arith, tiny-arith); print a table and
+write JSON.
 
 Example: ``prepo eval --model smollm2-135m-instruct --data arith:64 --data data/gsm8k/test.jsonl --k 4 --limit 50``
 """
@@ -13,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from prepo.data import ARITH_FORMAT, PRESETS, VERIFIERS, detect_preset, load_examples, make_arith
+from prepo.config import DataConfig
+from prepo.data import (ARITH_FORMAT, BUILTIN_TASKS, PRESETS, VERIFIERS, PromptFormat, detect_preset, load_examples,
+                        make_arith, make_builtin)
 
 ARITH_EVAL_SEED = 1234  # the held-out arith problems are the same for every run
 ARITH_DEFAULT_N = 200
@@ -24,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prepo eval", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias, GGUF file, local folder or hub name")
     p.add_argument("--data", action="append", required=True, metavar="FILE",
-                   help="a dataset file (preset detected from its folder), PRESET=FILE, or arith[:N]; repeatable")
+                   help="a dataset file (preset detected from its folder), PRESET=FILE, or a built-in task "
+                   "arith[:N] / tiny-arith[:N] (held-out problems); repeatable")
+    p.add_argument("--tiers", default=None, help="comma-separated tiers of a built-in task (default: all)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="field preset for --data files whose folder does not name one")
     p.add_argument("--prompt-field", default=None, help="the question's field in --data files (instead of a preset)")
@@ -51,14 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_data_arg(spec: str, limit: int | None, fields: dict | None = None):
-    """(name, examples, is_arith) for one --data value; ``fields``: preset / prompt_field / answer_field / verifier
-    for files (a PRESET=FILE value names its own preset)."""
-    if spec == "arith" or spec.startswith("arith:"):
-        n = ARITH_DEFAULT_N if spec == "arith" else _positive_int(spec[len("arith:"):], "--data arith:N")
+def parse_data_arg(spec: str, limit: int | None, fields: dict | None = None, tiers: list[str] | None = None):
+    """(name, examples, prompt format or None for a file) for one --data value; ``fields``: preset / prompt_field /
+    answer_field / verifier for files (a PRESET=FILE value names its own preset); ``tiers``: of a built-in task."""
+    task, _, count = spec.partition(":")
+    if task in BUILTIN_TASKS:
+        n = ARITH_DEFAULT_N if not count else _positive_int(count, f"--data {task}:N")
         if limit is not None:
             n = min(n, limit)
-        return "arith", make_arith(n, ARITH_EVAL_SEED, split="eval"), True
+        if task == "arith":
+            return "arith", make_arith(n, ARITH_EVAL_SEED, tiers, split="eval"), ARITH_FORMAT
+        # the held-out problems `prepo train` evaluates on (data.eval_seed's default) for the same tiers and size
+        return task, make_builtin(task, n, DataConfig.eval_seed, tiers, split="eval"), PromptFormat()
     fields = {k: v for k, v in (fields or {}).items() if v is not None}
     if "=" in spec and not os.path.exists(spec):
         fields["preset"], spec = spec.split("=", 1)
@@ -70,7 +79,7 @@ def parse_data_arg(spec: str, limit: int | None, fields: dict | None = None):
                          f"{', '.join(sorted(PRESETS))}), or --prompt-field and --answer-field")
     examples = load_examples(path, preset, limit=limit, **fields)
     name = preset or (path.parent.name if path.parent.name else path.stem)
-    return name, examples, False
+    return name, examples, None
 
 
 _HUB_NAME = re.compile(r"^(?:[\w.-]+/)?[\w.-]{1,96}$")
@@ -132,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
               "verifier": args.verifier}
     try:
         out = check_args(args)
-        datasets, arith_names = {}, set()
+        tiers = [t for t in args.tiers.split(",") if t] if args.tiers else None
+        datasets, formats = {}, {}
         for spec in args.data:
-            name, examples, is_arith = parse_data_arg(spec, args.limit, fields)
+            name, examples, fmt = parse_data_arg(spec, args.limit, fields, tiers)
             while name in datasets:
                 name += "'"
             datasets[name] = examples
-            if is_arith:
-                arith_names.add(name)
+            if fmt is not None:
+                formats[name] = fmt
     except (ValueError, OSError) as exc:
         return _error(exc)
     import torch
@@ -148,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     from prepo.models import load_model_and_tokenizer
     from prepo.rollout import make_engine
 
-    pick = lambda given, arith, other: {n: (given if given is not None else (arith if n in arith_names else other))
-                                        for n in datasets}
+    def pick(given, field: str | None, other):
+        """Per dataset: the option when given, else the built-in task's own format field (16 new tokens), else
+        ``other`` (benchmark files)."""
+        return {n: given if given is not None else (
+            (getattr(formats[n], field) if field else 16) if n in formats else other) for n in datasets}
+
     try:
         model, tokenizer = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     except (OSError, ValueError) as exc:
@@ -159,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     engine_kw = {"batch_size": args.batch_size} if args.engine == "hf" else {}
     engine = make_engine(args.engine, model, tokenizer, **engine_kw)
     start = time.time()
-    report = evaluate(engine, tokenizer, datasets, k=args.k, max_new_tokens=pick(args.max_new_tokens, 16, 1024),
+    report = evaluate(engine, tokenizer, datasets, k=args.k, max_new_tokens=pick(args.max_new_tokens, None, 1024),
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=not args.no_progress,
-                      system_prompt=pick(args.system_prompt, ARITH_FORMAT.system_prompt, None),
-                      prompt_template=pick(args.prompt_template, ARITH_FORMAT.prompt_template, MATH_PROMPT),
-                      few_shot=pick(None, ARITH_FORMAT.few_shot, ()),
-                      response_prefix=pick(None, ARITH_FORMAT.response_prefix, ""),
+                      system_prompt=pick(args.system_prompt, "system_prompt", None),
+                      prompt_template=pick(args.prompt_template, "prompt_template", MATH_PROMPT),
+                      few_shot=pick(None, "few_shot", ()),
+                      response_prefix=pick(None, "response_prefix", ""),
                       rows_per_call=args.batch_size)
     report.settings.update(model=args.model, engine=args.engine, data=args.data, limit=args.limit,
                            seconds=round(time.time() - start, 1))
