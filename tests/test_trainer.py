@@ -195,3 +195,126 @@ def test_signal_during_update_finishes_the_step_then_saves(tiny_model_dir, tmp_p
     assert [r["step"] for r in _rows(out, "train")] == [1, 2]
     assert [p.name for p in list_checkpoints(out)] == ["step-000002"]
     assert signal.getsignal(signal.SIGTERM) is handler_before  # the trainer's handlers are gone again
+
+
+# --- issue #13: a run never loses work ------------------------------------------------------------------------------
+
+def _scores_drawing_global_rng(examples, completions, *, timeout=5.0):
+    """_fake_scores that also draws from the global python, numpy and torch RNGs (as a user's reward function or an
+    unseeded engine may), so the saved RNG states differ from freshly seeded ones and restoring them matters."""
+    import numpy as np
+
+    random.random(), np.random.rand(), torch.rand(1)
+    return _fake_scores(examples, completions)
+
+
+@pytest.mark.parametrize("strategy", ["greso", "random"])
+def test_resume_restores_strategy_and_global_rng_states(tiny_model_dir, tmp_path, monkeypatch, strategy):
+    import numpy as np
+
+    from prepo.checkpoint import rng_state
+    from prepo.config import load_config
+    from prepo.trainer import Trainer
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _scores_drawing_global_rng)
+    base = [*_overrides(tiny_model_dir, strategy), "eval.before=false", "data.eval_size=0", "selection.max_rounds=2",
+            "run.save_every=1", "run.keep_checkpoints=0"]
+    full = tmp_path / "full"
+    assert train_cli.main(["--output-dir", str(full), "--max-steps", "3", *base]) == 0
+    ckpt = full / "checkpoints" / "step-000001"
+    saved = torch.load(ckpt / "state.pt", weights_only=True)
+
+    trainer = Trainer(load_config(full / "config.yaml"), tmp_path / "resumed", resume_from=ckpt)
+    now = rng_state()
+    version, internal, gauss = saved["rng"]["python"]
+    assert now["python"] == (version, tuple(internal), gauss)
+    assert torch.equal(now["numpy"]["keys"], saved["rng"]["numpy"]["keys"])
+    assert now["numpy"]["pos"] == saved["rng"]["numpy"]["pos"]
+    assert torch.equal(now["torch"], saved["rng"]["torch"])
+    assert trainer.strategy.state_dict() == saved["strategy"]
+    assert trainer.sampler.state_dict() == saved["sampler"]
+    assert not np.array_equal(saved["rng"]["numpy"]["keys"].numpy(), np.random.RandomState(0).get_state()[1])
+
+    trainer.train()
+    resumed, original = _rows(tmp_path / "resumed", "train"), _rows(full, "train")
+    assert [r["step"] for r in resumed] == [2, 3]
+    for a, b in zip(resumed, original[1:]):
+        _same_row(a, b)
+    w_full = load_file(str(full / "checkpoints" / "step-000003" / "model.safetensors"))
+    w_resumed = load_file(str(tmp_path / "resumed" / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert all(torch.equal(w_resumed[k], w_full[k]) for k in w_full)
+
+
+def test_sigterm_during_periodic_eval_is_redone_on_resume(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    real_eval = prepo.trainer.Trainer._evaluate_main
+    calls = {"n": 0}
+
+    def eval_then_sigterm(self):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the periodic evaluation after step 1 (the first is the starting policy's)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_eval(self)
+
+    monkeypatch.setattr(prepo.trainer.Trainer, "_evaluate_main", eval_then_sigterm)
+    out = tmp_path / "run"
+    args = ["--output-dir", str(out), "--max-steps", "3", *_overrides(tiny_model_dir), "eval.every=1"]
+    assert train_cli.main(args) == 130
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+    assert [r["step"] for r in _rows(out, "eval")] == [0]
+    monkeypatch.setattr(prepo.trainer.Trainer, "_evaluate_main", real_eval)
+    assert train_cli.main(["--resume", str(out)]) == 0
+    assert [r["step"] for r in _rows(out, "eval")] == [0, 1, 2, 3]
+    assert [r["step"] for r in _rows(out, "train")] == [1, 2, 3]
+    # resuming a finished run evaluates nothing again
+    assert train_cli.main(["--resume", str(out)]) == 0
+    assert [r["step"] for r in _rows(out, "eval")] == [0, 1, 2, 3]
+
+
+def test_an_error_during_training_saves_the_last_completed_step(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from prepo.rewards import RewardError
+
+    calls = {"n": 0}
+
+    def failing_scores(examples, completions, *, timeout=5.0):
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 3's first group (K = 2 groups a step)
+            raise RewardError(examples[0].id, "numeric verifier raised ValueError: boom")
+        return _fake_scores(examples, completions)
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", failing_scores)
+    out = tmp_path / "run"
+    base = [*_overrides(tiny_model_dir), "eval.before=false", "data.eval_size=0"]
+    with pytest.raises(RewardError) as err:
+        train_cli.main(["--output-dir", str(out), "--max-steps", "4", *base])
+    assert [p.name for p in list_checkpoints(out)] == ["step-000002"]
+    note = f"saved {out / 'checkpoints' / 'step-000002'} (the last completed step, 2)"
+    assert note in capsys.readouterr().err and any(note in n for n in err.value.__notes__)
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    assert train_cli.main(["--resume", str(out)]) == 0
+    assert [r["step"] for r in _rows(out, "train")] == [1, 2, 3, 4]
+
+    # after the optimizer step the weights belong to no step: nothing is saved, and that is said
+    real_update = prepo.trainer.policy_update
+
+    def update_then_fail(*args, **kwargs):
+        real_update(*args, **kwargs)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(prepo.trainer, "policy_update", update_then_fail)
+    out2 = tmp_path / "run2"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train_cli.main(["--output-dir", str(out2), "--max-steps", "2", *base])
+    assert list_checkpoints(out2) == []
+    assert "no checkpoint saved: the error came after step 1's optimizer step" in capsys.readouterr().err
+
+
+def test_summary_step_time_includes_reward_time():
+    from prepo.metrics import summary
+
+    row = {"kind": "train", "step": 1, "rollouts": 8, "reward_mean": 0.5, "peak_rss_mb": 100.0, "time_select": 0.0,
+           "time_generate": 0.0, "time_reward": 10.4, "time_update": 0.0, "time_step": 10.4}
+    assert "mean step time 10.4 s" in summary([row, {**row, "step": 2}])
