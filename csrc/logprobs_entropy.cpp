@@ -10,9 +10,12 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 #include "rows.h"
 
@@ -38,8 +41,8 @@ void check_logits(const at::Tensor& logits, const char* name, bool written) {
   TORCH_CHECK_VALUE(logits.device().is_cpu(), name, " must be a CPU tensor, got ", logits.device());
   TORCH_CHECK_VALUE(logits.dim() == 2, name, " must be 2-D [N, V], got ", logits.dim(), " dims");
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16 ||
-                       logits.scalar_type() == at::kHalf,
-                   name, " must be float32, bfloat16 or float16, got ", logits.scalar_type());
+                       logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kDouble,
+                   name, " must be float32, bfloat16, float16 or float64, got ", logits.scalar_type());
   TORCH_CHECK_VALUE(logits.size(1) > 0, name, " has an empty vocabulary dimension (V = 0)");
   TORCH_CHECK_VALUE(logits.size(1) == 1 || logits.stride(1) == 1, name,
                     " must have unit stride along V, got stride ", logits.stride(1));
@@ -65,10 +68,32 @@ void check_targets(const at::Tensor& targets, int64_t N, int64_t V, int64_t igno
   }
 }
 
-float checked_inv_temperature(double temperature) {
+// 1 / T, in the compute type C of the rows.
+template <typename C>
+C checked_inv_temperature(double temperature) {
   TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0.0, "temperature must be finite and > 0, got ",
-              temperature);
-  return static_cast<float>(1.0 / temperature);
+                    temperature);
+  return static_cast<C>(1.0 / temperature);
+}
+
+// The dtype of lp / ent / lse / ez and of the upstream gradients: float64 for float64 logits, else float32.
+at::ScalarType compute_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// f(T()) for the element type T of the logits (checked by check_logits to be one of these four).
+template <typename F>
+void with_dtype(at::ScalarType type, const F& f) {
+  switch (type) {
+    case at::kFloat:
+      return f(float());
+    case at::kDouble:
+      return f(double());
+    case at::kBFloat16:
+      return f(c10::BFloat16());
+    default:
+      return f(c10::Half());
+  }
 }
 
 // fn(i) for every row i, rows split across the OpenMP threads of ATen's pool, denormals flushed in the loops.
@@ -82,21 +107,26 @@ void for_each_row(int64_t N, int64_t V, const F& fn) {
   });
 }
 
-template <typename T>
-void forward_rows(const at::Tensor& logits, const at::Tensor& targets, float inv_t, int64_t ignore_index,
-                  float* lp, float* ent, float* lse, float* ez) {
+template <typename T, typename C = typename Acc<T>::type>
+void forward_rows(const at::Tensor& logits, const at::Tensor& targets, double temperature, int64_t ignore_index,
+                  std::vector<at::Tensor>& outs) {
+  const C inv_t = checked_inv_temperature<C>(temperature);
   const int64_t V = logits.size(1), rs = logits.stride(0), ts = targets.stride(0);
   const T* base = logits.const_data_ptr<T>();
   const int64_t* tg = targets.const_data_ptr<int64_t>();
+  C* lp = outs[0].mutable_data_ptr<C>();
+  C* ent = outs[1].mutable_data_ptr<C>();
+  C* lse = outs[2].mutable_data_ptr<C>();
+  C* ez = outs[3].mutable_data_ptr<C>();
   const bool vec = use_avx2();
   for_each_row(logits.size(0), V, [&](int64_t i) {
     const T* row = base + i * rs;  // int64 offsets: N * V exceeds 2^31 at 32k x 152k
-    Online st;
+    Online<C> st;
     forward_row<T>(row, V, inv_t, st, vec);
     const int64_t y = tg[i * ts];
     const bool ignored = y == ignore_index;
-    const float z_t = ignored ? 0.0f : static_cast<float>(row[y]) * inv_t;  // never gather at ignore_index
-    const RowOut o = st.finish(z_t, ignored);
+    const C z_t = ignored ? C(0) : static_cast<C>(row[y]) * inv_t;  // never gather at ignore_index
+    const RowOut<C> o = st.finish(z_t, ignored);
     lp[i] = o.lp;
     ent[i] = o.ent;
     lse[i] = o.lse;
@@ -104,9 +134,15 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& targets, float inv
   });
 }
 
-template <typename T>
-void backward_rows(const float* g_lp, const float* g_ent, const at::Tensor& logits, const at::Tensor& targets,
-                   const float* lse, const float* ez, float inv_t, int64_t ignore_index, at::Tensor& out) {
+template <typename T, typename C = typename Acc<T>::type>
+void backward_rows(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const at::Tensor& logits,
+                   const at::Tensor& targets, const at::Tensor& lse_t, const at::Tensor& ez_t, double temperature,
+                   int64_t ignore_index, at::Tensor& out) {
+  const C inv_t = checked_inv_temperature<C>(temperature);
+  const C* g_lp = grad_lp.const_data_ptr<C>();
+  const C* g_ent = grad_ent.const_data_ptr<C>();
+  const C* lse = lse_t.const_data_ptr<C>();
+  const C* ez = ez_t.const_data_ptr<C>();
   const int64_t V = logits.size(1), rs = logits.stride(0), os = out.stride(0), ts = targets.stride(0);
   const T* base = logits.const_data_ptr<T>();
   T* obase = out.mutable_data_ptr<T>();
@@ -117,14 +153,18 @@ void backward_rows(const float* g_lp, const float* g_ent, const at::Tensor& logi
     T* o = obase + i * os;
     const int64_t y = tg[i * ts];
     if (y == ignore_index) {
-      std::memset(static_cast<void*>(o), 0, static_cast<size_t>(V) * sizeof(T));  // +0.0 in all three dtypes
+      std::memset(static_cast<void*>(o), 0, static_cast<size_t>(V) * sizeof(T));  // +0.0 in every dtype
       return;
     }
-    const RowGrad g(g_lp[i], g_ent[i], lse[i], ez[i], inv_t);
+    if (!std::isfinite(lse[i])) {  // a flagged row (NON_FINITE_ROWS): its gradient is NaN, whatever the upstream
+      std::fill(o, o + V, static_cast<T>(std::numeric_limits<C>::quiet_NaN()));
+      return;
+    }
+    const RowGrad<C> g(g_lp[i], g_ent[i], lse[i], ez[i], inv_t);
     // read the target logit before the row is overwritten (out may be logits itself)
-    const double d_target = g.target_value(static_cast<float>(x[y]));
+    const double d_target = g.target_value(static_cast<C>(x[y]));
     backward_row<T>(x, o, V, g, vec);
-    o[y] = static_cast<T>(static_cast<float>(d_target));
+    o[y] = static_cast<T>(static_cast<C>(d_target));
   });
 }
 
@@ -135,26 +175,14 @@ std::vector<at::Tensor> logprobs_entropy_fwd(const at::Tensor& logits, const at:
   check_logits(logits, "logits", false);
   const int64_t N = logits.size(0), V = logits.size(1);
   check_targets(targets, N, V, ignore_index);
-  const float inv_t = checked_inv_temperature(temperature);
-  auto opts = logits.options().dtype(at::kFloat);
-  at::Tensor lp = at::empty({N}, opts), ent = at::empty({N}, opts), lse = at::empty({N}, opts),
-             ez = at::empty({N}, opts);
-  float* p_lp = lp.mutable_data_ptr<float>();
-  float* p_ent = ent.mutable_data_ptr<float>();
-  float* p_lse = lse.mutable_data_ptr<float>();
-  float* p_ez = ez.mutable_data_ptr<float>();
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      forward_rows<float>(logits, targets, inv_t, ignore_index, p_lp, p_ent, p_lse, p_ez);
-      break;
-    case at::kBFloat16:
-      forward_rows<c10::BFloat16>(logits, targets, inv_t, ignore_index, p_lp, p_ent, p_lse, p_ez);
-      break;
-    default:
-      forward_rows<c10::Half>(logits, targets, inv_t, ignore_index, p_lp, p_ent, p_lse, p_ez);
-      break;
-  }
-  return {lp, ent, lse, ez};
+  checked_inv_temperature<double>(temperature);
+  auto opts = logits.options().dtype(compute_type(logits));
+  std::vector<at::Tensor> outs;
+  for (int k = 0; k < 4; ++k) outs.push_back(at::empty({N}, opts));
+  with_dtype(logits.scalar_type(), [&](auto tag) {
+    forward_rows<decltype(tag)>(logits, targets, temperature, ignore_index, outs);
+  });
+  return outs;
 }
 
 void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const at::Tensor& logits,
@@ -175,25 +203,13 @@ void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent,
   const char* names[4] = {"grad_lp", "grad_ent", "lse", "ez"};
   const at::Tensor* vecs[4] = {&grad_lp, &grad_ent, &lse, &ez};
   for (int k = 0; k < 4; ++k) {
-    check_row_vector(*vecs[k], N, at::kFloat, names[k]);
+    check_row_vector(*vecs[k], N, compute_type(logits), names[k]);
     TORCH_CHECK_VALUE(vecs[k]->is_contiguous(), names[k], " must be contiguous");
   }
-  const float inv_t = checked_inv_temperature(temperature);
-  const float* g_lp = grad_lp.const_data_ptr<float>();
-  const float* g_ent = grad_ent.const_data_ptr<float>();
-  const float* p_lse = lse.const_data_ptr<float>();
-  const float* p_ez = ez.const_data_ptr<float>();
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      backward_rows<float>(g_lp, g_ent, logits, targets, p_lse, p_ez, inv_t, ignore_index, out);
-      break;
-    case at::kBFloat16:
-      backward_rows<c10::BFloat16>(g_lp, g_ent, logits, targets, p_lse, p_ez, inv_t, ignore_index, out);
-      break;
-    default:
-      backward_rows<c10::Half>(g_lp, g_ent, logits, targets, p_lse, p_ez, inv_t, ignore_index, out);
-      break;
-  }
+  checked_inv_temperature<double>(temperature);
+  with_dtype(logits.scalar_type(), [&](auto tag) {
+    backward_rows<decltype(tag)>(grad_lp, grad_ent, logits, targets, lse, ez, temperature, ignore_index, out);
+  });
 }
 
 std::string cpu_isa() { return use_avx2() ? "avx2" : "scalar"; }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "vec_avx2.h"
 
@@ -16,20 +17,32 @@ namespace pk {
 // elements (8 KiB of fp32) keep the re-read in L1 and make the once-per-tile rescale of the running sums negligible.
 constexpr int64_t kTile = 2048;
 
+// The type a row is computed in: float for fp32 / bf16 / fp16 data (the AVX2 loops), double for double data.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
 // Result of the forward over one row; lse and ez as in the contract of prepo_kernels/torch_backend.py.
+template <typename C>
 struct RowOut {
-  float lp, ent, lse, ez;
+  C lp, ent, lse, ez;
 };
 
 // Online softmax statistics relative to the running max m (in units of z = x / T):
 //   s0 = sum e^(z - m),  s1 = sum (z - m) e^(z - m);  then lse = m + log s0 and H = log s0 - s1 / s0.
+template <typename C>
 struct Online {
-  float m = -std::numeric_limits<float>::infinity();
+  C m = -std::numeric_limits<C>::infinity();
   double s0 = 0.0, s1 = 0.0;
 
   // Move the reference point to m_new >= m (the shift of the (z - m) terms goes into s1 first).
   // The first tile has s0 = 0 and m = -inf: nothing to rescale, and no 0 * inf.
-  void rebase(float m_new) {
+  void rebase(C m_new) {
     if (s0 > 0.0 && m_new > m) {
       const double shift = static_cast<double>(m) - static_cast<double>(m_new);
       const double a = std::exp(shift);
@@ -40,71 +53,82 @@ struct Online {
   }
 
   // Reference point used in the arithmetic: 0 while every value seen is -inf (keeps -inf - -inf out).
-  float ref() const { return std::isinf(m) && m < 0 ? 0.0f : m; }
+  C ref() const { return std::isinf(m) && m < 0 ? C(0) : m; }
 
-  RowOut finish(float z_target, bool ignored) const {
+  // A row without a finite lse (NaN or +inf in z: s0 is NaN; all -inf: s0 = 0) is flagged, per the NON_FINITE_ROWS
+  // contract of prepo_kernels/torch_backend.py: lp = ent = ez = NaN (0 when ignored), lse NaN or -inf (all -inf).
+  RowOut<C> finish(C z_target, bool ignored) const {
     const double log_s0 = std::log(s0);
     const double lse = static_cast<double>(ref()) + log_s0;
     const double ent = log_s0 - s1 / s0;
-    RowOut o;
-    o.lse = static_cast<float>(lse);
-    o.ez = static_cast<float>(lse - ent);
+    const C nan = std::numeric_limits<C>::quiet_NaN();
+    RowOut<C> o;
+    if (!std::isfinite(lse)) {
+      o.lse = std::isinf(lse) && lse < 0 ? static_cast<C>(lse) : nan;
+      o.ez = nan;
+      o.lp = o.ent = ignored ? C(0) : nan;
+      return o;
+    }
+    o.lse = static_cast<C>(lse);
+    o.ez = static_cast<C>(lse - ent);
     // (z_t - m) - log s0: both terms are exact-ish and <= 0 / >= 0, so lp <= 0 with no cancellation at large |z|
-    o.lp = ignored ? 0.0f : static_cast<float>((static_cast<double>(z_target) - ref()) - log_s0);
-    o.ent = ignored ? 0.0f : static_cast<float>(ent);
+    o.lp = ignored ? C(0) : static_cast<C>((static_cast<double>(z_target) - ref()) - log_s0);
+    o.ent = ignored ? C(0) : static_cast<C>(ent);
     return o;
   }
 };
 
 // Gradient coefficients of one row: dlogits_j = p_j * (c0 - ge * d_j), d_j = z_j - lse, plus g_lp / T at the target.
 // (From dz = g_lp (onehot - p) + g_ent p (ez - z) and ez - z = (ez - lse) - d, all divided by T.)
+template <typename C>
 struct RowGrad {
-  float inv_t, lse, c0, ge, g_lp_t;
+  C inv_t, lse, c0, ge, g_lp_t;
 
-  RowGrad(float g_lp, float g_ent, float lse_, float ez, float inv_t_)
+  RowGrad(C g_lp, C g_ent, C lse_, C ez, C inv_t_)
       : inv_t(inv_t_),
         lse(lse_),
-        c0(static_cast<float>((static_cast<double>(g_ent) * (static_cast<double>(ez) - lse_) - g_lp) * inv_t_)),
+        c0(static_cast<C>((static_cast<double>(g_ent) * (static_cast<double>(ez) - lse_) - g_lp) * inv_t_)),
         ge(g_ent * inv_t_),
         g_lp_t(g_lp * inv_t_) {}
 
-  // The target column in double: g_lp (1 - p_t) formed before any rounding to the output dtype.
-  double target_value(float x_t) const {
+  // The target column in double: g_lp (1 - p_t) formed before any rounding to the output dtype. A target on a -inf
+  // (masked) column has p_t = 0 and gets g_lp / T, never 0 * inf.
+  double target_value(C x_t) const {
     const double d = static_cast<double>(x_t) * inv_t - lse;
     const double p = std::exp(d);
-    return p * (static_cast<double>(c0) - static_cast<double>(ge) * d) + g_lp_t;
+    return (p > 0.0 ? p * (static_cast<double>(c0) - static_cast<double>(ge) * d) : 0.0) + g_lp_t;
   }
 };
 
 // ---- portable scalar versions ----------------------------------------------------------------------------------
 
-template <typename T>
-void fwd_row_scalar(const T* row, int64_t V, float inv_t, Online& st) {
+template <typename T, typename C = typename Acc<T>::type>
+void fwd_row_scalar(const T* row, int64_t V, C inv_t, Online<C>& st) {
   for (int64_t start = 0; start < V; start += kTile) {
     const int64_t len = std::min(kTile, V - start);
     const T* p = row + start;
-    float tmax = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < len; ++j) tmax = std::max(tmax, static_cast<float>(p[j]));
+    C tmax = -std::numeric_limits<C>::infinity();
+    for (int64_t j = 0; j < len; ++j) tmax = std::max(tmax, static_cast<C>(p[j]));
     st.rebase(std::max(st.m, tmax * inv_t));  // x -> x / T is monotonic, so max(x) / T = max(x / T)
-    const float m = st.ref();
+    const C m = st.ref();
     double s0 = 0.0, s1 = 0.0;  // a sequential sum: double keeps it as accurate as the 8-lane one
     for (int64_t j = 0; j < len; ++j) {
-      const float d = static_cast<float>(p[j]) * inv_t - m;  // z rounded first, as m was: the max gives d = 0
-      const float e = std::exp(d);
+      const C d = static_cast<C>(p[j]) * inv_t - m;  // z rounded first, as m was: the max gives d = 0
+      const C e = std::exp(d);
       s0 += e;
-      s1 += e > 0.0f ? static_cast<double>(e) * d : 0.0;  // -inf column: e = 0, skip 0 * -inf
+      s1 += e > C(0) ? static_cast<double>(e) * d : 0.0;  // -inf column: e = 0, skip 0 * -inf
     }
     st.s0 += s0;
     st.s1 += s1;
   }
 }
 
-template <typename T>
-void bwd_row_scalar(const T* x, T* out, int64_t V, const RowGrad& g) {
+template <typename T, typename C = typename Acc<T>::type>
+void bwd_row_scalar(const T* x, T* out, int64_t V, const RowGrad<C>& g) {
   for (int64_t j = 0; j < V; ++j) {
-    const float d = static_cast<float>(x[j]) * g.inv_t - g.lse;
-    const float p = std::exp(d);
-    out[j] = static_cast<T>(p > 0.0f ? p * (g.c0 - g.ge * d) : 0.0f);
+    const C d = static_cast<C>(x[j]) * g.inv_t - g.lse;
+    const C p = std::exp(d);
+    out[j] = static_cast<T>(p > C(0) ? p * (g.c0 - g.ge * d) : C(0));
   }
 }
 
@@ -112,7 +136,7 @@ void bwd_row_scalar(const T* x, T* out, int64_t V, const RowGrad& g) {
 namespace avx2 {
 
 template <typename T>
-PK_AVX2_KERNEL void fwd_row(const T* row, int64_t V, float inv_t, Online& st) {
+PK_AVX2_KERNEL void fwd_row(const T* row, int64_t V, float inv_t, Online<float>& st) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const __m256 vinv = _mm256_set1_ps(inv_t);
   for (int64_t start = 0; start < V; start += kTile) {
@@ -152,7 +176,7 @@ PK_AVX2_KERNEL void fwd_row(const T* row, int64_t V, float inv_t, Online& st) {
 }
 
 template <typename T>
-PK_AVX2_KERNEL void bwd_row(const T* x, T* out, int64_t V, const RowGrad& g) {
+PK_AVX2_KERNEL void bwd_row(const T* x, T* out, int64_t V, const RowGrad<float>& g) {
   const __m256 vinv = _mm256_set1_ps(g.inv_t), vlse = _mm256_set1_ps(g.lse);
   const __m256 vc0 = _mm256_set1_ps(g.c0), vge = _mm256_set1_ps(g.ge);
   const int64_t full = V - V % kLanes;
@@ -172,20 +196,25 @@ PK_AVX2_KERNEL void bwd_row(const T* x, T* out, int64_t V, const RowGrad& g) {
 }  // namespace avx2
 #endif
 
-// The loops for this CPU: AVX2 where `vec` (available and not disabled), else the portable ones.
-template <typename T>
-void forward_row(const T* row, int64_t V, float inv_t, Online& st, bool vec) {
+// The loops for this CPU: AVX2 where `vec` (available and not disabled), else the portable ones; double data always
+// takes the portable loops, in double.
+template <typename T, typename C = typename Acc<T>::type>
+void forward_row(const T* row, int64_t V, C inv_t, Online<C>& st, bool vec) {
 #ifdef PK_HAVE_AVX2
-  if (vec) return avx2::fwd_row<T>(row, V, inv_t, st);
+  if constexpr (std::is_same_v<C, float>) {
+    if (vec) return avx2::fwd_row<T>(row, V, inv_t, st);
+  }
 #endif
   (void)vec;
   fwd_row_scalar<T>(row, V, inv_t, st);
 }
 
-template <typename T>
-void backward_row(const T* x, T* out, int64_t V, const RowGrad& g, bool vec) {
+template <typename T, typename C = typename Acc<T>::type>
+void backward_row(const T* x, T* out, int64_t V, const RowGrad<C>& g, bool vec) {
 #ifdef PK_HAVE_AVX2
-  if (vec) return avx2::bwd_row<T>(x, out, V, g);
+  if constexpr (std::is_same_v<C, float>) {
+    if (vec) return avx2::bwd_row<T>(x, out, V, g);
+  }
 #endif
   (void)vec;
   bwd_row_scalar<T>(x, out, V, g);

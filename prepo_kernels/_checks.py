@@ -9,7 +9,7 @@ import numbers
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 INT_DTYPES = (torch.int64, torch.int32)
 
 
@@ -32,7 +32,12 @@ def check_float_tensor(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+        raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in and return: float64 for float64 inputs, float32 for every other float."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_targets(targets, lead_shape, device, name: str = "targets") -> None:

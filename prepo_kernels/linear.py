@@ -63,7 +63,7 @@ def _fwd_op(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 @_fwd_op.register_fake
 def _(hidden, weight, bias, targets, temperature, ignore_index, backend):
     n = hidden.shape[0]
-    return tuple(hidden.new_empty((n,), dtype=torch.float32) for _ in range(4))
+    return tuple(hidden.new_empty((n,), dtype=_checks.compute_dtype(hidden.dtype)) for _ in range(4))
 
 
 @torch.library.custom_op(f"{_NS}::linear_logprobs_entropy_bwd", mutates_args=())
@@ -151,20 +151,23 @@ def linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, targ
     target is not ``ignore_index`` go through the head, one bounded chunk / tile at a time.
 
     Args:
-        hidden: (..., H) float32, bfloat16 or float16, any strides.
+        hidden: (..., H) float32, bfloat16, float16 or float64 (CPU backends and "torch"; not "triton"), any
+            strides.
         weight: (V, H) like ``nn.Linear.weight`` (e.g. ``model.lm_head.weight``), same dtype as hidden.
         targets: (...) int64 or int32 in [0, V), or ``ignore_index`` (0 in both outputs, no gradient).
         bias: optional (V,) with weight's dtype.
         temperature: > 0.
         backend: "auto", "triton", "native" or "torch" (see ``prepo_kernels.dispatch``).
     Returns:
-        (logprobs, entropy), each float32 of shape (...), differentiable w.r.t. hidden, weight and bias.
+        (logprobs, entropy), each of shape (...), float32 (float64 for float64 inputs), differentiable w.r.t.
+        hidden, weight and bias. A kept position whose logits / T hold NaN or +inf, or are all -inf, gives NaN in
+        both, and NaN reaches every gradient it touches, as in ``logprobs_and_entropy``.
     """
     V, H = _check_head(hidden, weight, bias)
     _checks.check_targets(targets, hidden.shape[:-1], hidden.device)
     temperature = _checks.check_temperature(temperature)
     ignore_index = _checks.check_ignore_index(ignore_index)
-    name = dispatch.resolve(backend, hidden.device)
+    name = dispatch.resolve(backend, hidden.device, hidden.dtype, "hidden")
     lead = hidden.shape[:-1]
     h2 = hidden.reshape(-1, H)
     t1 = targets.reshape(-1).to(torch.int64).contiguous()
@@ -178,8 +181,8 @@ def linear_sequence_perplexity(hidden: torch.Tensor, weight: torch.Tensor, targe
                                backend: str = "auto") -> torch.Tensor:
     """Perplexity per sequence from hidden states (B, T, H) and the head; same rules as ``sequence_perplexity``.
 
-    Returns float32 (B,) = exp(sum(mask * -logprob) / sum(mask)); a row whose mask (after ignore_index) selects
-    nothing raises ValueError. Differentiable w.r.t. hidden, weight and bias.
+    Returns float32 (B,) (float64 for float64 inputs) = exp(sum(mask * -logprob) / sum(mask)); a row whose mask
+    (after ignore_index) selects nothing raises ValueError. Differentiable w.r.t. hidden, weight and bias.
     """
     _check_head(hidden, weight, bias)
     if hidden.dim() != 3:

@@ -5,7 +5,8 @@ Each block (a row block x a vocabulary slice) comes from a matmul and goes throu
 
 Contract shared with ``triton_linear`` (rows are the kept positions; ignored ones never reach the head):
     forward(hidden[N, H], rows, weight[V, H], bias[V] | None, targets[Nk] int64, temperature, ...)
-        -> (lp, ent, lse, ez), each float32 [Nk], for the rows ``rows`` (int64 [Nk], or None: every row, in order)
+        -> (lp, ent, lse, ez), each [Nk] float32 (float64 for float64 inputs), for the rows ``rows`` (int64 [Nk],
+        or None: every row, in order); rows without a finite lse follow torch_backend's NON_FINITE_ROWS contract
     backward(grad_lp[Nk], grad_ent[Nk], hidden, rows, weight, bias, targets, lse, ez, temperature, needs, ...)
         -> (d_hidden [N, H] with zero rows outside ``rows``, d_weight [V, H], d_bias [V]); an entry is None when
         ``needs`` (three bools) says it is not wanted. Gradients have their input's dtype.
@@ -20,6 +21,9 @@ lse = logaddexp(lse_a, lse_b), H = w_a (H_a - log w_a) + w_b (H_b - log w_b), w_
 from __future__ import annotations
 
 import torch
+
+from prepo_kernels._checks import compute_dtype
+from prepo_kernels.torch_backend import finish_rows
 
 # One block of logits (plus its fp32 copy for half-precision gradients) holds at most this many bytes: it bounds
 # the extra memory of both passes. 16 MiB = 2048 rows x 2048 fp32 columns; small enough to stay in a server L3.
@@ -75,11 +79,19 @@ def _new_buffer(n, cols, dtype, device):
     return torch.empty(n, cols + _PAD, dtype=dtype, device=device)
 
 
+def _weighted(lse, ent, new):
+    """w (H - log w) with w = exp(lse - new): one slice's share of the merged entropy; 0 for a slice that is all
+    -inf (no mass: its entropy is NaN by the flagged-row contract), NaN for a poisoned one (lse NaN)."""
+    share = torch.exp(lse - new) * (ent + (new - lse))
+    return torch.where(lse == float("-inf"), torch.zeros_like(share), share)
+
+
 def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_index: int, logits_backend):
     Nk = targets.shape[0]
     V, H = weight.shape
     dev = hidden.device
-    lp = torch.empty(Nk, dtype=torch.float32, device=dev)
+    acc = compute_dtype(hidden.dtype)
+    lp = torch.empty(Nk, dtype=acc, device=dev)
     ent, lse, ez = torch.empty_like(lp), torch.empty_like(lp), torch.empty_like(lp)
     if Nk == 0:
         return lp, ent, lse, ez
@@ -88,24 +100,21 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     for r0 in range(0, Nk, R):
         r1 = min(r0 + R, Nk)
         h, t = _block(hidden, rows, targets, r0, r1)
-        zt = torch.zeros(r1 - r0, dtype=torch.float32, device=dev)  # target logit / T
+        zt = torch.zeros(r1 - r0, dtype=acc, device=dev)  # target logit / T
         for v0 in range(0, V, cols):
             v1 = min(v0 + cols, V)
             z = _slice_logits(h, weight, bias, v0, v1, buf)
             local, inside = _local_targets(t, v0, v1 - v0)
             s_lp, s_ent, s_lse, _ = logits_backend.forward(z, local, temperature, _SENTINEL_IGNORE)
-            zt = torch.where(inside, s_lp + s_lse, zt)
+            # the target logit; in a slice that is all -inf it is -inf (the slice's lp is NaN there)
+            zt = torch.where(inside, torch.where(s_lse == float("-inf"), s_lse, s_lp + s_lse), zt)
             if v0 == 0:
                 run_lse, run_ent = s_lse, s_ent
             else:  # merge this slice into the running (lse, entropy)
                 new = torch.logaddexp(run_lse, s_lse)
-                run_ent = torch.exp(run_lse - new) * (run_ent + (new - run_lse)) + \
-                    torch.exp(s_lse - new) * (s_ent + (new - s_lse))
+                run_ent = _weighted(run_lse, run_ent, new) + _weighted(s_lse, s_ent, new)
                 run_lse = new
-        lse[r0:r1] = run_lse
-        ent[r0:r1] = run_ent
-        ez[r0:r1] = run_lse - run_ent
-        lp[r0:r1] = zt - run_lse
+        lp[r0:r1], ent[r0:r1], lse[r0:r1], ez[r0:r1] = finish_rows(run_lse, run_ent, zt)
     return lp, ent, lse, ez
 
 
@@ -123,7 +132,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     Nk = targets.shape[0]
     V, H = weight.shape
     dev = hidden.device
-    f32 = torch.float32
+    f32 = compute_dtype(hidden.dtype)  # the accumulation dtype: float32, or float64 for float64 inputs
     dh = dw = db = None
     if need_dh:
         dh = (torch.empty if rows is None else torch.zeros)(hidden.shape, dtype=hidden.dtype, device=dev)
@@ -138,12 +147,12 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     if need_db:
         db = torch.zeros(V, dtype=f32, device=dev)
     buf = _new_buffer(R, cols, hidden.dtype, dev)
-    g_lp = grad_lp.float().contiguous()
-    g_ent = grad_ent.float().contiguous()
+    g_lp = grad_lp.to(f32).contiguous()
+    g_ent = grad_ent.to(f32).contiguous()
     for r0 in range(0, Nk, R):
         r1 = min(r0 + R, Nk)
         h, t = _block(hidden, rows, targets, r0, r1)
-        h_acc = h.float() if need_dw and not one_block else h  # upcast once per block, not once per slice
+        h_acc = h.to(f32) if need_dw and not one_block else h  # upcast once per block, not once per slice
         direct = need_dh and rows is None and hidden.dtype == f32  # accumulate straight into the output rows
         dh_acc = dh[r0:r1] if direct else torch.zeros(r1 - r0, H, dtype=f32, device=dev) if need_dh else None
         for v0 in range(0, V, cols):

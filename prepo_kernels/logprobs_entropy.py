@@ -23,7 +23,7 @@ def _fwd_op(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ign
 @_fwd_op.register_fake
 def _(logits, targets, temperature, ignore_index, backend):
     n = logits.shape[0]
-    return tuple(logits.new_empty((n,), dtype=torch.float32) for _ in range(4))
+    return tuple(logits.new_empty((n,), dtype=_checks.compute_dtype(logits.dtype)) for _ in range(4))
 
 
 @torch.library.custom_op(f"{_NS}::logprobs_entropy_bwd", mutates_args=())
@@ -101,7 +101,7 @@ def _prepare(logits, targets, temperature, ignore_index, backend):
     V = _checks.check_logits(logits, targets)
     temperature = _checks.check_temperature(temperature)
     ignore_index = _checks.check_ignore_index(ignore_index)
-    name = dispatch.resolve(backend, logits.device)
+    name = dispatch.resolve(backend, logits.device, logits.dtype, "logits")
     x = logits if logits.stride(-1) == 1 else logits.contiguous()
     x2 = x.reshape(-1, V)
     t1 = targets.reshape(-1).to(torch.int64).contiguous()
@@ -128,27 +128,30 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, *, tempera
     """Per-token log-prob of ``targets`` and entropy of softmax(logits / temperature), in one pass.
 
     Args:
-        logits: (..., V) float32, bfloat16 or float16, any strides.
+        logits: (..., V) float32, bfloat16, float16 or float64 (CPU backends and "torch"; not "triton"), any strides.
         targets: (...) int64 or int32; entries equal to ``ignore_index`` give 0 in both outputs and no gradient.
         temperature: > 0; the distribution is softmax(logits / temperature).
         backend: "auto", "triton", "native" or "torch" (see ``prepo_kernels.dispatch``).
         inplace_backward: write the gradient into the logits buffer (saves one logits-sized allocation;
             the logits are destroyed by backward, eager mode only).
     Returns:
-        (logprobs, entropy), each float32 of shape (...), differentiable w.r.t. logits.
+        (logprobs, entropy), each of shape (...), float32 (float64 for float64 logits), differentiable w.r.t. logits.
+        A row whose logits / T hold NaN or +inf, or are all -inf, gives NaN in both and a NaN gradient row
+        (unless its target is ignore_index): garbage in is flagged, never a silent finite number (the reasons are
+        in ``prepo_kernels.torch_backend``).
     """
     return _run(logits, targets, temperature, ignore_index, backend, inplace_backward)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
                    ignore_index: int = -100, backend: str = "auto", inplace_backward: bool = False) -> torch.Tensor:
-    """Per-token log-probs log softmax(logits / T)[target], float32 of shape (...). See ``logprobs_and_entropy``."""
+    """Per-token log-probs log softmax(logits / T)[target] of shape (...). See ``logprobs_and_entropy``."""
     return _run(logits, targets, temperature, ignore_index, backend, inplace_backward)[0]
 
 
 def token_entropy(logits: torch.Tensor, *, temperature: float = 1.0, backend: str = "auto",
                   inplace_backward: bool = False) -> torch.Tensor:
-    """Per-position entropy of softmax(logits / T), float32 of shape (...). See ``logprobs_and_entropy``."""
+    """Per-position entropy of softmax(logits / T) of shape (...). See ``logprobs_and_entropy``."""
     _checks.check_logits(logits)
     targets = torch.zeros(logits.shape[:-1], dtype=torch.int64, device=logits.device)
     return _run(logits, targets, temperature, -100, backend, inplace_backward)[1]

@@ -26,7 +26,7 @@ def forward(logits, targets, temperature: float, ignore_index: int):
 
 def backward(grad_lp, grad_ent, logits, targets, lse, ez, temperature: float, ignore_index: int, out):
     _C.logprobs_entropy_bwd(
-        grad_lp.float().contiguous(), grad_ent.float().contiguous(), logits, targets, lse, ez,
+        grad_lp.to(lse.dtype).contiguous(), grad_ent.to(lse.dtype).contiguous(), logits, targets, lse, ez,
         float(temperature), int(ignore_index), out,
     )
     return out

@@ -13,10 +13,10 @@ def reduce_perplexity(lp: torch.Tensor, targets: torch.Tensor, mask, ignore_inde
     """exp(sum(mask * -lp) / sum(mask)) per row of (B, T) log-probs; positions at ignore_index never count."""
     if lp.dim() != 2:
         raise ValueError(f"sequence perplexity needs (B, T) targets, got shape {tuple(targets.shape)}")
-    valid = (targets != ignore_index).to(torch.float32)
+    valid = (targets != ignore_index).to(lp.dtype)
     if mask is not None:
         _checks.check_mask(mask, targets.shape, targets.device)
-        valid = valid * mask.to(torch.float32)
+        valid = valid * mask.to(lp.dtype)
     count = valid.sum(dim=-1)
     if not torch.compiler.is_compiling():
         empty = count <= 0
@@ -30,8 +30,9 @@ def sequence_perplexity(logits: torch.Tensor, targets: torch.Tensor, mask: torch
                         temperature: float = 1.0, ignore_index: int = -100, backend: str = "auto") -> torch.Tensor:
     """Perplexity per sequence from logits (B, T, V), targets (B, T) and an optional 0/1 mask (B, T).
 
-    Returns float32 (B,) = exp(sum(mask * -logprob) / sum(mask)); a row whose mask (after ignore_index)
-    selects nothing raises ValueError. Differentiable w.r.t. logits.
+    Returns float32 (B,) (float64 for float64 logits) = exp(sum(mask * -logprob) / sum(mask)); a row whose mask
+    (after ignore_index) selects nothing raises ValueError; a row with a NaN log-prob (see ``logprobs_and_entropy``)
+    gives NaN. Differentiable w.r.t. logits.
     """
     from prepo_kernels.logprobs_entropy import token_logprobs
 

@@ -3,17 +3,29 @@
 It is the fallback on any device and the readable statement of what the Triton and C++ kernels compute.
 
 Contract shared by all backends (``triton_backend``, ``native``):
-    forward(logits[N, V], targets[N] int64, temperature, ignore_index) -> (lp, ent, lse, ez), each float32 [N]
+    forward(logits[N, V], targets[N] int64, temperature, ignore_index) -> (lp, ent, lse, ez), each [N] in the
+    compute dtype (float64 for float64 logits, else float32)
         z = logits / T;  lse = logsumexp(z);  lp = z[target] - lse;  ez = E_p[z];  ent = lse - ez
         (computed relative to the row max, so ent does not cancel when lse >> ent).
         Rows whose target is ignore_index get lp = ent = 0.
     backward(grad_lp, grad_ent, logits, targets, lse, ez, temperature, ignore_index, out) -> out
         dz = g_lp * (onehot - p) + g_ent * p * (ez - z);  dlogits = dz / T;  ignored rows get 0.
         ``out`` has logits' shape and dtype and may be ``logits`` itself (in-place backward).
+
+Rows without a finite log-sum-exp are flagged, never given a number (NON_FINITE_ROWS, the same on every backend and
+on the linear path): z holds NaN or +inf (a +inf logit, or logits / T overflowing), or every z is -inf. Such a row
+gets lp = ent = ez = NaN and a gradient row of NaN; lse is NaN, or -inf for an all -inf row (the linear path merges
+vocabulary slices and must tell an empty slice from a poisoned one). Ignored rows still get 0 and a zero gradient.
+Why not the limit (the +inf tokens sharing all the mass, lp = -log k): a +inf logit does not come from a healthy
+model but from an overflow (an fp16 head, a tiny temperature) or corrupted input, and a finite -log k would let
+training go on over it silently; NaN reaches the loss, where it is seen (prepo's selection window refuses a NaN
+perplexity). It is also what log_softmax gives for an all -inf row, and what entropy(softmax) gives for a +inf one.
 """
 from __future__ import annotations
 
 import torch
+
+from prepo_kernels._checks import compute_dtype
 
 # Rows per chunk are chosen so one chunk holds about this many fp32 elements (16 MiB): the peak extra
 # memory is a few chunk-sized temporaries, never a full float32 copy of the logits.
@@ -24,10 +36,21 @@ def _rows_per_chunk(V: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(V, 1))
 
 
+def finish_rows(lse: torch.Tensor, ent: torch.Tensor, zt: torch.Tensor):
+    """(lp, ent, lse, ez) of rows from their log-sum-exp, entropy and target logit z[target], with the contract for
+    rows without a finite lse (see the module docstring): NaN lp, ent and ez; lse NaN, or -inf for all -inf rows."""
+    nan = torch.full_like(lse, float("nan"))
+    lse = torch.where(lse == float("inf"), nan, lse)
+    bad = ~torch.isfinite(lse)
+    ent = torch.where(bad, nan, ent)
+    return torch.where(bad, nan, zt - lse), ent, lse, lse - ent
+
+
 def forward(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int):
     N, V = logits.shape
     dev = logits.device
-    lp = torch.empty(N, dtype=torch.float32, device=dev)
+    acc = compute_dtype(logits.dtype)
+    lp = torch.empty(N, dtype=acc, device=dev)
     ent = torch.empty_like(lp)
     lse = torch.empty_like(lp)
     ez = torch.empty_like(lp)
@@ -35,7 +58,7 @@ def forward(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ign
     step = _rows_per_chunk(V)
     for s in range(0, N, step):
         e = min(s + step, N)
-        z = logits[s:e].float() * inv_t
+        z = logits[s:e].to(acc) * inv_t
         t = targets[s:e]
         ignored = t == ignore_index
         m = z.amax(dim=-1, keepdim=True)
@@ -45,34 +68,34 @@ def forward(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ign
         s0 = ex.sum(dim=-1)
         s1 = torch.where(ex > 0, ex * zs, torch.zeros_like(zs)).sum(dim=-1)
         log_s0 = torch.log(s0)
-        row_lse = m.squeeze(-1) + log_s0
-        row_ent = log_s0 - s1 / s0
         safe_t = torch.where(ignored, torch.zeros_like(t), t)
         zt = z.gather(-1, safe_t.unsqueeze(-1)).squeeze(-1)
-        lse[s:e] = row_lse
-        ez[s:e] = row_lse - row_ent
-        lp[s:e] = torch.where(ignored, torch.zeros_like(zt), zt - row_lse)
+        row_lp, row_ent, lse[s:e], ez[s:e] = finish_rows(m.squeeze(-1) + log_s0, log_s0 - s1 / s0, zt)
+        lp[s:e] = torch.where(ignored, torch.zeros_like(row_lp), row_lp)
         ent[s:e] = torch.where(ignored, torch.zeros_like(row_ent), row_ent)
     return lp, ent, lse, ez
 
 
 def backward(grad_lp, grad_ent, logits, targets, lse, ez, temperature: float, ignore_index: int, out):
     N, V = logits.shape
+    acc = compute_dtype(logits.dtype)
     inv_t = 1.0 / temperature
     step = _rows_per_chunk(V)
     for s in range(0, N, step):
         e = min(s + step, N)
-        z = logits[s:e].float() * inv_t
+        z = logits[s:e].to(acc) * inv_t
         t = targets[s:e]
         keep = (t != ignore_index).unsqueeze(-1)
-        p = torch.exp(z - lse[s:e].unsqueeze(-1))
-        g_lp = grad_lp[s:e].float().unsqueeze(-1)
-        g_ent = grad_ent[s:e].float().unsqueeze(-1)
+        row_lse = lse[s:e].unsqueeze(-1)
+        p = torch.exp(z - row_lse)
+        g_lp = grad_lp[s:e].to(acc).unsqueeze(-1)
+        g_ent = grad_ent[s:e].to(acc).unsqueeze(-1)
         # p * (ez - z), written so -inf columns (p = 0, z = -inf) give 0, not NaN
         dent = torch.where(p > 0, p * (ez[s:e].unsqueeze(-1) - z), torch.zeros_like(p))
         dz = g_ent * dent - g_lp * p
         safe_t = torch.where(keep.squeeze(-1), t, torch.zeros_like(t)).unsqueeze(-1)
         dz.scatter_add_(-1, safe_t, g_lp.expand(-1, 1).clone())
-        dz = torch.where(keep, dz * inv_t, torch.zeros_like(dz))
+        dz = torch.where(torch.isfinite(row_lse), dz * inv_t, torch.full_like(dz, float("nan")))  # flagged rows
+        dz = torch.where(keep, dz, torch.zeros_like(dz))
         out[s:e].copy_(dz)
     return out

@@ -84,10 +84,11 @@ if HAVE_TRITON:
         ignored = tgt == ignore_index
         safe_t = tl.where(ignored, 0, tgt)                   # never gather at ignore_index
         zt = tl.load(row_ptr + safe_t).to(tl.float32) * inv_temp
+        flagged = ~(tl.abs(lse) < float("inf"))             # NaN / +inf in z, or all -inf: NON_FINITE_ROWS, NaN out
         tl.store(lse_ptr + row, lse)
         tl.store(ez_ptr + row, lse - ent)
-        tl.store(lp_ptr + row, tl.where(ignored, 0.0, zt - lse))
-        tl.store(ent_ptr + row, tl.where(ignored, 0.0, ent))
+        tl.store(lp_ptr + row, tl.where(ignored, 0.0, tl.where(flagged, float("nan"), zt - lse)))
+        tl.store(ent_ptr + row, tl.where(ignored, 0.0, tl.where(flagged, float("nan"), ent)))
 
     @triton.jit
     def _logprobs_entropy_bwd_kernel(
@@ -106,6 +107,7 @@ if HAVE_TRITON:
         g_ent = tl.where(keep, tl.load(grad_ent_ptr + row).to(tl.float32), 0.0)
         lse = tl.load(lse_ptr + row)
         ez = tl.load(ez_ptr + row)
+        flagged = ~(tl.abs(lse) < float("inf"))             # NON_FINITE_ROWS: a NaN gradient row, unless ignored
         for start in range(0, V, BLOCK_V):
             cols = start + offs
             valid = cols < V
@@ -114,7 +116,8 @@ if HAVE_TRITON:
             gap = tl.where(p > 0, ez - z, 0.0)               # -inf columns: p = 0, keep 0 * inf out
             dz = g_ent * p * gap - g_lp * p
             dz = tl.where(cols == tgt, dz + g_lp, dz)
-            tl.store(out_row + cols, (dz * inv_temp).to(out_ptr.dtype.element_ty), mask=valid)
+            dz = tl.where(keep, tl.where(flagged, float("nan"), dz * inv_temp), 0.0)  # NaN * 0 must not leak
+            tl.store(out_row + cols, dz.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 def forward(logits, targets, temperature: float, ignore_index: int):

@@ -267,6 +267,17 @@ def test_triton_grouped_tile_order(monkeypatch):
         _grad_close(g, gr, torch.float32)
 
 
+def _compiled_and_eager(loss, compiler, inputs, t):
+    """((value, leaves), (value, leaves)) of loss(*leaves, t) compiled (fullgraph) and eager, backward run on both."""
+    runs = []
+    for fn in (torch.compile(loss, fullgraph=True, backend=compiler), loss):
+        leaves = [x.clone().requires_grad_(True) for x in inputs]
+        out = fn(*leaves, t)
+        out.backward()
+        runs.append((out, leaves))
+    return runs
+
+
 def test_torch_compile_fullgraph(backend, device):
     N, H, V = _dims(backend)
 
@@ -279,13 +290,7 @@ def test_torch_compile_fullgraph(backend, device):
     t[1] = -100
     # inductor (slow to compile) for the backend "auto" picks here; aot_eager checks the others' graph capture
     compiler = "inductor" if backend == dispatch.resolve("auto", torch.device(device)) else "aot_eager"
-    compiled = torch.compile(loss, fullgraph=True, backend=compiler)
-    leaves_c = [x.clone().requires_grad_(True) for x in (h, w, b)]
-    out = compiled(*leaves_c, t)
-    out.backward()
-    leaves_e = [x.clone().requires_grad_(True) for x in (h, w, b)]
-    ref = loss(*leaves_e, t)
-    ref.backward()
+    (out, leaves_c), (ref, leaves_e) = _compiled_and_eager(loss, compiler, (h, w, b), t)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for a, e in zip(leaves_c, leaves_e):  # the perplexity term is large: fp32 reordering shows at ~1e-6 of it
         torch.testing.assert_close(a.grad, e.grad, rtol=1e-5, atol=1e-5 * e.grad.abs().max().item())
@@ -351,3 +356,153 @@ class TestBadInput:
     def test_device_mismatch(self):
         with pytest.raises(ValueError, match="weight"):
             pk.linear_logprobs_and_entropy(self.h.cuda(), self.w, self.t.cuda())
+
+
+# --- rows without a finite log-sum-exp (NON_FINITE_ROWS) and masked vocabulary slices -----------------------------
+
+INF, NAN = float("inf"), float("nan")
+# the Triton interpreter runs numpy, which warns on every inf - inf and log(0) these rows are made of
+_NUMPY_WARNINGS = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def _fwd_bwd_vs_reference(h, w, b, t, backend, temperature=0.8):
+    """(lp, ent, grads) of the op and of the float64 reference, for a random mix of both outputs."""
+    leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    lp, ent = pk.linear_logprobs_and_entropy(leaves[0], leaves[1], t, bias=leaves[2], temperature=temperature,
+                                             backend=backend)
+    a, c = torch.randn(2, t.shape[0]).to(h.device)
+    grads = torch.autograd.grad((a * lp).sum() + (c * ent).sum(), leaves)
+    refs = [x.detach().cpu().double().requires_grad_(True) for x in (h, w, b)]
+    rlp, rent = _reference(*refs, t, temperature)
+    ref_grads = torch.autograd.grad((a.cpu().double() * rlp).sum() + (c.cpu().double() * rent).sum(), refs)
+    return (lp, ent, grads), (rlp, rent, ref_grads)
+
+
+@_NUMPY_WARNINGS
+def test_non_finite_logits_are_flagged(backend, device, monkeypatch):
+    """Hidden rows with +inf, NaN or -inf give logits with +-inf / NaN: NaN lp and entropy for those rows, NaN in every
+    gradient they reach (their hidden rows, all of dW and db); clean rows and ignored rows are untouched."""
+    N, H, V = _dims(backend)
+    _split_work(monkeypatch, V)
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, ignore_frac=0.0)
+    t[0] = -100
+    h[0, 0] = INF  # ignored: never reaches the head
+    h[1, 0], h[2, 3], h[3, 1] = INF, NAN, -INF
+    (lp, ent, grads), (rlp, rent, ref_grads) = _fwd_bwd_vs_reference(h, w, b, t, backend)
+    assert torch.isnan(lp[1:4]).all() and torch.isnan(ent[1:4]).all() and lp[0] == 0 and ent[0] == 0
+    assert torch.isfinite(lp[4:]).all() and torch.isfinite(ent[4:]).all()
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=2e-5, equal_nan=True)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=2e-5, equal_nan=True)
+    gh, gw, gb = grads
+    assert torch.isnan(gh[1:4]).all() and (gh[0] == 0).all() and torch.isfinite(gh[4:]).all()
+    assert torch.isnan(gw).all() and torch.isnan(gb).all()
+    torch.testing.assert_close(gh.cpu().double(), ref_grads[0], rtol=1e-4, atol=2e-5, equal_nan=True)
+
+
+@_NUMPY_WARNINGS
+def test_plus_inf_bias_flags_every_kept_row(backend, device, monkeypatch):
+    """bias = +inf at one column (at some rows' target, elsewhere for the others), then at two columns."""
+    N, H, V = _dims(backend)
+    _split_work(monkeypatch, V)
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, ignore_frac=0.3)
+    t[1], t[2] = V - 1, 0
+    for cols in ([V - 1], [0, V // 2]):
+        bb = b.clone()
+        bb[cols] = INF
+        (lp, ent, grads), (rlp, rent, _) = _fwd_bwd_vs_reference(h, w, bb, t, backend)
+        kept = t != -100
+        assert torch.isnan(lp[kept]).all() and torch.isnan(ent[kept]).all()
+        assert (lp[~kept] == 0).all() and (ent[~kept] == 0).all()
+        torch.testing.assert_close(lp.cpu().double(), rlp, equal_nan=True)
+        gh, gw, gb = grads
+        assert torch.isnan(gh[kept]).all() and (gh[~kept] == 0).all() and torch.isnan(gw).all()
+
+
+@_NUMPY_WARNINGS
+def test_masked_vocabulary_slices(backend, device, monkeypatch):
+    """bias = -inf on the first half of the vocabulary (whole slices / splits of it): finite numbers that match the
+    reference, a target inside the mask gives lp = -inf with a finite gradient, and no NaN anywhere."""
+    N, H, V = _dims(backend)
+    _split_work(monkeypatch, V)
+    h, w, b, t = _make(N, H, V, torch.float32, device, bias=True, ignore_frac=0.2)
+    b[: V // 2 + 1] = -INF
+    t = torch.where(t == -100, t, torch.randint(V // 2 + 1, V, t.shape, device=device))
+    t[1] = 3  # a masked target
+    (lp, ent, grads), (rlp, rent, ref_grads) = _fwd_bwd_vs_reference(h, w, b, t, backend)
+    assert lp[1] == -INF and not torch.isnan(lp).any() and torch.isfinite(ent).all()
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=2e-5)
+    for g, gr in zip(grads, ref_grads):
+        assert torch.isfinite(g).all()
+        _grad_close(g, gr, torch.float32)
+
+
+# --- float64 on the CPU backends; Triton refuses it ------------------------------------------------------------------
+
+def _skip_triton_float64(backend):
+    if backend == "triton":
+        pytest.skip("the triton backend refuses float64: test_float64_refused_by_triton")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_float64_matches_float64(backend, device, monkeypatch, bias):
+    _skip_triton_float64(backend)
+    N, H, V = _dims(backend)
+    _split_work(monkeypatch, V)  # several row blocks and vocabulary slices, merged in double
+    h, w, b, t = _make(N, H, V, torch.float64, device, bias=True, scale=4.0)
+    b = b if bias else None
+    leaves = [x.clone().requires_grad_(True) for x in (h, w) + ((b,) if bias else ())]
+    lp, ent = pk.linear_logprobs_and_entropy(leaves[0], leaves[1], t, bias=leaves[2] if bias else None,
+                                             temperature=0.7, backend=backend)
+    assert lp.dtype == ent.dtype == torch.float64
+    a, c = torch.randn(2, N, dtype=torch.float64).to(device)
+    grads = torch.autograd.grad((a * lp).sum() + (c * ent).sum(), leaves)
+    refs = [x.detach().cpu().requires_grad_(True) for x in leaves]
+    rlp, rent = _reference(refs[0], refs[1], refs[2] if bias else None, t, 0.7)
+    ref_grads = torch.autograd.grad((a.cpu() * rlp).sum() + (c.cpu() * rent).sum(), refs)
+    torch.testing.assert_close(lp.cpu(), rlp, rtol=1e-12, atol=1e-11)
+    torch.testing.assert_close(ent.cpu(), rent, rtol=1e-12, atol=1e-11)
+    for g, gr in zip(grads, ref_grads):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g.cpu(), gr, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck(backend, device, monkeypatch):
+    """torch.autograd.gradcheck of hidden, weight and bias together, over two vocabulary slices and an ignored row."""
+    _skip_triton_float64(backend)
+    _split_work(monkeypatch, 40)
+    h, w, b, t = _make(5, 6, 40, torch.float64, device, bias=True, ignore_frac=0.0)
+    t[2] = -100
+    fn = lambda h, w, b: pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=0.7,  # noqa: E731
+                                                        backend=backend)
+    assert torch.autograd.gradcheck(fn, tuple(x.requires_grad_(True) for x in (h, w, b)))
+
+
+def test_float64_refused_by_triton():
+    if not triton_backend.usable_on(torch.device(DEVICE_FOR_TRITON))[0]:
+        pytest.skip("triton unavailable")
+    h, w, _, t = _make(4, 8, 10, torch.float64, DEVICE_FOR_TRITON)
+    with pytest.raises(TypeError, match="hidden is float64.*backend='triton'"):
+        pk.linear_logprobs_and_entropy(h, w, t, backend="triton")
+    assert dispatch.resolve("auto", torch.device(DEVICE_FOR_TRITON), torch.float64, "hidden") != "triton"
+
+
+def test_float64_fake_kernels_and_compile(backend, device):
+    _skip_triton_float64(backend)
+    from prepo_kernels import linear
+
+    N, H, V = _dims(backend)
+    h, w, b, t = _make(N, H, V, torch.float64, device, bias=True, ignore_frac=0.0)
+    t[1] = -100
+    torch.library.opcheck(linear._fwd_op, tuple(x.clone().requires_grad_(True) for x in (h, w, b)) +
+                          (t, 1.1, -100, backend))
+
+    def loss(h, w, b, t):
+        lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=1.1, backend=backend)
+        return (lp * 2).sum() + ent.sum()
+
+    (out, leaves_c), (ref, leaves_e) = _compiled_and_eager(loss, "aot_eager", (h, w, b), t)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for a, e in zip(leaves_c, leaves_e):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-12, atol=1e-12)

@@ -281,3 +281,165 @@ class TestBadInput:
     def test_device_mismatch(self):
         with pytest.raises(ValueError, match="targets"):
             pk.logprobs_and_entropy(torch.randn(3, 10, device="cuda"), torch.zeros(3, dtype=torch.long))
+
+
+# --- rows without a finite log-sum-exp: NaN on every backend (NON_FINITE_ROWS in prepo_kernels/torch_backend) ------
+
+INF, NAN = float("inf"), float("nan")
+DTYPES_ALL = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def _skip_float64_on_triton(backend, dtype):
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the triton backend refuses float64 (test_float64_refused_by_triton)")
+
+
+def _poisoned(V, dtype, device, gen):
+    """Rows the ops must flag among clean ones: +inf at the target, +inf elsewhere, several +inf with and without the
+    target, NaN, all -inf, +inf in the last column (the ragged tail), an ignored row with +inf and NaN (0, no
+    gradient), and clean rows with -inf masked columns (one whose target is masked: lp = -inf)."""
+    x = torch.randn(11, V, generator=gen) * 3
+    t = torch.randint(0, V, (11,), generator=gen)
+    col = lambda i, k: int((t[i] + k) % V)  # noqa: E731
+    x[0, col(0, 0)] = INF
+    x[1, col(1, 1)] = INF
+    x[2, [col(2, 0), col(2, 2), col(2, 4)]] = INF
+    x[3, [col(3, 1), col(3, 3)]] = INF
+    x[4, col(4, 2)] = NAN
+    x[5] = -INF
+    x[6, col(6, 1)], x[6, col(6, 2)], t[6] = INF, NAN, -100
+    x[7, V - 1], t[7] = INF, 0
+    x[8, 1::2], t[8] = -INF, 1  # target on a masked column
+    x[9, 1::3], t[9] = -INF, 0
+    return x.to(dtype).to(device), t.to(device)
+
+
+def _finite_max(g):
+    g = g[torch.isfinite(g)]
+    return g.abs().max().item() if g.numel() else 0.0
+
+
+# the Triton interpreter runs numpy, which warns on every inf - inf and log(0) these rows are made of
+_NUMPY_WARNINGS = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@_NUMPY_WARNINGS
+@pytest.mark.parametrize("V", [7, 1031])
+@pytest.mark.parametrize("dtype", DTYPES_ALL)
+def test_non_finite_rows_give_nan_and_nan_gradients(backend, device, V, dtype):
+    _skip_float64_on_triton(backend, dtype)
+    x, t = _poisoned(V, dtype, device, torch.Generator().manual_seed(V))
+    xx = x.clone().requires_grad_(True)
+    lp, ent = pk.logprobs_and_entropy(xx, t, temperature=0.7, backend=backend)
+    a, b = torch.randn(2, *t.shape).to(device)
+    (g,) = torch.autograd.grad((a * lp).sum() + (b * ent).sum(), xx)  # no crash, whatever the NaNs
+    xr = x.cpu().double().requires_grad_(True)
+    rlp, rent = ref_logprobs_entropy(xr, t.cpu(), 0.7)
+    (gr,) = torch.autograd.grad((a.cpu().double() * rlp).sum() + (b.cpu().double() * rent).sum(), xr)
+    flagged = torch.zeros(11, dtype=torch.bool)
+    flagged[[0, 1, 2, 3, 4, 5, 7]] = True  # row 6 is ignored, rows 8-10 are clean
+    assert torch.isnan(rlp[flagged]).all() and torch.isfinite(rlp[9:]).all()
+    tol = _tol(x, 0.7)
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=tol, equal_nan=True)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=tol, equal_nan=True)
+    assert lp[6] == 0 and ent[6] == 0 and lp[8] == -INF
+    assert torch.isnan(g[flagged]).all(), "a flagged row's gradient is NaN in every column"
+    assert (g[6] == 0).all(), "an ignored row gets a zero gradient, NaN and +inf logits or not"
+    assert torch.isfinite(g[~flagged]).all()
+    if dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(g.cpu().double(), gr, rtol=1e-4, atol=1e-5, equal_nan=True)
+    else:
+        torch.testing.assert_close(g.cpu().double(), gr, rtol=2e-2, atol=1e-2 * _finite_max(gr), equal_nan=True)
+
+
+@_NUMPY_WARNINGS
+def test_non_finite_rows_single_plus_inf(backend, device):
+    """The issue's case: one +inf logit. At the target or elsewhere, lp and entropy are NaN on every backend."""
+    x = torch.tensor([[0.0, INF, 1.0], [0.0, INF, 1.0], [0.0, INF, 1.0]], device=device)
+    lp, ent = pk.logprobs_and_entropy(x, torch.tensor([1, 0, -100], device=device), backend=backend)
+    assert torch.isnan(lp[:2]).all() and torch.isnan(ent[:2]).all() and lp[2] == 0 and ent[2] == 0
+    assert torch.isnan(pk.sequence_perplexity(x[None], torch.tensor([[1, 0, 2]], device=device), backend=backend))
+
+
+@_NUMPY_WARNINGS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_temperature_overflow_counts_as_plus_inf(backend, device, dtype):
+    """logits / T overflowing the compute dtype is +inf: flagged in float32, a plain number in float64."""
+    _skip_float64_on_triton(backend, dtype)
+    x = torch.tensor([[2.5e38, 0.0, 1.0], [1.0, 0.0, 2.0]], dtype=dtype, device=device)
+    t = torch.tensor([0, 2], device=device)
+    lp, ent = pk.logprobs_and_entropy(x, t, temperature=0.5, backend=backend)
+    rlp, rent = ref_logprobs_entropy(x.cpu(), t.cpu(), 0.5)
+    assert torch.isnan(lp[0]) == (dtype == torch.float32) and torch.isfinite(lp[1])
+    torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+# --- float64 (TRL's entropy_from_logits / selective_log_softmax accept it; gradcheck needs it) --------------------
+
+@pytest.mark.parametrize("V", [1, 7, 3000, 4099])
+def test_float64_matches_float64(backend, device, V):
+    _skip_float64_on_triton(backend, torch.float64)
+    x, t = _make((2, _rows(backend) // 2), V, torch.float64, device, scale=20.0, neg_inf_frac=0.2)
+    x = x.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous rows
+    t = t.transpose(0, 1).contiguous().transpose(0, 1)
+    xx = x.clone().requires_grad_(True)
+    lp, ent = pk.logprobs_and_entropy(xx, t, temperature=0.7, backend=backend)
+    assert lp.dtype == ent.dtype == torch.float64
+    a, b = torch.randn(2, *t.shape, dtype=torch.float64).to(device)
+    (g,) = torch.autograd.grad((a * lp).sum() + (b * ent).sum(), xx)
+    assert g.dtype == torch.float64
+    xr = x.cpu().requires_grad_(True)
+    rlp, rent = ref_logprobs_entropy(xr, t.cpu(), 0.7)
+    (gr,) = torch.autograd.grad((a.cpu() * rlp).sum() + (b.cpu() * rent).sum(), xr)
+    torch.testing.assert_close(lp.cpu(), rlp, rtol=1e-12, atol=1e-11)
+    torch.testing.assert_close(ent.cpu(), rent, rtol=1e-12, atol=1e-11)
+    torch.testing.assert_close(g.cpu(), gr, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck(backend, device):
+    """torch.autograd.gradcheck in float64 on each backend that takes it: both outputs, T != 1, a -inf column,
+    an ignored row, a vocabulary that is not a multiple of any tile."""
+    if backend == "triton":
+        pytest.skip("the triton backend refuses float64: test_float64_refused_by_triton")
+    x = (torch.randn(5, 11, dtype=torch.float64, device=device) * 2)
+    x[1, 3] = -INF
+    t = torch.tensor([0, 4, -100, 10, 3], device=device)
+    fn = lambda z: pk.logprobs_and_entropy(z, t, temperature=0.7, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x.requires_grad_(True),))
+    ppl = lambda z: pk.sequence_perplexity(z.reshape(1, 5, 11), t.reshape(1, 5), backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(ppl, (x.detach().requires_grad_(True),))
+
+
+def test_float64_refused_by_triton(device):
+    from prepo_kernels import dispatch, triton_backend
+
+    if not triton_backend.usable_on(torch.device(device))[0]:
+        pytest.skip("triton unavailable")
+    x = torch.randn(3, 10, dtype=torch.float64, device=device)
+    with pytest.raises(TypeError, match="logits is float64.*backend='triton'"):
+        pk.logprobs_and_entropy(x, torch.zeros(3, dtype=torch.long, device=device), backend="triton")
+    assert dispatch.resolve("auto", torch.device(device), torch.float64) != "triton"  # "auto" takes float64
+
+
+def test_float64_fake_kernels_and_compile(backend, device):
+    """The custom ops' fake kernels give float64 for float64 logits (opcheck), and torch.compile runs them."""
+    _skip_float64_on_triton(backend, torch.float64)
+    from prepo_kernels import logprobs_entropy as le
+
+    x, t = _make((_rows(backend),), 67, torch.float64, device, ignore_frac=0.0)
+    torch.library.opcheck(le._fwd_op, (x.clone().requires_grad_(True), t, 0.9, -100, backend))
+
+    def loss(z, t):
+        lp, ent = pk.logprobs_and_entropy(z, t, temperature=1.1, backend=backend)
+        return (lp * 2).sum() + ent.sum() + pk.sequence_perplexity(z.unsqueeze(0), t.unsqueeze(0)).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = compiled(xc, t)
+    out.backward()
+    ref = loss(xe, t)
+    ref.backward()
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-12, atol=1e-12)

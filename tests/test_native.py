@@ -16,6 +16,7 @@ from reference import ref_logprobs_entropy
 BUILT = pk.native_available()[0]
 needs_native = pytest.mark.skipif(not BUILT, reason=f"prepo_kernels._C not built: {pk.native_available()[1]}")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+INF, NAN = float("inf"), float("nan")
 TILE = 2048  # csrc/rows.h kTile: the forward's rescale happens at tile borders
 
 
@@ -259,10 +260,16 @@ class TestCppChecks:
         self.t = torch.tensor([0, 1, 2, 3])
 
     def test_dtypes(self):
-        with pytest.raises(TypeError, match="logits must be float32"):
-            self.C.logprobs_entropy_fwd(self.x.double(), self.t, 1.0, -100)
+        with pytest.raises(TypeError, match="logits must be float32, bfloat16, float16 or float64, got Long"):
+            self.C.logprobs_entropy_fwd(self.x.long(), self.t, 1.0, -100)
         with pytest.raises(TypeError, match="targets must be Long"):
             self.C.logprobs_entropy_fwd(self.x, self.t.int(), 1.0, -100)
+        lp, ent, lse, ez = self.C.logprobs_entropy_fwd(self.x.double(), self.t, 1.0, -100)
+        assert lp.dtype == ent.dtype == lse.dtype == ez.dtype == torch.float64
+        g = torch.ones(4)
+        with pytest.raises(TypeError, match="grad_lp must be Double"):  # float64 logits: float64 vectors
+            self.C.logprobs_entropy_bwd(g, g.double(), self.x.double(), self.t, lse, ez, 1.0, -100,
+                                        torch.empty(4, 10, dtype=torch.float64))
 
     def test_shapes_and_strides(self):
         with pytest.raises(ValueError, match="2-D"):
@@ -302,3 +309,66 @@ def test_logprob_never_positive(dtype):
         for temperature in (0.3125, 0.7, 1.0, 3.3):
             lp, ent = pk.logprobs_and_entropy(x, t, temperature=temperature, backend="native")
             assert (lp <= 0).all() and (ent >= 0).all(), (V, temperature)
+
+
+# --- float64 (computed in double) and rows without a finite log-sum-exp, across tiles and both loop kinds ---------
+
+@needs_native
+@pytest.mark.parametrize("scalar", [False, True])
+def test_float64_in_double_across_tiles(scalar):
+    """float64 rows over several tiles, a max that moves, -inf columns, a masked target, an ignored row, in place too:
+    double all the way (a float32 pass would miss the reference by ~1e-7)."""
+    from prepo_kernels import _C
+
+    V = 2 * TILE + 77
+    x = torch.randn(6, V, dtype=torch.float64) * 30
+    x[1, : TILE + 3] = -INF
+    x[2] += torch.linspace(-50, 50, V, dtype=torch.float64)
+    x[3, ::5] = -INF
+    t = torch.tensor([V - 1, TILE + 9, 5, 0, -100, TILE])
+    _C.set_force_scalar(scalar)
+    try:
+        out, ref = _fwd_bwd(x, t, temperature=0.7)
+        lp, ent, lse, ez = _C.logprobs_entropy_fwd(x, t, 0.7, -100)
+        g = torch.randn(6, dtype=torch.float64)
+        y = x.clone()
+        _C.logprobs_entropy_bwd(g, g, y, t, lse, ez, 0.7, -100, y)
+    finally:
+        _C.set_force_scalar(False)
+    (lp, ent, gx), (rlp, rent, rg) = out, ref
+    assert lp.dtype == ent.dtype == gx.dtype == torch.float64
+    torch.testing.assert_close(lp, rlp, rtol=1e-12, atol=1e-11)
+    torch.testing.assert_close(ent, rent, rtol=1e-12, atol=1e-11)
+    torch.testing.assert_close(gx, rg, rtol=1e-10, atol=1e-12)
+    assert lp[3] == -INF and torch.isfinite(gx).all()
+    torch.testing.assert_close(y, _ref_grad(x, t, g, g, 0.7)[2], rtol=1e-10, atol=1e-12)
+
+
+@needs_native
+@pytest.mark.parametrize("scalar", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_non_finite_rows_across_tiles(scalar, dtype):
+    """+inf / NaN in a later tile than the max (after a rescale), in the ragged tail, and an all -inf row: NaN out and
+    a NaN gradient row on the AVX2 and the portable loops alike; the clean rows are untouched by them."""
+    from prepo_kernels import _C
+
+    V = 3 * TILE + 13
+    x = (torch.randn(6, V) * 4).to(dtype)
+    x[0, 2 * TILE + 1] = INF  # +inf two tiles after the first max
+    x[1, TILE + 5] = NAN
+    x[2, V - 1] = INF  # in the tail
+    x[3] = -INF
+    t = torch.tensor([0, 2 * TILE + 1, V - 1, 3, 17, -100])
+    x[5, 4] = INF  # ignored row: 0, zero gradient
+    _C.set_force_scalar(scalar)
+    try:
+        xx = x.clone().requires_grad_(True)
+        lp, ent = pk.logprobs_and_entropy(xx, t, temperature=0.9, backend="native")
+        (g,) = torch.autograd.grad(lp.sum() - 0.5 * ent.sum(), xx)
+    finally:
+        _C.set_force_scalar(False)
+    rlp, rent = ref_logprobs_entropy(x.double(), t, 0.9)
+    torch.testing.assert_close(lp.double(), rlp, rtol=1e-5, atol=1e-4, equal_nan=True)
+    torch.testing.assert_close(ent.double(), rent, rtol=1e-5, atol=1e-4, equal_nan=True)
+    assert torch.isnan(lp[:4]).all() and torch.isnan(ent[:4]).all() and torch.isfinite(lp[4])
+    assert torch.isnan(g[:4]).all() and torch.isfinite(g[4]).all() and (g[5] == 0).all()
