@@ -300,7 +300,8 @@ def run_one(cfg: EfficiencyConfig, variant: Variant, seed: int, log=print) -> Ru
     action = f"resumed from {checkpoints[-1].name}" if checkpoints else "fresh"
     log(f"{name}: {action}")
     t0 = time.perf_counter()
-    trainer = Trainer(config, run_dir, resume_from=run_dir if checkpoints else None)
+    # fresh: what a run that died before its first checkpoint left in the folder is replaced (overwrite)
+    trainer = Trainer(config, run_dir, resume_from=run_dir if checkpoints else None, overwrite=not checkpoints)
     result = trainer.train()
     del trainer
     status = sync_results(run_dir, results, config.run.steps, time.perf_counter() - t0)
