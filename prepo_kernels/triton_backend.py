@@ -18,9 +18,10 @@ except Exception:  # pragma: no cover - triton is optional
     tl = None
     HAVE_TRITON = False
 
-# Vocabulary tile per loop iteration. 4096 fp32 values per program keep enough loads in flight to stream HBM;
-# the interpreter (CPU tests) runs numpy per tile, so a smaller tile there keeps small-V tests fast.
-BLOCK_V_GPU = 4096
+from prepo_kernels import triton_tiles  # noqa: E402  (the GPU launch configurations, per GPU family)
+
+# Vocabulary tile per loop iteration on a GPU: triton_tiles.LOGITS. The interpreter (CPU tests) runs numpy per tile,
+# so a smaller tile there keeps small-V tests fast.
 BLOCK_V_INTERPRET = 256
 
 
@@ -42,9 +43,10 @@ def usable_on(device: torch.device) -> tuple[bool, str]:
     )
 
 
-def _block_v(V: int) -> int:
-    cap = BLOCK_V_INTERPRET if interpret_mode() else BLOCK_V_GPU
-    return min(cap, triton.next_power_of_2(V))
+def _tiles(x: torch.Tensor, V: int) -> tuple:
+    if interpret_mode():
+        return (triton_tiles.Tiles.of(1, 1, BLOCK_V=min(BLOCK_V_INTERPRET, triton.next_power_of_2(V))),)
+    return (triton_tiles.logits_tiles(triton_tiles.device_family(x.device)),)
 
 
 if HAVE_TRITON:
@@ -129,11 +131,9 @@ def forward(logits, targets, temperature: float, ignore_index: int):
     ez = torch.empty_like(lp)
     if N == 0:
         return lp, ent, lse, ez
-    _logprobs_entropy_fwd_kernel[(N,)](
-        logits, targets, lp, ent, lse, ez,
-        logits.stride(0), V, 1.0 / temperature, ignore_index,
-        BLOCK_V=_block_v(V), num_warps=8 if not interpret_mode() else 1,
-    )
+    triton_tiles.launch(_logprobs_entropy_fwd_kernel, lambda meta: (N,),
+                        (logits, targets, lp, ent, lse, ez, logits.stride(0), V, 1.0 / temperature, ignore_index),
+                        {}, _tiles(logits, V))
     return lp, ent, lse, ez
 
 
@@ -141,9 +141,8 @@ def backward(grad_lp, grad_ent, logits, targets, lse, ez, temperature: float, ig
     N, V = logits.shape
     if N == 0:
         return out
-    _logprobs_entropy_bwd_kernel[(N,)](
-        grad_lp.float().contiguous(), grad_ent.float().contiguous(), logits, targets, lse, ez, out,
-        logits.stride(0), out.stride(0), V, 1.0 / temperature, ignore_index,
-        BLOCK_V=_block_v(V), num_warps=8 if not interpret_mode() else 1,
-    )
+    triton_tiles.launch(_logprobs_entropy_bwd_kernel, lambda meta: (N,),
+                        (grad_lp.float().contiguous(), grad_ent.float().contiguous(), logits, targets, lse, ez, out,
+                         logits.stride(0), out.stride(0), V, 1.0 / temperature, ignore_index),
+                        {}, _tiles(logits, V))
     return out

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import torch
 
-from prepo_kernels import triton_backend
+from prepo_kernels import triton_backend, triton_tiles
 
 HAVE_TRITON = triton_backend.HAVE_TRITON
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-# Tile shapes. tl.dot needs every dimension >= 16. On a GPU, 128-token x 128-vocabulary tiles with a 64-wide
-# hidden step keep the tensor cores fed; the CPU interpreter runs numpy per tile, so small tiles keep tests fast.
+# Tile shapes live in triton_tiles (per GPU family and dtype; the resource report compiles every one of them).
 # GROUP_R: programs are ordered in groups of GROUP_R row blocks x all vocabulary blocks, so the programs running at
 # once share a few hidden-state blocks and a few weight blocks in L2 (rather than one row block each).
-_GPU_TILES = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, GROUP_R=8, num_warps=8, num_stages=3)
-_INTERPRET_TILES = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, GROUP_R=2, num_warps=1, num_stages=1)
+_INTERPRET_TILES = triton_tiles.LINEAR_INTERPRET  # the same dict: tests may change an entry
 # Forward: enough (row block x vocabulary split) programs to fill a GPU several times over, and at least
-# _MIN_SPLITS splits so that grouped programs share weight tiles; splits are merged after.
+# _MIN_SPLITS splits so that grouped programs share weight tiles; splits are merged after. Splits and backward
+# slices are sized with the largest tile offered, so they hold whole tiles of whichever configuration autotuning picks
+# (the largest BLOCK_V is a multiple of the others). At most triton_tiles.MAX_SPLITS (the merge kernel's widest).
 # The interpreter runs programs one by one: 2 splits there keep the merge kernel exercised at little cost.
 _TARGET_PROGRAMS = 1024
 _MIN_SPLITS = 16
@@ -31,12 +31,16 @@ BWD_SLICE_ELEMENTS = 1 << 26
 _BWD_SLICE_ELEMENTS_INTERPRET = 1 << 12
 
 
-def _tiles(dtype: torch.dtype):
+def _options(kernel: str, hidden: torch.Tensor, precision: str) -> tuple:
+    """The tile configurations this launch may use: the interpreter's, or the GPU family's (see triton_tiles)."""
     if triton_backend.interpret_mode():
-        return _INTERPRET_TILES
-    if dtype == torch.float32:  # twice the bytes per element: halve the hidden step to keep 3 stages in shared memory
-        return dict(_GPU_TILES, BLOCK_H=32)
-    return _GPU_TILES
+        t = dict(_INTERPRET_TILES)
+        return (triton_tiles.Tiles.of(t.pop("num_warps"), t.pop("num_stages"), **t),)
+    return triton_tiles.linear_tiles(kernel, triton_tiles.device_family(hidden.device), hidden.dtype, precision)
+
+
+def _largest(options, name: str) -> int:
+    return max(t.meta()[name] for t in options)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -195,29 +199,29 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     ent, lse, ez = torch.empty_like(lp), torch.empty_like(lp), torch.empty_like(lp)
     if Nk == 0:
         return lp, ent, lse, ez
-    tiles = _tiles(hidden.dtype)
-    bn, bv = tiles["BLOCK_N"], tiles["BLOCK_V"]
-    row_blocks = triton.cdiv(Nk, bn)
+    precision = _precision(hidden.dtype)
+    options = _options("fwd", hidden, precision)
+    bn, bv = _largest(options, "BLOCK_N"), _largest(options, "BLOCK_V")
     v_tiles = triton.cdiv(V, bv)
     if triton_backend.interpret_mode():
         splits = _INTERPRET_SPLITS
     else:
-        splits = max(_MIN_SPLITS, triton.cdiv(_TARGET_PROGRAMS, row_blocks))
-    splits = max(1, min(splits, v_tiles))
+        splits = max(_MIN_SPLITS, triton.cdiv(_TARGET_PROGRAMS, triton.cdiv(Nk, bn)))
+    splits = max(1, min(splits, v_tiles, triton_tiles.MAX_SPLITS))
     v_per_split = triton.cdiv(v_tiles, splits) * bv
     splits = triton.cdiv(V, v_per_split)  # no empty split
     stats = torch.empty(3, splits, Nk, dtype=torch.float32, device=dev)
     zt = torch.empty(Nk, dtype=torch.float32, device=dev)
     rows = _all_rows(hidden, rows)
-    _linear_fwd_kernel[(row_blocks * splits,)](
-        hidden, rows, weight, bias if bias is not None else weight, targets, stats[0], stats[1], stats[2], zt,
-        Nk, V, H, v_per_split, splits, *_common(hidden, weight), 1.0 / temperature,
-        HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype), **tiles,
+    triton_tiles.launch(
+        _linear_fwd_kernel, lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]) * splits,),
+        (hidden, rows, weight, bias if bias is not None else weight, targets, stats[0], stats[1], stats[2], zt,
+         Nk, V, H, v_per_split, splits, *_common(hidden, weight), 1.0 / temperature),
+        dict(HAS_BIAS=bias is not None, PRECISION=precision), options, tune_key=("V", "H", "PRECISION"),
     )
-    _linear_merge_kernel[(Nk,)](
-        stats[0], stats[1], stats[2], zt, lp, ent, lse, ez, Nk, splits,
-        BLOCK_S=max(16, triton.next_power_of_2(splits)), num_warps=1,
-    )
+    triton_tiles.launch(_linear_merge_kernel, lambda meta: (Nk,),
+                        (stats[0], stats[1], stats[2], zt, lp, ent, lse, ez, Nk, splits), {},
+                        (triton_tiles.merge_tiles(splits),))
     return lp, ent, lse, ez
 
 
@@ -246,8 +250,9 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     if Nk == 0:
         dh = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_dh else None
         return dh, dw, db
-    tiles = _tiles(hidden.dtype)
-    bn, bv = tiles["BLOCK_N"], tiles["BLOCK_V"]
+    precision = _precision(hidden.dtype)
+    options = _options("dz", hidden, precision)
+    bv = _largest(options, "BLOCK_V")
     slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if triton_backend.interpret_mode() else BWD_SLICE_ELEMENTS
     vs = max(bv, (slice_elements // max(Nk, 1)) // bv * bv)  # columns per slice, whole vocabulary tiles
     vs = min(vs, triton.cdiv(V, bv) * bv)
@@ -257,12 +262,15 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     dz = torch.empty(Nk, vs, dtype=hidden.dtype, device=dev)
     g_lp = grad_lp.float().contiguous()
     g_ent = grad_ent.float().contiguous()
+    # autotuned per (H, precision, dtype): the kernel's V is each slice's end, a key that would retune every slice
     for v0 in range(0, V, vs):
         v1 = min(v0 + vs, V)
-        _linear_dz_kernel[(triton.cdiv(Nk, bn) * triton.cdiv(v1 - v0, bv),)](
-            hidden, all_rows, weight, bias if bias is not None else weight, targets, g_lp, g_ent, lse, ez, dz,
-            Nk, v1, H, v0, *_common(hidden, weight), dz.stride(0), 1.0 / temperature,
-            HAS_BIAS=bias is not None, PRECISION=_precision(hidden.dtype), **tiles,
+        triton_tiles.launch(
+            _linear_dz_kernel,
+            lambda meta, w=v1 - v0: (triton.cdiv(Nk, meta["BLOCK_N"]) * triton.cdiv(w, meta["BLOCK_V"]),),
+            (hidden, all_rows, weight, bias if bias is not None else weight, targets, g_lp, g_ent, lse, ez, dz,
+             Nk, v1, H, v0, *_common(hidden, weight), dz.stride(0), 1.0 / temperature),
+            dict(HAS_BIAS=bias is not None, PRECISION=precision), options, tune_key=("H", "PRECISION"),
         )
         d = dz[:, : v1 - v0]
         if need_dh:
