@@ -81,7 +81,9 @@ def _same_run(one, two, *, first_row=0):
     w1, w2 = _weights(one, 3), _weights(two, 3)
     assert w1.keys() == w2.keys()
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+        # Adam normalises each gradient: where one is ~0, a different summation order across ranks can move that
+        # weight by a visible fraction of lr (1e-3; 2e-5 was seen); a missing all-reduce moves many by ~lr
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-4, msg=k)
 
 
 @pytest.mark.parametrize("strategy,weighting", [("ppl", "entropy"), ("dynamic", "entropy_token")])
