@@ -26,6 +26,9 @@ _INTERPRET_TILES = triton_tiles.LINEAR_INTERPRET  # the same dict: tests may cha
 _TARGET_PROGRAMS = 1024
 _MIN_SPLITS = 16
 _INTERPRET_SPLITS = 2
+# Where triton_tiles offers several configurations, autotuning measures them once per key; launches of fewer
+# multiply-adds than this (about 10 us of tensor-core work: tests, tiny heads) just take the first.
+_TUNE_MIN_MACS = 1 << 32
 # Backward: one vocabulary slice of dZ holds at most this many elements (64 Mi: 128 MiB in bf16).
 BWD_SLICE_ELEMENTS = 1 << 26
 _BWD_SLICE_ELEMENTS_INTERPRET = 1 << 12
@@ -218,6 +221,7 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
         (hidden, rows, weight, bias if bias is not None else weight, targets, stats[0], stats[1], stats[2], zt,
          Nk, V, H, v_per_split, splits, *_common(hidden, weight), 1.0 / temperature),
         dict(HAS_BIAS=bias is not None, PRECISION=precision), options, tune_key=("V", "H", "PRECISION"),
+        tune=Nk * V * H >= _TUNE_MIN_MACS,
     )
     triton_tiles.launch(_linear_merge_kernel, lambda meta: (Nk,),
                         (stats[0], stats[1], stats[2], zt, lp, ent, lse, ez, Nk, splits), {},
@@ -271,6 +275,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
             (hidden, all_rows, weight, bias if bias is not None else weight, targets, g_lp, g_ent, lse, ez, dz,
              Nk, v1, H, v0, *_common(hidden, weight), dz.stride(0), 1.0 / temperature),
             dict(HAS_BIAS=bias is not None, PRECISION=precision), options, tune_key=("H", "PRECISION"),
+            tune=Nk * vs * H >= _TUNE_MIN_MACS,
         )
         d = dz[:, : v1 - v0]
         if need_dh:

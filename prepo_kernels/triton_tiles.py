@@ -188,15 +188,16 @@ def _autotuner(kernel, options: tuple[Tiles, ...], key: tuple[str, ...]):
 
 
 def launch(kernel, grid: Callable[[dict], tuple], args: tuple, fixed: dict, options: tuple[Tiles, ...],
-           tune_key: tuple[str, ...] = ()) -> None:
+           tune_key: tuple[str, ...] = (), tune: bool = True) -> None:
     """Run ``kernel`` over ``grid(meta)`` with ``fixed`` constexprs and the tiles in ``options``: the only one, or the
-    fastest for this ``tune_key`` (argument names; triton.autotune adds the tensors' dtypes) as measured once."""
+    fastest for this ``tune_key`` (argument names; triton.autotune adds the tensors' dtypes) as measured once.
+    ``tune=False`` (a launch too small for the choice to matter) runs the first option without measuring."""
     if not options:
         raise ValueError("options: no launch configuration given")
     if _RECORDERS:
         _RECORDERS[-1].append(Launch(kernel, tuple(args), dict(fixed), tuple(options), grid))
         return
-    if len(options) == 1:
+    if len(options) == 1 or not tune:
         tiles = options[0]
         kernel[grid(tiles.meta())](*args, **fixed, **tiles.kwargs())
         return

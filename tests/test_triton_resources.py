@@ -89,3 +89,18 @@ def test_bad_input_names_the_argument():
             pass
     with pytest.raises(ValueError, match="options"):
         triton_tiles.launch(None, lambda meta: (1,), (), {}, ())
+
+
+@pytest.mark.skipif(not triton_backend.HAVE_TRITON, reason="triton is not installed")
+def test_autotune_candidates_are_the_table():
+    """Where a key lists several configurations, the launch goes through triton.autotune with exactly those, keyed on
+    kernel arguments (triton adds the tensors' dtypes to the key)."""
+    from prepo_kernels import triton_linear
+
+    for kernel, name, key in ((triton_linear._linear_fwd_kernel, "fwd", ("V", "H", "PRECISION")),
+                              (triton_linear._linear_dz_kernel, "dz", ("H", "PRECISION"))):
+        options = triton_tiles.linear_tiles(name, 90, torch.bfloat16, "tf32")
+        tuner = triton_tiles._autotuner(kernel, options, key)
+        assert list(tuner.keys) == list(key) and set(key) <= set(kernel.arg_names)
+        got = [(c.kwargs, c.num_warps, c.num_stages) for c in tuner.configs]
+        assert got == [(t.meta(), t.num_warps, t.num_stages) for t in options]
