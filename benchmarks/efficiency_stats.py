@@ -179,6 +179,32 @@ def common_range_auc(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) 
     return [mean_accuracy(x, y, lo, max(lo, hi)) for x, y in curves]
 
 
+def speedup_gain(xs: Sequence[float], ys: Sequence[float], speedup: float) -> float:
+    """Mean-accuracy gain, over the curve's own range, of a strategy ``speedup``× as rollout-efficient: its curve is
+    y(min(speedup·x, x_end)), holding the final accuracy once it has used the reference's rollouts (conservative: a
+    faster strategy that kept climbing would gain more)."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    lo, hi = float(xs[0]), float(xs[-1])
+    grid = np.unique(np.concatenate([xs, lo + (xs - lo) / speedup]))
+    faster = np.interp(np.minimum(lo + (grid - lo) * speedup, hi), xs, ys)
+    return mean_accuracy(grid, faster, lo, hi) - mean_accuracy(xs, ys, lo, hi)
+
+
+def speedup_for_gain(xs: Sequence[float], ys: Sequence[float], gain: float, max_speedup: float = 16.0) -> float:
+    """The rollout speed-up whose ``speedup_gain`` equals ``gain`` (bisection; the gain grows with the speed-up on
+    a rising curve): 1 when ``gain`` <= 0, inf when even ``max_speedup`` gains less. With ``gain`` the upper end of a
+    CI on the AUC difference, speed-ups above the result are excluded at that level."""
+    if gain <= 0:
+        return 1.0
+    if speedup_gain(xs, ys, max_speedup) < gain:
+        return float("inf")
+    lo, hi = 1.0, max_speedup
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if speedup_gain(xs, ys, mid) < gain else (lo, mid)
+    return (lo + hi) / 2
+
+
 @dataclass
 class PairedDifference:
     """Mean of per-seed differences (strategy − reference) with a Student-t and a bootstrap percentile interval."""

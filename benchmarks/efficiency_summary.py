@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.efficiency_stats import (RESAMPLES, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
+from benchmarks.efficiency_stats import (RESAMPLES, speedup_for_gain, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
                                          paired_difference, paired_ratio, rollouts_to_reach, t_interval,
                                          validity_gate)
 
@@ -502,19 +502,32 @@ def _ratio_table(c: Comparison, reference: str, seconds: bool) -> list[str]:
     return lines
 
 
+def excluded_speedup(c: Comparison, reference: str, row: StrategyComparison) -> float | None:
+    """The rollout speed-up over the reference that the upper end of the AUC difference's t interval excludes
+    (the reference's seed-mean curve on the paired seeds, made that much faster: efficiency_stats.speedup_for_gain)."""
+    ref = c.aligned.get(reference)
+    if ref is None or row.auc is None or not row.seeds:
+        return None
+    x, _, y = ref.rows(row.seeds)
+    return speedup_for_gain(x.mean(axis=0), y.mean(axis=0), row.auc.t_hi)
+
+
 def _auc_table(c: Comparison, reference: str) -> list[str]:
     ref = c.auc.get(reference, {})
     lines = ["| strategy | paired seeds | mean AUC | " + reference + " AUC (same seeds) | difference [95% CI, t] | "
-             "[95% CI, bootstrap] |", "| --- | --- | --- | --- | --- | --- |"]
+             "[95% CI, bootstrap] | speed-ups excluded |", "| --- | --- | --- | --- | --- | --- | --- |"]
     if ref:
-        lines.append(f"| {reference} (reference) | {len(ref)} | {np.mean(list(ref.values())):.3f} | – | – | – |")
+        lines.append(f"| {reference} (reference) | {len(ref)} | {np.mean(list(ref.values())):.3f} | – | – | – | – |")
     for row in c.rows:
         d = row.auc
         if d is None:
-            lines.append(f"| {row.variant} | 0 | – | – | – | – |")
+            lines.append(f"| {row.variant} | 0 | – | – | – | – | – |")
             continue
         boot = f"[{d.boot_lo:+.3f}, {d.boot_hi:+.3f}]"
-        lines.append(f"| {row.variant} | {d.n} | {d.mean:.3f} | {d.reference:.3f} | {_fmt_diff(d)} | {boot} |")
+        bound = excluded_speedup(c, reference, row)
+        power = "–" if bound is None else ("none" if not np.isfinite(bound) else f"> {bound:.2f}×")
+        lines.append(f"| {row.variant} | {d.n} | {d.mean:.3f} | {d.reference:.3f} | {_fmt_diff(d)} | {boot} | "
+                     f"{power} |")
     return lines
 
 
@@ -550,7 +563,9 @@ def paired_lines(c: Comparison, reference: str, resamples: int) -> list[str]:
               "Per seed, each strategy's mean accuracy over the rollouts range that all of that seed's complete runs "
               "cover (trapezoid area over the range, divided by its length). Difference: strategy − reference on "
               "each seed, then the mean; 95% CI: Student t on the per-seed differences, and percentile bootstrap "
-              "over seeds.", ""]
+              "over seeds. Speed-ups excluded (the comparison's power): a strategy k× as rollout-efficient as the "
+              "reference (the reference's seed-mean curve compressed k× in rollouts, holding its final accuracy "
+              "after) would gain more AUC than the t interval's upper end for every k above the bound shown.", ""]
     lines += _auc_table(c, reference)
     lines += ["", "### Wall time to target (selection cost included)", "",
               "Cost: each run's cumulative step time (`time_step`: selection scoring, generation, reward, update; "

@@ -230,3 +230,17 @@ def test_report_keys_reach_the_config(tmp_path):
     path.write_text("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nmetric: greedy\ngate_min_gain: 0.1\n")
     cfg = eff.load_efficiency_config(path)
     assert (cfg.metric, cfg.gate_min_gain, cfg.gate_min_share) == ("greedy", 0.1, 0.8)
+
+
+def test_speedup_power_bound_on_a_linear_curve():
+    """y = x / X on [0, X]: a k× faster strategy's curve is min(kx/X, 1), mean 1 − 1/(2k) against 1/2, a gain of
+    (k − 1)/(2k): 0.25 at k = 2, 1/3 at k = 3."""
+    from benchmarks.efficiency_stats import speedup_for_gain, speedup_gain
+
+    xs, ys = [0.0, 500.0, 1000.0], [0.0, 0.5, 1.0]
+    assert speedup_gain(xs, ys, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert speedup_gain(xs, ys, 2.0) == pytest.approx(0.25)
+    assert speedup_gain(xs, ys, 3.0) == pytest.approx(1 / 3)
+    assert speedup_for_gain(xs, ys, 0.25) == pytest.approx(2.0, rel=1e-6)
+    assert speedup_for_gain(xs, ys, -0.01) == 1.0
+    assert speedup_for_gain(xs, ys, 0.49) == float("inf")  # beyond a 16x speed-up's gain (15/32)
