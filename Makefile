@@ -4,8 +4,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.prepo-installed
 VLLM   ?= 1
+# The real-verl tests' own venv (verl 0.9.1 pins transformers < 5.11): built once by `make test`, rebuilt from scratch
+# when its requirements change. `make test VERL=0` skips it (the real-verl tests then skip in .venv, as they say).
+VERL        ?= 1
+VERL_VENV   ?= .venv-verl
+VERL_PY     := $(VERL_VENV)/bin/python
+VERL_REQS   := tests/requirements-verl.txt
+VERL_STAMP  := $(VERL_VENV)/.prepo-verl-installed
 
-.PHONY: install test train bench clean
+.PHONY: install install-verl test train bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +35,31 @@ $(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# torch first, the CPU wheel from local disk (verl would pull a CUDA one), then verl and the rest; prepo itself is not
+# installed there: the tests import it from the source tree (PYTHONPATH), the C++ extension included when built.
+$(VERL_STAMP): $(VERL_REQS)
+	rm -rf $(VERL_VENV)
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	$(VERL_PY) -m pip install -q $$(grep -E '^torch==' $(VERL_REQS))
+	$(VERL_PY) -m pip install -q -r $(VERL_REQS)
+	touch $(VERL_STAMP)
+
+install-verl: $(VERL_STAMP)
+
+# The suite in .venv, then the real-verl tests in .venv-verl, where they must run (PREPO_REQUIRE_VERL: no skipping).
+test: $(STAMP) $(if $(filter 0,$(VERL)),,$(VERL_STAMP))
 	$(PY) -m pytest -q -ra tests
+ifneq ($(VERL),0)
+	PYTHONPATH=$(CURDIR) PREPO_REQUIRE_VERL=1 $(VERL_PY) -m pytest -q -ra -p no:cacheprovider \
+		tests/test_integration_verl.py -k real_verl
+endif
 
 train: $(STAMP)
-	$(VENV)/bin/prepo train --config configs/demo.yaml
+	$(VENV)/bin/prepo train --config configs/demo.yaml --overwrite
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.kernels
 
 clean:
-	rm -rf $(VENV) build *.egg-info prepo_kernels/_C*.so
+	rm -rf $(VENV) $(VERL_VENV) build *.egg-info prepo_kernels/_C*.so

@@ -3,12 +3,14 @@
 Two layers. Always: against stand-ins with verl 0.9.1's call contracts (``register_adv_est`` in
 verl/trainer/ppo/core_algos.py, ``register_trainer`` and ``PPOTrainer._compute_advantage``/``_next_train_batch`` in
 verl/trainer/ppo/v1/trainer_base.py, the estimator kwargs of ``compute_advantage`` in verl/trainer/ppo/ray_trainer.py).
-When verl's v1 stack imports (its own venv: it pins transformers < 5.11): against the real registries, verl's GRPO and
+When verl's v1 stack imports (its own venv: it pins transformers < 5.11; `make test` builds .venv-verl from
+tests/requirements-verl.txt and runs the ``real_verl`` tests there): against the real registries, verl's GRPO and
 verl's real ``_compute_advantage`` with TransferQueue replaced by an in-memory store.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import types
@@ -249,12 +251,17 @@ def test_stand_in_trainer_window(step, total):
 # the real verl (only where it imports: not in the main venv)
 # ---------------------------------------------------------------------------------------------------------------
 def _real_verl():
+    """verl's v1 stack, or a skip where it does not import; `make test` runs these tests again in .venv-verl with
+    PREPO_REQUIRE_VERL=1, where a failed import is an error, never a silent skip."""
     try:
         from verl.trainer.ppo import core_algos
         from verl.trainer.ppo.v1 import get_trainer_cls
         from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
     except ImportError as exc:
-        pytest.skip(f"verl 0.9.1's v1 stack does not import here ({exc}); it needs its own venv")
+        if os.environ.get("PREPO_REQUIRE_VERL") == "1":
+            raise RuntimeError(f"PREPO_REQUIRE_VERL=1 but verl 0.9.1's v1 stack does not import ({exc}): "
+                               "see tests/requirements-verl.txt") from exc
+        pytest.skip(f"verl 0.9.1's v1 stack does not import here ({exc}); `make test` runs it in .venv-verl")
     return core_algos, get_trainer_cls, PPOTrainerSync
 
 
