@@ -470,8 +470,9 @@ def test_float64_matches_float64(backend, device, monkeypatch, bias):
 def test_gradcheck(backend, device, monkeypatch):
     """torch.autograd.gradcheck of hidden, weight and bias together, over two vocabulary slices and an ignored row."""
     _skip_triton_float64(backend)
-    _split_work(monkeypatch, 40)
-    h, w, b, t = _make(5, 6, 40, torch.float64, device, bias=True, ignore_frac=0.0)
+    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", 1024)  # float64, 4 rows: slices of 16 columns, 16 + 4
+    assert linear_chunked.plan(4, 20, 3, torch.float64) == (4, 16)
+    h, w, b, t = _make(5, 3, 20, torch.float64, device, bias=True, ignore_frac=0.0)
     t[2] = -100
     fn = lambda h, w, b: pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=0.7,  # noqa: E731
                                                         backend=backend)
