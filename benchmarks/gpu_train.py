@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_train: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
-    from prepo import train_cli
+    from prepo import cli
 
     counts: collections.Counter = collections.Counter()
     _count_launches(counts)
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         run_dir = args.out or os.path.join(tmp, "run")
         print(f"model and tokenizer built in {time.perf_counter() - t0:.1f} s -> {model_dir}", flush=True)
         t1 = time.perf_counter()
-        rc = train_cli.main(["--output-dir", run_dir, "--overwrite"] + overrides(model_dir, args.device, args.dtype,
+        rc = cli.run_train(["--output-dir", run_dir, "--overwrite"] + overrides(model_dir, args.device, args.dtype,
                                                                                 args.steps))
         print(f"prepo train exit code {rc} after {time.perf_counter() - t1:.1f} s", flush=True)
         rows = []

@@ -2,14 +2,13 @@
 
 Prints one table per case (median time, x eager torch, x the floor, peak extra memory) and can save them as markdown.
 
-Adding a suite (e.g. the fused linear path): write ``benchmarks/<name>.py`` that builds a ``harness.Suite`` (cases,
-inputs, providers, floor) and calls ``harness.register`` at import, then add the module's name to SUITE_MODULES.
+Adding a suite: write ``benchmarks/<name>.py`` that builds a ``harness.Suite`` (cases, inputs, providers, floor) and
+calls ``harness.register`` at import, then add the module's name to SUITE_MODULES.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -17,15 +16,14 @@ import torch
 
 from benchmarks import harness
 
-# Modules that register suites; a listed module that does not exist (yet) is skipped.
+# Modules that register their suites when imported.
 SUITE_MODULES = ("benchmarks.logits_path", "benchmarks.linear_path")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def load_suites() -> dict[str, harness.Suite]:
     for name in SUITE_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
+        importlib.import_module(name)
     return harness.SUITES
 
 

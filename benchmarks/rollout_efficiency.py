@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report,
 
 # config keys that may differ between a run's start and its resume without changing what it computes
 _VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
-                  ("model", "cache_dir")}
+                  ("run", "report_to"), ("model", "cache_dir")}
 _TOP_KEYS = {"name", "train", "variants", "seeds", "reference", "runs_root", "results_root", "eval_dataset",
              "keep_checkpoints_after", "notes", "base", "metric", "gate_min_gain", "gate_min_share"}
 
@@ -82,67 +81,34 @@ class EfficiencyConfig:
         return order
 
 
-def _set_dotted(raw: dict, key: str, value) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise BenchmarkConfigError(f"overrides: {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
 def train_config(cfg: EfficiencyConfig, variant: Variant, seed: int):
-    """The TrainConfig of one run: base + the variant's overrides + the seed (validated by prepo.config)."""
-    import yaml
+    """The TrainConfig of one run: base + the variant's dotted overrides + the seed (validated by prepo.config)."""
+    from prepo.config import config_from, dotted_mapping
 
-    from prepo.config import load_config
-
-    raw = copy.deepcopy(cfg.train)
-    for key, value in variant.overrides.items():
-        _set_dotted(raw, key, value)
-    _set_dotted(raw, "run.seed", seed)
-    _set_dotted(raw, "run.name", run_name(variant, seed))
-    with tempfile.TemporaryDirectory() as tmp:  # load_config reads a file: validate through the one public path
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
-        return load_config(path)
+    overrides = {**variant.overrides, "run.seed": seed, "run.name": run_name(variant, seed)}
+    return config_from(cfg.train, *(dotted_mapping(key, value) for key, value in overrides.items()))
 
 
 def run_name(variant: Variant, seed: int) -> str:
     return f"{variant.name}-s{seed}"
 
 
-def _merge(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``: mappings merge key by key, anything else (lists included) is replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """The YAML mapping at ``path``; ``base: other.yaml`` (relative to it) is read first and overridden by the rest.
-    A derived config must name itself (its results go to efficiency-<name>/)."""
-    import yaml
+def _read_with_base(path: Path) -> dict:
+    """The YAML mapping at ``path`` over its ``base: other.yaml`` chain (prepo.config.yaml_layers); a derived config
+    must name itself (its results go to efficiency-<name>/)."""
+    from prepo.config import ConfigError, merge_mappings, yaml_layers
 
     if not path.is_file():
         raise BenchmarkConfigError(f"--config: {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise BenchmarkConfigError(f"{path}: expected a mapping at the top level")
-    if "base" not in raw:
-        return raw
-    base_path = (path.parent / str(raw.pop("base"))).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise BenchmarkConfigError(f"{path}: base: {base_path} includes itself")
-    base = _read_with_base(base_path, seen + (path.resolve(),))
-    if raw.get("name") in (None, base.get("name")):
-        raise BenchmarkConfigError(f"{path}: name: a config with a base needs a name of its own "
-                                   f"(base: {base.get('name')!r})")
-    return _merge(base, raw)
+    try:
+        layers = yaml_layers(path)
+    except ConfigError as exc:
+        raise BenchmarkConfigError(str(exc)) from None
+    for (_, base), (file, raw) in zip(layers, layers[1:]):
+        if raw.get("name") in (None, base.get("name")):
+            raise BenchmarkConfigError(f"{file}: name: a config with a base needs a name of its own "
+                                       f"(base: {base.get('name')!r})")
+    return merge_mappings(*(raw for _, raw in layers))
 
 
 def load_efficiency_config(path: str | Path) -> EfficiencyConfig:

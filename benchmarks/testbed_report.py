@@ -55,7 +55,7 @@ def testbed_report(model, tokenizer, *, per_tier: int = 64, k: int = 8, temperat
     Spearman's correlation over all those problems and within each tier (where the wording sets familiarity)."""
     from prepo.data import encode_prompts
     from prepo.rollout import HFEngine
-    from prepo.scoring import prompt_perplexities
+    from prepo.logprobs import prompt_perplexities
     from prepo.tiny_arith import TIERS, make_tiny_arith
 
     tiers = list(TIERS) if tiers is None else list(tiers)

@@ -1,14 +1,50 @@
-"""The GRPO/PREPO objective as plain tensor functions: group advantages, relative-entropy weights, clipped loss.
-
-Each function is independent of models and data so the trainer and the TRL/verl integrations share one definition.
+"""The PREPO/GRPO method as plain functions: the prompt-perplexity window, group advantages, relative-entropy weights
+and the clipped loss, free of models and data so the trainer and the TRL/verl integrations share one definition.
 """
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import torch
 
 WEIGHTINGS = ("none", "entropy", "entropy_token")
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 
+
+# --- which prompts: the perplexity window ------------------------------------------------------------------------
+
+def window_start(num_candidates: int, k: int, rho: float) -> int:
+    """l(ρ) = ⌊ρ·(|B| − K)⌋ with ρ clipped to [0, 1].
+
+    >>> window_start(10, 2, 0.0), window_start(10, 2, 0.5), window_start(10, 2, 1.0), window_start(11, 3, 0.3)
+    (0, 4, 8, 2)
+    """
+    if k <= 0 or k > num_candidates:
+        raise ValueError(f"window size k={k} must be in [1, {num_candidates}] (the number of candidates)")
+    if not math.isfinite(rho):
+        raise ValueError(f"rho must be finite, got {rho}")
+    rho = min(max(rho, 0.0), 1.0)
+    return int(math.floor(rho * (num_candidates - k) + 1e-9))
+
+
+def ppl_window(ppl: Sequence[float], k: int, rho: float) -> list[int]:
+    """Indices (into ``ppl``) of the K candidates in the window at progress ρ, in ascending-perplexity order.
+
+    Ties are broken by candidate index so the choice is deterministic.
+
+    >>> ppl_window([5.0, 1.0, 3.0, 2.0, 4.0], 2, 0.0), ppl_window([5.0, 1.0, 3.0, 2.0, 4.0], 2, 1.0)
+    ([1, 3], [4, 0])
+    """
+    values = [float(v) for v in ppl]
+    if any(math.isnan(v) for v in values):
+        raise ValueError("ppl contains NaN: score every candidate before selecting")
+    order = sorted(range(len(values)), key=lambda i: (values[i], i))
+    start = window_start(len(values), k, rho)
+    return order[start:start + k]
+
+
+# --- the update's terms ---------------------------------------------------------------------------------------------
 
 def group_advantages(rewards: torch.Tensor, *, normalize_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """GRPO advantages per group: (r - mean) / (std + eps), or r - mean when ``normalize_std`` is False (Dr. GRPO).
@@ -29,6 +65,36 @@ def group_advantages(rewards: torch.Tensor, *, normalize_std: bool = True, eps: 
     return centred.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 
+def _baseline(h: torch.Tensor, lengths: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """H̄ (float64, 0-dim) of rollouts' mean entropies ``h``: their mean, or for "entropy_token" the token-weighted mean."""
+    if mode == "entropy":
+        return h.mean()
+    if lengths is None:
+        raise ValueError("mode='entropy_token' needs the response lengths")
+    n = lengths.detach().double()
+    return (h * n).sum() / n.sum().clamp_min(1.0)
+
+
+def _scored(mean_entropy: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """The rollouts with at least one response token (all of them when ``lengths`` is not given)."""
+    if lengths is None:
+        return torch.ones(mean_entropy.shape, dtype=torch.bool, device=mean_entropy.device)
+    if lengths.shape != mean_entropy.shape:
+        raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected {tuple(mean_entropy.shape)}")
+    return lengths > 0
+
+
+def entropy_baseline(mean_entropy: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                     mode: str = "entropy") -> float:
+    """H̄, the statistic :func:`entropy_weights` divides by, over the rollouts with response tokens (0.0 if none)."""
+    if mode not in WEIGHTINGS or mode == "none":
+        raise ValueError(f"weighting mode must be one of {WEIGHTINGS[1:]}, got {mode!r}")
+    scored = _scored(mean_entropy, lengths)
+    if not bool(scored.any()):
+        return 0.0
+    return float(_baseline(mean_entropy.detach().double()[scored], None if lengths is None else lengths[scored], mode))
+
+
 def entropy_weights(mean_entropy: torch.Tensor, lengths: torch.Tensor | None = None, *,
                     mode: str = "entropy") -> torch.Tensor:
     """PREPO relative-entropy weights w_i = H̄_i / H̄ (constants: no gradient flows through them).
@@ -36,28 +102,28 @@ def entropy_weights(mean_entropy: torch.Tensor, lengths: torch.Tensor | None = N
     ``mean_entropy`` (n,) is each rollout's mean token entropy over its response tokens; ``lengths`` (n,) the
     response lengths. ``mode="entropy"`` uses H̄ = mean_i H̄_i (mean weight 1); ``"entropy_token"`` uses the
     token-weighted H̄ = Σ_i H̄_i·|o_i| / Σ_i |o_i|, which keeps Σ_i w_i·|o_i| = Σ_i |o_i|; ``"none"`` gives ones.
-    If H̄ is 0 (every rollout deterministic) all weights are 1.
+    A rollout without response tokens (length 0) has no entropy: it gets weight 1 and no say in H̄. If H̄ is 0
+    (every rollout deterministic) all weights are 1.
 
     >>> entropy_weights(torch.tensor([1.0, 3.0]))
     tensor([0.5000, 1.5000])
+    >>> entropy_weights(torch.tensor([1.0, 3.0, 0.0]), torch.tensor([2, 2, 0]))
+    tensor([0.5000, 1.5000, 1.0000])
     """
     if mode not in WEIGHTINGS:
         raise ValueError(f"weighting mode must be one of {WEIGHTINGS}, got {mode!r}")
-    h = mean_entropy.detach().double()
-    if mode == "none" or h.numel() == 0:
-        return torch.ones_like(mean_entropy, dtype=torch.float32)
-    if mode == "entropy":
-        h_bar = h.mean()
-    else:
-        if lengths is None:
-            raise ValueError("mode='entropy_token' needs the response lengths")
-        n = lengths.detach().double()
-        if n.shape != h.shape:
-            raise ValueError(f"lengths has shape {tuple(n.shape)}, expected {tuple(h.shape)}")
-        h_bar = (h * n).sum() / n.sum().clamp_min(1.0)
+    weights = torch.ones_like(mean_entropy, dtype=torch.float32)
+    if mode == "none" or mean_entropy.numel() == 0:
+        return weights
+    scored = _scored(mean_entropy, lengths)
+    if not bool(scored.any()):
+        return weights
+    h = mean_entropy.detach().double()[scored]
+    h_bar = _baseline(h, None if lengths is None else lengths[scored], mode)
     if h_bar <= 0:
-        return torch.ones_like(mean_entropy, dtype=torch.float32)
-    return (h / h_bar).float()
+        return weights
+    weights[scored] = (h / h_bar).float()
+    return weights
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, *,

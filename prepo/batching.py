@@ -1,5 +1,4 @@
 """Token sequences to model inputs: right-padded batches (or packed rows for flash-attention) and token-budget chunks.
-
 A sequence is its token ids plus a 0/1 mask of the tokens whose log-prob counts (response tokens, or question tokens).
 """
 from __future__ import annotations
@@ -9,23 +8,25 @@ from typing import Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from prepo_kernels import IGNORE_INDEX
 
 
 @dataclass
 class TokenSeq:
-    """``ids`` and ``scored[t] == 1`` when log p(ids[t] | ids[:t]) counts (so ``scored[0]`` must be 0)."""
+    """Token ids and which of them count: ``score_mask[t] == 1`` when log p(input_ids[t] | input_ids[:t]) does (so
+    ``score_mask[0]`` is 0). An encoded prompt (the question's tokens count) and an update sample (the completion's)."""
 
-    ids: list[int]
-    scored: list[int]
+    input_ids: list[int]
+    score_mask: list[int]
 
     def __post_init__(self):
-        if len(self.ids) != len(self.scored):
-            raise ValueError(f"scored: length {len(self.scored)} differs from ids length {len(self.ids)}")
-        if not self.ids:
-            raise ValueError("ids: empty sequence")
-        if self.scored[0]:
-            raise ValueError("scored: the first token has no context and cannot be scored")
+        if len(self.input_ids) != len(self.score_mask):
+            raise ValueError(f"score_mask: length {len(self.score_mask)} differs from input_ids length "
+                             f"{len(self.input_ids)}")
+        if not self.input_ids:
+            raise ValueError("input_ids: empty sequence")
+        if self.score_mask[0]:
+            raise ValueError("score_mask: the first token has no context and cannot be scored")
 
 
 @dataclass
@@ -66,16 +67,16 @@ class ModelBatch:
 
 def collate_padded(seqs: Sequence[TokenSeq], pad_id: int, device=None) -> ModelBatch:
     """Right-padded (B, T) batch; targets[b, t] = ids[t + 1] where that token is scored, else -100."""
-    width = max(len(s.ids) for s in seqs)
+    width = max(len(s.input_ids) for s in seqs)
     ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     targets = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
     for b, s in enumerate(seqs):
-        n = len(s.ids)
-        row = torch.as_tensor(s.ids, dtype=torch.long)
+        n = len(s.input_ids)
+        row = torch.as_tensor(s.input_ids, dtype=torch.long)
         ids[b, :n] = row
         attn[b, :n] = 1
-        scored = torch.as_tensor(s.scored[1:], dtype=torch.bool)
+        scored = torch.as_tensor(s.score_mask[1:], dtype=torch.bool)
         targets[b, :n - 1] = torch.where(scored, row[1:], torch.full_like(row[1:], IGNORE_INDEX))
     mask = (targets != IGNORE_INDEX).float()
     return ModelBatch(ids.to(device), attn.to(device), None, targets.to(device), mask.to(device))
@@ -85,7 +86,7 @@ def collate_packed(seqs: Sequence[TokenSeq], device=None) -> ModelBatch:
     """All sequences in one row with position ids restarting at 0 (flash-attention varlen; CUDA only)."""
     # --- packed branch: used only with attn_implementation="flash_attention_2" on CUDA ---
     padded = collate_padded(seqs, 0)
-    lengths = [len(s.ids) for s in seqs]
+    lengths = [len(s.input_ids) for s in seqs]
     starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
     valid = padded.attention_mask.bool()
     flat_ids = padded.input_ids[valid]
@@ -98,7 +99,17 @@ def collate_packed(seqs: Sequence[TokenSeq], device=None) -> ModelBatch:
 
 def prompt_length(seq: TokenSeq) -> int:
     """Tokens before the first scored one (the whole sequence when nothing is scored)."""
-    return next((t for t, m in enumerate(seq.scored) if m), len(seq.ids))
+    return next((t for t, m in enumerate(seq.score_mask) if m), len(seq.input_ids))
+
+
+def shared_prompt(seqs: Sequence[TokenSeq]) -> int:
+    """The length of the prompt every sequence starts with (its unscored tokens before the first scored one), or 0
+    when they do not all share one of at least 2 tokens (a shared-prefix forward needs a token to continue from)."""
+    n = prompt_length(seqs[0]) if seqs else 0
+    first = seqs[0].input_ids[:n] if seqs else []
+    if n < 2 or any(prompt_length(s) != n or s.input_ids[:n] != first for s in seqs):
+        return 0
+    return n
 
 
 def collate_shared_prefix(seqs: Sequence[TokenSeq], group_size: int, pad_id: int, device=None) -> ModelBatch:
@@ -112,10 +123,10 @@ def collate_shared_prefix(seqs: Sequence[TokenSeq], group_size: int, pad_id: int
     groups = [seqs[i:i + group_size] for i in range(0, len(seqs), group_size)]
     prompts = []
     for g in groups:
-        n = prompt_length(g[0])
-        if n < 2 or any(prompt_length(s) != n or s.ids[:n] != g[0].ids[:n] for s in g):
+        n = shared_prompt(g)
+        if not n:
             raise ValueError("sequences of a group must share a prompt of at least 2 tokens")
-        prompts.append(g[0].ids[:n])
+        prompts.append(g[0].input_ids[:n])
     width = max(len(p) for p in prompts) - 1
     pre_ids = torch.full((len(groups), width), int(pad_id), dtype=torch.long)
     pre_mask = torch.zeros((len(groups), width), dtype=torch.long)
@@ -123,7 +134,8 @@ def collate_shared_prefix(seqs: Sequence[TokenSeq], group_size: int, pad_id: int
         pre_ids[b, width - len(p) + 1:] = torch.as_tensor(p[:-1], dtype=torch.long)
         pre_mask[b, width - len(p) + 1:] = 1
     pre_pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)
-    suffixes = [TokenSeq(p[-1:] + s.ids[len(p):], [0] + s.scored[len(p):]) for p, g in zip(prompts, groups) for s in g]
+    suffixes = [TokenSeq(p[-1:] + s.input_ids[len(p):], [0] + s.score_mask[len(p):])
+                for p, g in zip(prompts, groups) for s in g]
     body = collate_padded(suffixes, pad_id)
     starts = torch.tensor([len(p) - 1 for p in prompts]).repeat_interleave(group_size)
     positions = starts[:, None] + torch.arange(body.input_ids.shape[1])[None, :]

@@ -1,16 +1,22 @@
-"""Command-line interface: ``prepo train`` and ``prepo eval``.
-
-Each sub-command lives in its own module with a ``main(argv)``; this file only routes to it.
+"""The command line: ``prepo train`` (a run from a YAML config plus ``key=value`` overrides, or a resumed run) and
+``prepo eval`` (avg@k, pass@k and maj@k of a model on benchmark files and built-in tasks).
 """
 from __future__ import annotations
 
-import importlib
+import argparse
+import functools
+import json
+import math
+import os
+import re
 import sys
+import time
+from pathlib import Path
 
-COMMANDS = {
-    "train": ("prepo.train_cli", "train a causal LM with PREPO or a baseline selection strategy"),
-    "eval": ("prepo.eval_cli", "evaluate a model: avg@k, pass@k and maj@k on math benchmarks"),
-}
+from prepo.checkpoint import run_dir_of
+from prepo.config import ConfigError, DataConfig, load_config
+from prepo.data import (ARITH_FORMAT, BUILTIN_TASKS, PRESETS, VERIFIERS, PromptFormat, detect_preset, load_examples,
+                        make_builtin)
 
 
 def _usage() -> str:
@@ -20,6 +26,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``prepo COMMAND [options]``: route to the sub-command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -28,16 +35,256 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"prepo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, _ = COMMANDS[name]
+    return int(COMMANDS[name][0](rest) or 0)
+
+
+def _fail(command: str, message) -> int:
+    """The one error line of a sub-command (exit status 2)."""
+    print(f"prepo {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+# --- prepo train -----------------------------------------------------------------------------------------------------
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prepo train",
+        description="Train a causal LM with PREPO (perplexity-window prompt selection + entropy weighting) or a "
+                    "baseline selection strategy. Any config key can be overridden as dotted key=value, e.g. "
+                    "selection.strategy=random optim.lr=1e-5 (before or after the options).")
+    p.add_argument("--config", help="YAML config file (default: built-in defaults; on --resume: the run's config)")
+    p.add_argument("--output-dir", help="run folder (default: <run.output_root>/<run.name>, or the resumed run's)")
+    p.add_argument("--max-steps", type=int, help="training steps (sets run.steps)")
+    p.add_argument("--resume", metavar="DIR", help="continue from a run folder's newest checkpoint (or a checkpoint)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="the run folder may hold another run: delete it (config.yaml, metrics.jsonl, curves.png, "
+                        "checkpoints/) and start over")
+    p.add_argument("--allow-config-change", metavar="KEY[,KEY]", default="",
+                   help="on --resume: config keys that may differ from the checkpoint's, e.g. run.steps")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides with dotted keys")
+    return p
+
+
+def run_train(argv: list[str] | None = None) -> int:
+    """``prepo train [--config FILE] [--output-dir DIR] [--max-steps N] [--resume DIR] [--overwrite]
+    [--allow-config-change KEY[,KEY]] [key=value ...]``; data parallel: ``torchrun --nproc_per_node N -m prepo train``."""
+    _error = functools.partial(_fail, "train")
+    parser = train_parser()
+    args = parser.parse_intermixed_args(argv)  # overrides may come before, between and after the options
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"run.steps={args.max_steps}")
+    allow = [k.strip() for k in args.allow_config_change.split(",") if k.strip()]
+    config_path = args.config
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None:
+        if not resume.exists():
+            return _error(f"--resume {resume}: no such folder")
+        if args.overwrite and not args.output_dir:
+            return _error("--overwrite with --resume would delete the run being resumed; give --output-dir "
+                          "for a copy, or leave out --overwrite")
+        if config_path is None and (run_dir_of(resume) / "config.yaml").is_file():
+            config_path = run_dir_of(resume) / "config.yaml"
+    elif allow:
+        return _error("--allow-config-change only applies with --resume")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        print(f"prepo {name}: not built yet", file=sys.stderr)
-        return 0
-    return int(module.main(rest) or 0)
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        return _error(exc)
+    if args.output_dir:
+        run_dir = Path(args.output_dir)
+    elif resume is not None:
+        run_dir = run_dir_of(resume)
+    else:
+        run_dir = Path(config.run.output_root) / config.run.name
+
+    from prepo.distributed import teardown
+    from prepo.trainer import Trainer
+
+    try:
+        trainer = Trainer(config, run_dir, resume_from=resume, overwrite=args.overwrite, allow_config_change=allow)
+    except (ValueError, OSError) as exc:  # bad data, checkpoint, folder or model: one line, before any training
+        return _error(exc)
+    try:
+        result = trainer.train()
+    finally:
+        teardown(trainer.dist)
+    if trainer.dist.is_main:
+        print(result.summary)
+        print(f"outputs in {result.run_dir}/ (config.yaml, metrics.jsonl, curves.png, checkpoints/)")
+    return 130 if result.interrupted else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# --- prepo eval ------------------------------------------------------------------------------------------------------
+
+ARITH_DEFAULT_N = 200
+MATH_PROMPT = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prepo eval", description=COMMANDS["eval"][1])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, GGUF file, local folder or hub name")
+    p.add_argument("--data", action="append", required=True, metavar="FILE",
+                   help="a dataset file (preset detected from its folder), PRESET=FILE, or a built-in task "
+                   "arith[:N] / tiny-arith[:N] (held-out problems); repeatable")
+    p.add_argument("--tiers", default=None, help="comma-separated tiers of a built-in task (default: all)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="field preset for --data files whose folder does not name one")
+    p.add_argument("--prompt-field", default=None, help="the question's field in --data files (instead of a preset)")
+    p.add_argument("--answer-field", default=None, help="the gold answer's field in --data files")
+    p.add_argument("--verifier", choices=VERIFIERS, default=None,
+                   help="how answers are checked for --data files (default: the preset's, else math)")
+    p.add_argument("--k", type=int, default=16, help="samples per problem (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 16 for arith, 1024 for benchmark files")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each file")
+    p.add_argument("--engine", default="hf", help="rollout engine (hf)")
+    p.add_argument("--batch-size", type=int, default=64, help="rows (prompts × samples) per generate call")
+    p.add_argument("--system-prompt", default=None,
+                   help="default: arith's own (prepo.data.ARITH_FORMAT, with its worked examples) or the template's")
+    p.add_argument("--prompt-template", default=None, help="user message around {question}; default: plain "
+                   "for arith, a 'reason step by step ... \\boxed{}' instruction for benchmark files")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", default=None, help="JSON report path (default: eval-<time>.json in the cwd)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_data_arg(spec: str, limit: int | None, fields: dict | None = None, tiers: list[str] | None = None):
+    """(name, examples, prompt format or None for a file) for one --data value; ``fields``: preset / prompt_field /
+    answer_field / verifier for files (a PRESET=FILE value names its own preset); ``tiers``: of a built-in task."""
+    task, _, count = spec.partition(":")
+    if task in BUILTIN_TASKS:
+        n = ARITH_DEFAULT_N if not count else _positive_int(count, f"--data {task}:N")
+        if limit is not None:
+            n = min(n, limit)
+        # the held-out problems `prepo train` evaluates on (data.eval_seed's default) for the same tiers and size
+        examples = make_builtin(task, n, DataConfig.eval_seed, tiers, split="eval")
+        return task, examples, ARITH_FORMAT if task == "arith" else PromptFormat()
+    fields = {k: v for k, v in (fields or {}).items() if v is not None}
+    if "=" in spec and not os.path.exists(spec):
+        fields["preset"], spec = spec.split("=", 1)
+    path = Path(spec)
+    preset = fields.pop("preset", None)
+    if path.exists() and not path.is_dir() and preset is None and detect_preset(path) is None and not (
+            "prompt_field" in fields and "answer_field" in fields):
+        raise ValueError(f"--data {spec}: cannot tell its format from the folder name; pass --preset (one of "
+                         f"{', '.join(sorted(PRESETS))}), or --prompt-field and --answer-field")
+    examples = load_examples(path, preset, limit=limit, **fields)
+    name = preset or (path.parent.name if path.parent.name else path.stem)
+    return name, examples, None
+
+
+_HUB_NAME = re.compile(r"^(?:[\w.-]+/)?[\w.-]{1,96}$")
+
+
+def check_model_name(name: str) -> None:
+    """ValueError when ``name`` can be neither an existing file or folder, nor an alias or hub name (checked before
+    anything loads; whether a hub name exists shows only when it is fetched)."""
+    if Path(name).expanduser().exists():
+        return
+    if (name.endswith(".gguf") or name.startswith((".", "/", "~")) or "\\" in name or ".." in name or "--" in name
+            or not _HUB_NAME.match(name)):
+        raise ValueError(f"--model {name}: no such file or folder, and not a model alias or hub name")
+
+
+def _positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{what}: expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{what}: expected a positive integer, got {value}")
+    return value
+
+
+def check_args(args) -> Path:
+    """Every option that can be checked before the model loads; returns the report path."""
+    _positive_int(str(args.k), "--k")
+    _positive_int(str(args.batch_size), "--batch-size")
+    if args.limit is not None:
+        _positive_int(str(args.limit), "--limit")
+    if args.max_new_tokens is not None:
+        _positive_int(str(args.max_new_tokens), "--max-new-tokens")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature: expected a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise ValueError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
+    from prepo.rollout import engine_names
+
+    if args.engine not in engine_names():
+        raise ValueError(f"--engine: unknown engine {args.engine!r}; known: {', '.join(engine_names())}")
+    check_model_name(args.model)
+    out = Path(args.output or f"eval-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    if out.is_dir():
+        raise ValueError(f"--output {out}: is a folder; give a file path for the JSON report")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--output {out}: {out.parent} is not a folder")
+    return out
+
+
+def run_eval(argv: list[str] | None = None) -> int:
+    """``prepo eval --model M --data arith:64 --data data/gsm8k/test.jsonl --k 4 --limit 50``: print a table, write
+    the JSON report."""
+    _error = functools.partial(_fail, "eval")
+    args = eval_parser().parse_args(argv)
+    fields = {"preset": args.preset, "prompt_field": args.prompt_field, "answer_field": args.answer_field,
+              "verifier": args.verifier}
+    try:
+        out = check_args(args)
+        tiers = [t for t in args.tiers.split(",") if t] if args.tiers else None
+        datasets, formats = {}, {}
+        for spec in args.data:
+            name, examples, fmt = parse_data_arg(spec, args.limit, fields, tiers)
+            while name in datasets:
+                name += "'"
+            datasets[name] = examples
+            if fmt is not None:
+                formats[name] = fmt
+    except (ValueError, OSError) as exc:
+        return _error(exc)
+    import torch
+
+    from prepo.evaluate import evaluate
+    from prepo.models import load_model_and_tokenizer
+    from prepo.rollout import make_engine
+
+    def pick(given, field: str | None, other):
+        """Per dataset: the option when given, else the built-in task's own format field (16 new tokens), else
+        ``other`` (benchmark files)."""
+        return {n: given if given is not None else (
+            (getattr(formats[n], field) if field else 16) if n in formats else other) for n in datasets}
+
+    try:
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    except (OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _error(f"--model {args.model}: cannot load it: not a local folder, GGUF file or alias, and not a "
+                      f"reachable hub model ({detail})")
+    engine_kw = {"batch_size": args.batch_size} if args.engine == "hf" else {}
+    engine = make_engine(args.engine, model, tokenizer, **engine_kw)
+    start = time.time()
+    report = evaluate(engine, tokenizer, datasets, k=args.k, max_new_tokens=pick(args.max_new_tokens, None, 1024),
+                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=not args.no_progress,
+                      system_prompt=pick(args.system_prompt, "system_prompt", None),
+                      prompt_template=pick(args.prompt_template, "prompt_template", MATH_PROMPT),
+                      few_shot=pick(None, "few_shot", ()),
+                      response_prefix=pick(None, "response_prefix", ""),
+                      rows_per_call=args.batch_size)
+    report.settings.update(model=args.model, engine=args.engine, data=args.data, limit=args.limit,
+                           seconds=round(time.time() - start, 1))
+    print(report.table())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"report written to {out}")
+    return 0
+
+
+COMMANDS = {  # name: (entry point, one-line help)
+    "train": (run_train, "train a causal LM with PREPO or a baseline selection strategy"),
+    "eval": (run_eval, "evaluate a model: avg@k, pass@k and maj@k on math benchmarks"),
+}

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence
 
-STRATEGIES = ("ppl", "random", "dynamic", "greso", "all")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
-SCORE_SPANS = ("question", "prompt")
 FILE_FIELDS = ("prompt_field", "answer_field", "answer_extractor", "verifier", "split")
 
 
@@ -75,11 +72,12 @@ class DataConfig:
         _require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
         _require(self.train not in ("arith", "tiny-arith") or self.train_size > 0, "data.train_size",
                  f"must be > 0 for the built-in task {self.train!r}")
+        from prepo.data import BUILTIN_TASKS, SCORE_SPANS, builtin_tiers
+
         _require(self.score_span in SCORE_SPANS, "data.score_span",
                  f"must be one of {SCORE_SPANS}, got {self.score_span!r}")
         _require(self.prompt_template.count("{question}") == 1, "data.prompt_template",
                  f"must contain '{{question}}' exactly once, got {self.prompt_template!r}")
-        from prepo.data import BUILTIN_TASKS, builtin_tiers
 
         _require(self.train in BUILTIN_TASKS or self.tiers is None, "data.tiers",
                  f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
@@ -107,9 +105,11 @@ class SelectionConfig:
     greso_p_min: float = 0.05       # greso: exploration probability floor (a skipped prompt is never gone for good)
 
     def __post_init__(self):
+        from prepo.selection import STRATEGIES
+
         _require_finite(self, "selection")
         _require(self.strategy in STRATEGIES, "selection.strategy",
-                 f"must be one of {STRATEGIES}, got {self.strategy!r}")
+                 f"must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
         _require(self.k >= 1, "selection.k", f"must be >= 1, got {self.k}")
         _require(self.num_candidates >= 1, "selection.num_candidates", f"must be >= 1, got {self.num_candidates}")
         _require(self.k <= self.num_candidates, "selection.k",
@@ -187,8 +187,8 @@ class OptimConfig:
     adam_eps: float = 1e-8
     warmup_steps: int = 0             # linear warm-up from 0 to lr, then constant
     max_grad_norm: float = 1.0        # 0 = no clipping (the norm is still reported)
-    micro_batch_tokens: int = 1024    # tokens per forward/backward in the update (peak memory: 1024 vs 4096 on
-                                      # SmolLM2, 32 rollouts x 64 tokens: 4.2 vs 7.2 GB RSS, same CPU time)
+    micro_batch_tokens: int = 1024    # tokens per forward/backward in the update (peak memory against time:
+                                      # benchmarks/results/update-micro-batch.md)
 
     def __post_init__(self):
         _require_finite(self, "optim")
@@ -235,6 +235,7 @@ class RunConfig:
     progress: bool = True           # tqdm progress bar
     device: str = "auto"            # auto | cpu | cuda
     parallel: str = "auto"          # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | auto (fsdp on CUDA, ddp on CPU)
+    report_to: list[str] = field(default_factory=list)  # also log to: tensorboard, wandb (offline without network)
 
     def __post_init__(self):
         _require(bool(self.name) and self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
@@ -246,6 +247,10 @@ class RunConfig:
         _require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, got {self.device!r}")
         _require(self.parallel in ("auto", "ddp", "fsdp"), "run.parallel",
                  f"must be auto, ddp or fsdp, got {self.parallel!r}")
+        from prepo.reporters import REPORTERS
+
+        unknown = [name for name in self.report_to if name not in REPORTERS]
+        _require(not unknown, "run.report_to", f"unknown {unknown}; known: {list(REPORTERS)}")
 
 
 @dataclass
@@ -264,84 +269,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# --- loading: YAML mapping + dotted overrides, each value coerced to its field's type ------------------------------
+# --- loading: OmegaConf merges the dataclasses' defaults, YAML files (a ``base:`` chain), mappings and dotted overrides
+# with strict keys and typed values; the dataclasses' __post_init__ checks run last. Any error is one ConfigError line.
+# Values are taken literally: ${...} interpolations are never resolved (a config file must not read the environment).
 
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _strip_optional(tp):
-    """(inner type, allows None) for ``X | None`` / ``Optional[X]``."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _parse_text(text: str):
-    """A command-line value as YAML (so lists and mappings work); plain words stay strings."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def coerce_value(value, tp, key: str):
-    """Convert ``value`` (from YAML, or a raw command-line string) to the field type ``tp``; ConfigError if it can't."""
-    inner, optional = _strip_optional(tp)
-    from_cli = isinstance(value, str)
-    if value is None or (from_cli and optional and value.strip().lower() in ("null", "none", "~", "")):
-        if optional:
-            return None
-        raise ConfigError(f"{key}: must not be null")
-    origin = typing.get_origin(inner)
-    try:
-        if inner is bool:
-            if isinstance(value, bool):
-                return value
-            if from_cli and value.strip().lower() in ("true", "yes", "on", "1"):
-                return True
-            if from_cli and value.strip().lower() in ("false", "no", "off", "0"):
-                return False
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        if inner is int:
-            if isinstance(value, bool) or isinstance(value, float):
-                raise ConfigError(f"{key}: expected an integer, got {value!r}")
-            return int(value.strip().replace("_", "")) if from_cli else int(value)
-        if inner is float:
-            if isinstance(value, bool):
-                raise ConfigError(f"{key}: expected a number, got {value!r}")
-            return float(value)
-        if inner is str:
-            if not isinstance(value, str):
-                raise ConfigError(f"{key}: expected a string, got {value!r}")
-            return value
-        if origin is list:
-            (item_tp,) = typing.get_args(inner)
-            if from_cli:
-                parsed = _parse_text(value)
-                value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
-            return [coerce_value(str(v) if item_tp is str and isinstance(v, (int, float)) else v,
-                                 item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        if origin is dict:
-            key_tp, val_tp = typing.get_args(inner)
-            if from_cli:
-                value = _parse_text(value)
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-            return {coerce_value(str(k), key_tp, key): coerce_value(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}") from None
-    raise TypeError(f"{key}: unsupported field type {tp!r}")  # a programming error in this file
 
 
 def _valid_keys(cls, prefix: str = "") -> list[str]:
@@ -354,83 +288,168 @@ def _valid_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
-def _build(cls, raw: dict, prefix: str = ""):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    types_ = _field_types(cls)
-    unknown = sorted(set(raw) - set(types_))
-    if unknown:
-        valid = ", ".join(_valid_keys(cls, prefix))
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + str(u) for u in unknown)}; valid keys: {valid}")
-    kwargs = {}
-    for name, value in raw.items():
-        tp = types_[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value if value is not None else {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = coerce_value(value, tp, prefix + name)
-    return cls(**kwargs)
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """Set one ``dotted.key=value`` pair in the raw (not yet validated) config mapping."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. selection.strategy=random")
-    key, value = item.split("=", 1)
-    key = key.strip()
-    parts = key.split(".")
-    cls = TrainConfig
-    node = raw
+def _lookup(key: str):
+    """(the section class holding ``key``'s deepest known part, how many parts are known, that part's type or None)."""
+    cls, parts = TrainConfig, key.split(".")
     for i, part in enumerate(parts):
-        types_ = _field_types(cls)
-        if part not in types_:
-            prefix = ".".join(parts[:i]) + "." if i else ""
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(_valid_keys(cls, prefix))}")
-        tp = types_[part]
-        last = i == len(parts) - 1
-        if dataclasses.is_dataclass(tp):
-            if last:
-                raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_field_types(tp)))}=...")
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"{'.'.join(parts[:i + 1])}: expected a mapping")
-            cls = tp
-        else:
-            if not last:
-                prefix = ".".join(parts[:i]) + "." if i else ""
-                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i + 1])} is not a section; "
-                                  f"valid keys: {', '.join(_valid_keys(cls, prefix))}")
-            node[part] = coerce_value(value, tp, key)
+        tp = _field_types(cls).get(part)
+        if tp is None or i == len(parts) - 1 or not dataclasses.is_dataclass(tp):
+            return cls, i, tp
+        cls = tp
+    return cls, len(parts), None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML file (optional), apply ``key=value`` overrides, validate, return a TrainConfig."""
+def _unknown_key(key: str) -> ConfigError:
+    cls, known, _ = _lookup(key)
+    prefix = ".".join(key.split(".")[:known])
+    valid = ", ".join(_valid_keys(cls, prefix + "." if prefix else ""))
+    return ConfigError(f"unknown config key(s) {key}; valid keys: {valid}")
+
+
+def _bad_value(key: str, value) -> ConfigError:
+    """The one line for a value that does not fit ``key``'s type."""
+    _, _, tp = _lookup(key)
+    inner = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if type(None) in typing.get_args(tp) else tp
+    origin = typing.get_origin(inner) or inner
+    if dataclasses.is_dataclass(inner) or origin is dict:
+        return ConfigError(f"{key}: expected a mapping, got {value!r}")
+    if origin is list:
+        return ConfigError(f"{key}: expected a list, got {value!r}")
+    if inner is bool:
+        return ConfigError(f"{key}: expected true or false, got {value!r}")
+    if inner is str:
+        return ConfigError(f"{key}: expected a string, got {value!r}")
+    return ConfigError(f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file (yaml.safe_load: no tags, no code), or a ConfigError naming the file."""
     import yaml
 
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"config file {str(path)!r}: malformed YAML{where}: {problem}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level")
-        raw = loaded
-    for item in overrides:
-        apply_override(raw, item)
-    return _build(TrainConfig, raw)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r}: malformed YAML{where}: {problem}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level")
+    return loaded
+
+
+def yaml_layers(path: str | Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """(file, mapping) for a YAML file and the ``base: other.yaml`` chain under it (relative to each file), the
+    deepest base first; each mapping without its ``base`` key. Merge them in order (:func:`merge_mappings`)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if "base" not in raw:
+        return [(path, raw)]
+    base_path = (path.parent / str(raw.pop("base"))).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: base: {base_path} includes itself")
+    return yaml_layers(base_path, seen + (path.resolve(),)) + [(path, raw)]
+
+
+def merge_mappings(*mappings) -> dict:
+    """Later mappings over earlier ones: mappings merge key by key, anything else (lists included) is replaced."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.create(m) for m in mappings]), resolve=False)
+
+
+def _override(item: str) -> dict:
+    """One ``dotted.key=value`` as a nested mapping, its value read as YAML (a list key also takes ``a, b``)."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. selection.strategy=random")
+    key, text = (part.strip() for part in item.split("=", 1))
+    cls, known, tp = _lookup(key)
+    if tp is None or known < len(key.split(".")) - 1:
+        raise _unknown_key(key)
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_field_types(tp)))}=...")
+    optional = type(None) in typing.get_args(tp)
+    try:
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError):  # not YAML: the text itself
+        value = text
+    if not text:
+        value = None if optional else ""
+    is_list = any(typing.get_origin(a) is list for a in (tp, *typing.get_args(tp)))
+    if is_list and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if value is None and not optional:
+        raise _bad_value(key, text)
+    return dotted_mapping(key, value)
+
+
+def dotted_mapping(key: str, value) -> dict:
+    """``{"a.b": v}`` as ``{"a": {"b": v}}``."""
+    *sections, last = key.split(".")
+    out = node = {}
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return out
+
+
+def _check_literal(node, prefix: str = "") -> None:
+    """Interpolations stay text, so only a string field may hold one."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for name in node:
+        key = prefix + str(name)
+        if OmegaConf.is_interpolation(node, name):
+            _, _, tp = _lookup(key)
+            if tp is not None and tp is not str and str not in typing.get_args(tp):
+                raise _bad_value(key, OmegaConf.to_container(node, resolve=False)[name])
+        elif isinstance(node._get_node(name), DictConfig) and node[name] is not None:
+            _check_literal(node[name], key + ".")
+
+
+def config_from(*mappings, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The TrainConfig of the defaults, then ``mappings`` (nested sections, e.g. from YAML), then dotted
+    ``key=value`` overrides, checked key by key and value by value."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    layers = [OmegaConf.structured(TrainConfig)]
+    try:
+        for mapping in (*mappings, *(_override(item) for item in overrides)):
+            for name, section in mapping.items():
+                tp = _field_types(TrainConfig).get(name)
+                if dataclasses.is_dataclass(tp) and section is not None and not isinstance(section, dict):
+                    raise ConfigError(f"{name}: expected a mapping, got {section!r}")
+            layers.append(OmegaConf.create({k: v for k, v in mapping.items() if v is not None or k not in
+                                            _field_types(TrainConfig)}))
+        merged = OmegaConf.merge(*layers)
+        _check_literal(merged)
+        tree = OmegaConf.to_container(merged, resolve=False)  # OmegaConf's own instantiation would resolve ${...}
+    except ConfigKeyError as exc:
+        raise _unknown_key(exc.full_key) from None
+    except OmegaConfBaseException as exc:
+        key = exc.full_key or ""
+        if not key or _lookup(key)[2] is None:
+            raise ConfigError(f"{key or 'config'}: {str(exc).splitlines()[0]}") from None
+        raise _bad_value(key, exc.value if hasattr(exc, "value") else None) from None
+    return TrainConfig(**{name: section(**tree[name]) for name, section in _field_types(TrainConfig).items()})
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML file (optional; with its ``base:`` chain), apply ``key=value`` overrides, validate."""
+    mappings = [raw for _, raw in yaml_layers(path)] if path is not None else []
+    return config_from(*mappings, overrides=overrides)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
@@ -443,7 +462,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
 # no effect on what a run computes: may differ on --resume without a word
 FREE_ON_RESUME = ("run.name", "run.output_root", "run.progress", "run.threads", "run.device", "run.save_every",
-                  "run.keep_checkpoints", "model.cache_dir")
+                  "run.keep_checkpoints", "run.report_to", "model.cache_dir")
 # the checkpoint's state (sampler positions, strategy state, weights) is tied to these: never changed on --resume
 FIXED_ON_RESUME = ("model.name_or_path", "run.seed", "selection.strategy", "data.train", "data.preset",
                    "data.fields", "data.train_size", "data.tiers", "data.seed")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from prepo.answers import after_hashes, last_boxed
+from prepo.batching import TokenSeq
 
 VERIFIERS = ("numeric", "math")
 
@@ -419,18 +420,7 @@ def make_builtin(task: str, n: int, seed: int, tiers: Sequence[str] | None = Non
 # ---------------------------------------------------------------------------------------------------------------
 # prompt encoding
 # ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class EncodedPrompt:
-    """Token ids the policy sees, and which of them count in the prompt perplexity.
-
-    ``score_mask[t] == 1`` means log p(input_ids[t] | input_ids[:t]) counts, so ``score_mask[0]`` is always 0.
-    """
-
-    input_ids: list[int]
-    score_mask: list[int]
-
-
-SCORE_SPANS = ("question", "prompt")
+SCORE_SPANS = ("question", "prompt")  # which prompt tokens PREPO's perplexity scores
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")
@@ -475,8 +465,8 @@ def _render(tokenizer, question: str, system_prompt, use_chat_template: bool, pr
 def encode_prompts(tokenizer, examples: Sequence[Example], *, system_prompt: str | None = None,
                    use_chat_template: bool | None = None, score_span: str = "question",
                    prompt_template: str = "{question}",
-                   few_shot: Sequence[tuple[str, str]] = (), response_prefix: str = "") -> list[EncodedPrompt]:
-    """Encode examples as the policy will see them, with the perplexity score mask.
+                   few_shot: Sequence[tuple[str, str]] = (), response_prefix: str = "") -> list[TokenSeq]:
+    """Encode examples as the policy will see them (``TokenSeq``: ids and the perplexity score mask).
 
     The chat template (when the tokenizer has one and ``use_chat_template`` is not False) wraps an optional system
     message and the user message ``prompt_template.format(question=...)``, with the generation prompt appended.
@@ -507,5 +497,5 @@ def encode_prompts(tokenizer, examples: Sequence[Example], *, system_prompt: str
             mask = [int(t > 0 and e > s and s < q_end and e > q_start) for t, (s, e) in enumerate(offsets)]
         if not any(mask):
             raise ValueError(f"examples: {ex.id!r} has no scorable tokens (score_span={score_span!r})")
-        out.append(EncodedPrompt(input_ids=ids, score_mask=mask))
+        out.append(TokenSeq(ids, mask))
     return out

@@ -162,7 +162,7 @@ def shard_model(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     """FSDP2: ``fully_shard`` each decoder layer (the model's ``_no_split_modules`` classes), then the whole model.
 
     The root (embeddings, final norm, the tied or untied lm_head) stays unsharded from its forward to its backward,
-    which lets the fused head read ``lm_head.weight`` after the forward (prepo.forward). One forward through the root
+    which lets the fused head read ``lm_head.weight`` after the forward (prepo.logprobs). One forward through the root
     initialises FSDP's state on every rank. No-op unless ``dist.fsdp``.
     """
     if not dist.fsdp:

@@ -37,8 +37,11 @@ def _clean(value):
 class MetricsLog:
     """Append-only metrics.jsonl; on resume, rows after the checkpoint's step are dropped (they will be redone)."""
 
-    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None, write: bool = True):
+    def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None, write: bool = True,
+                 reporters=()):
+        """``reporters``: prepo.reporters destinations (TensorBoard, W&B) that get each new row too."""
         self.path, self.writes = Path(path), write  # write=False: rows kept in memory only (other ranks than 0)
+        self.reporters = list(reporters)
         self.rows: list[dict] = []
         if resume_step is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
@@ -61,7 +64,15 @@ class MetricsLog:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
+        for reporter in self.reporters:
+            reporter.log(row)
         return row
+
+    def close(self) -> None:
+        """Close the reporters (metrics.jsonl is complete after every write)."""
+        for reporter in self.reporters:
+            reporter.close()
+        self.reporters = []
 
     def of_kind(self, kind: str) -> list[dict]:
         return [r for r in self.rows if r.get("kind") == kind]

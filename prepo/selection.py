@@ -1,7 +1,5 @@
-"""Which prompts a step trains on: PREPO's perplexity window and the random, DAPO dynamic-sampling, GRESO and all baselines.
-
-Each strategy is a class in one registry (``STRATEGIES``) behind one interface; ``collect_groups`` drives it through
-draw → choose → roll out + reward → keep, for as many rounds as the strategy asks, counting every rollout generated.
+"""Which prompts a step trains on: PREPO's perplexity window and the random, DAPO, GRESO and all-prompts baselines,
+one registry (``STRATEGIES``); ``collect_groups`` runs draw → choose → roll out + reward → keep for a step's rounds.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prepo.selection_window import ppl_window
+from prepo.algorithm import ppl_window
 
 
 @dataclass
@@ -263,44 +261,73 @@ def make_strategy(config, seed: int = 0) -> Strategy:
 # --- one step's prompt collection ---------------------------------------------------------------------------------
 
 @dataclass
-class Collected:
-    """What a step trains on and what it cost."""
+class Rewarded:
+    """One round's rolled-out, rewarded groups and what each part took (measured where it ran)."""
 
     groups: list[Group]
-    rollouts: int                  # every rollout generated this step, discarded ones included
-    discarded: int                 # rollouts generated but not trained on
+    time_generate: float = 0.0
+    time_reward: float = 0.0
+
+
+@dataclass
+class Collected:
+    """What a step trains on, everything it generated, and what that cost."""
+
+    groups: list[Group]            # the groups to train on
+    generated: list[Group]         # every group rolled out this step, discarded ones included
     rounds: int
     info: dict
     time_select: float
     time_generate: float
+    time_reward: float
+
+    @property
+    def rollouts(self) -> int:
+        """Every rollout generated this step, discarded ones included."""
+        return sum(len(g.rollouts) for g in self.generated)
+
+    @property
+    def discarded(self) -> int:
+        """Rollouts generated but not trained on."""
+        return self.rollouts - sum(len(g.rollouts) for g in self.groups)
+
+    @property
+    def rewards(self) -> list[float]:
+        """The reward of every generated rollout."""
+        return [r for g in self.generated for r in g.rewards]
+
+    @property
+    def completion_lengths(self) -> list[int]:
+        """The completion length (tokens) of every generated rollout."""
+        return [len(r.completion_ids) for g in self.generated for r in g.rollouts]
 
 
 def collect_groups(strategy: Strategy, sampler: PromptSampler, *, step: int, total_steps: int, k: int,
-                   roll_out: Callable[[list[int], int], list[Group]],
+                   roll_out: Callable[[list[int], int], Rewarded],
                    score: Callable[[Sequence[int]], Sequence[float]] | None = None) -> Collected:
     """Draw candidates, let the strategy choose, roll out + reward (``roll_out(indices, round)``), keep; repeat.
 
     Filtering strategies go round again until they have K groups or give up; the result is cut to K groups for them.
     """
     kept: list[Group] = []
-    generated = rounds = 0
+    generated: list[Group] = []
+    rounds = 0
     info: dict = {}
-    t_select = t_generate = 0.0
+    t_select = t_generate = t_reward = 0.0
     while True:
         t0 = time.perf_counter()
         ctx = SelectionContext(step=step, total_steps=total_steps, k=k, needed=k - len(kept), score=score)
         choice = strategy.choose(sampler.draw(strategy.draw_size()), ctx)
-        t1 = time.perf_counter()
-        groups = roll_out(choice.indices, rounds) if choice.indices else []
-        t_generate += time.perf_counter() - t1
-        t_select += t1 - t0
-        generated += sum(len(g.rollouts) for g in groups)
-        kept += strategy.keep(groups)
+        t_select += time.perf_counter() - t0
+        done = roll_out(choice.indices, rounds) if choice.indices else Rewarded([])
+        t_generate += done.time_generate
+        t_reward += done.time_reward
+        generated += done.groups
+        kept += strategy.keep(done.groups)
         rounds += 1
         info.update(choice.info)
         if strategy.enough(len(kept), rounds):
             break
     if strategy.filters_after_reward:
         kept = kept[:k]
-    trained = sum(len(g.rollouts) for g in kept)
-    return Collected(kept, generated, generated - trained, rounds, info, t_select, t_generate)
+    return Collected(kept, generated, rounds, info, t_select, t_generate, t_reward)

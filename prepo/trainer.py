@@ -22,8 +22,9 @@ from prepo.checkpoint import (find_checkpoint, load_sharded_checkpoint, load_wei
 from prepo.config import TrainConfig, resume_changes, save_config
 from prepo.distributed import Dist, full_weights, setup as setup_distributed, shard_model
 from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, summary
-from prepo.scoring import prompt_perplexities
-from prepo.selection import Collected, Group, PromptSampler, collect_groups, make_strategy
+from prepo.reporters import check_installed, make_reporters
+from prepo.logprobs import prompt_perplexities
+from prepo.selection import Collected, Group, PromptSampler, Rewarded, collect_groups, make_strategy
 from prepo.update import Sample, UpdateSettings, make_sample, policy_update
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -250,6 +251,7 @@ class Trainer:
             state = read_state(ckpt)
             self.config_changes = resume_changes(state.get("config", {}), cfg, allow_config_change)
         check_run_dir(self.run_dir, ckpt, overwrite)
+        check_installed(cfg.run.report_to)
         self.train_examples, self.eval_sets = load_datasets(cfg.data)
         self.strategy = make_strategy(cfg.selection, seed=cfg.run.seed)
         self.sampler = PromptSampler(len(self.train_examples), seed=cfg.run.seed)
@@ -288,13 +290,9 @@ class Trainer:
                                            weight_decay=o.weight_decay)
         self._stepped = False  # the optimizer changed the weights in a step not yet committed (see train_step)
         self.optimizer.register_step_pre_hook(lambda *args: setattr(self, "_stepped", True))
-        self.settings = UpdateSettings(
-            weighting=cfg.algorithm.weighting, eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high,
-            loss_aggregation=cfg.algorithm.loss_aggregation, kl_coef=cfg.algorithm.kl_coef,
-            ppo_epochs=cfg.algorithm.ppo_epochs, skip_zero_advantage=cfg.algorithm.skip_zero_advantage,
-            temperature=cfg.rollout.temperature, micro_batch_tokens=o.micro_batch_tokens,
-            max_grad_norm=o.max_grad_norm, pad_id=int(self.tokenizer.pad_token_id), packed=self.packed,
-            shared_prefix=not self.dist.fsdp)  # FSDP gathers parameters in the model's forward, not the body's
+        # FSDP gathers parameters in the model's forward, not the body's: no shared-prefix forward there
+        self.settings = UpdateSettings.from_config(cfg, pad_id=int(self.tokenizer.pad_token_id), packed=self.packed,
+                                                   shared_prefix=not self.dist.fsdp)
 
         self.step, self.rollouts = 0, 0
         self._evaluated_step = -1  # the step whose evaluation last completed (a resumed run redoes a lost one)
@@ -315,7 +313,10 @@ class Trainer:
                 print(f"resume: config changed (--allow-config-change): {change}", file=sys.stderr)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main)
+        reporters = (make_reporters(cfg.run.report_to, self.run_dir, cfg.run.name, cfg.to_dict())
+                     if self.dist.is_main else [])
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main,
+                              reporters=reporters)
         self._snapshot = self._host_state()
         self._stop_requested = False
 
@@ -376,10 +377,12 @@ class Trainer:
                                   pad_id=self.settings.pad_id, token_budget=self.cfg.selection.score_batch_tokens)
         return self.dist.gather(ppl.tolist())
 
-    def _roll_out_and_reward(self, indices: list[int], round_: int) -> list[Group]:
-        """G rollouts of each chosen prompt, rewarded. Under torchrun each rank rolls out its block of prompts,
-        seeded per prompt (so samples do not depend on the number of ranks), and all ranks get every group."""
+    def _roll_out_and_reward(self, indices: list[int], round_: int) -> Rewarded:
+        """G rollouts of each chosen prompt, rewarded, with the time each part took. Under torchrun each rank rolls
+        out its block of prompts, seeded per prompt (so samples do not depend on the number of ranks), and all ranks
+        get every group."""
         seed = self.cfg.run.seed
+        t0 = time.perf_counter()
         if self.dist.active:
             mine = self.dist.shard(indices)
             rollouts = [roll_out(self.engine, self.prompts, [i], self.cfg.rollout,
@@ -389,15 +392,13 @@ class Trainer:
             rollouts = roll_out(self.engine, self.prompts, indices, self.cfg.rollout, step_seed(seed, self.step, round_))
         t1 = time.perf_counter()
         groups = self.dist.gather(reward_groups(self.train_examples, mine, rollouts))
-        self._time_reward += time.perf_counter() - t1
-        self._generated_rewards += [r for g in groups for r in g.rewards]
-        self._completion_lengths += [len(r.completion_ids) for g in groups for r in g.rollouts]
-        return groups
+        return Rewarded(groups, time_generate=t1 - t0, time_reward=time.perf_counter() - t1)
 
     def train_step(self) -> dict:
+        """One step: select → roll out → reward → advantages → update (whose entropy-weight stage is
+        prepo.update.rollout_weights) → metrics row; the collected groups carry rewards, lengths and timings."""
         cfg = self.cfg
         t_start = time.perf_counter()
-        self._time_reward, self._generated_rewards, self._completion_lengths = 0.0, [], []
         self._stepped = False
 
         # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds);
@@ -407,7 +408,8 @@ class Trainer:
                 self.strategy, self.sampler, step=self.step, total_steps=cfg.run.steps, k=cfg.selection.k,
                 roll_out=self._roll_out_and_reward, score=self._score if cfg.selection.strategy == "ppl" else None)
 
-        # group advantages, then the update: entropy weights + clipped surrogate, micro-batched, AdamW step
+        # group advantages, then the update: clipped surrogate weighted by w_i = H̄_i / H̄ (the entropy-weight stage,
+        # from the update's own forward), micro-batched, AdamW step
         t_update = time.perf_counter()
         with self._commit_section():
             stats = None
@@ -431,7 +433,7 @@ class Trainer:
         return row
 
     def _train_row(self, collected: Collected, stats, t_start, t_update, t_end) -> dict:
-        rewards = self._generated_rewards
+        rewards, lengths = collected.rewards, collected.completion_lengths
         trained = [r for g in collected.groups for r in g.rewards]
         weights = stats.weights[stats.active] if stats is not None and stats.active else None
         return {
@@ -443,7 +445,7 @@ class Trainer:
             "reward_trained_mean": float(np.mean(trained)) if trained else None,
             "zero_variance_frac": (float(np.mean([g.zero_variance for g in collected.groups]))
                                    if collected.groups else None),
-            "completion_len_mean": float(np.mean(self._completion_lengths)) if self._completion_lengths else None,
+            "completion_len_mean": float(np.mean(lengths)) if lengths else None,
             "entropy_mean": stats.entropy_mean if stats else None,
             "rollouts_in_update": len(stats.active) if stats else 0,
             "weight_min": float(weights.min()) if weights is not None else None,
@@ -456,8 +458,8 @@ class Trainer:
             "loss": stats.loss if stats else None, "grad_norm": stats.grad_norm if stats else None,
             "kl_mean": stats.kl_mean if stats else None, "clip_frac": stats.clip_frac if stats else None,
             "lr": self.optimizer.param_groups[0]["lr"], "tokens": stats.tokens if stats else 0,
-            "time_select": collected.time_select, "time_generate": collected.time_generate - self._time_reward,
-            "time_reward": self._time_reward, "time_update": t_end - t_update, "time_step": t_end - t_start,
+            "time_select": collected.time_select, "time_generate": collected.time_generate,
+            "time_reward": collected.time_reward, "time_update": t_end - t_update, "time_step": t_end - t_start,
             "peak_rss_mb": peak_rss_mb(),
         }
 
@@ -544,6 +546,7 @@ class Trainer:
         finally:
             bar.close()
             restore_sigterm()
+            self.log.close()
         if self.dist.is_main:
             plot_curves(self.log.rows, self.run_dir / "curves.png")
         text = summary(self.log.rows, time.perf_counter() - t0)

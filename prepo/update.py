@@ -1,20 +1,19 @@
 """The policy update: micro-batched clipped-surrogate gradients with PREPO's entropy weights, then clip and step.
-
-Entropy weights w_i = H̄_i / H̄ cost no extra forward: gradients are accumulated with the unnormalised H̄_i, and divided
-by the batch statistic H̄ (accumulated alongside) before clipping and the optimizer step.
+Weights w_i = H̄_i / H̄ cost no extra forward: gradients carry H̄_i and are divided by H̄ (see rollout_weights).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_weights
+from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_baseline, entropy_weights
 from prepo.batching import (TokenSeq, collate_packed, collate_padded, collate_shared_prefix, cost_budget_chunks,
-                            prompt_length, token_budget_chunks)
+                            prompt_length, shared_prompt, token_budget_chunks)
 from prepo.distributed import Dist
-from prepo.forward import batch_logprobs_entropy
+from prepo.logprobs import batch_logprobs_entropy
 
 
 @dataclass
@@ -27,7 +26,7 @@ class Sample:
 
     @property
     def num_tokens(self) -> int:
-        return int(sum(self.seq.scored))
+        return int(sum(self.seq.score_mask))
 
 
 def make_sample(prompt_ids: Sequence[int], completion_ids: Sequence[int], advantage: float,
@@ -54,6 +53,16 @@ class UpdateSettings:
     packed: bool = False                # one packed row per micro-batch (flash-attention on CUDA)
     shared_prefix: bool = True          # run each group's prompt once and reuse its KV cache (exact; not with packed)
 
+    @classmethod
+    def from_config(cls, config, **runtime) -> UpdateSettings:
+        """From a ``prepo.config.TrainConfig``: the ``algorithm`` keys of the same names, the sampling temperature,
+        ``optim.micro_batch_tokens`` and ``optim.max_grad_norm``; ``runtime``: pad_id, packed, shared_prefix."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        algorithm = {k: v for k, v in dataclasses.asdict(config.algorithm).items() if k in names}
+        return cls(**algorithm, temperature=config.rollout.temperature,
+                   micro_batch_tokens=config.optim.micro_batch_tokens, max_grad_norm=config.optim.max_grad_norm,
+                   **runtime)
+
 
 @dataclass
 class UpdateStats:
@@ -67,19 +76,6 @@ class UpdateStats:
     clip_frac: float
     micro_batches: int
     tokens: int
-
-
-def entropy_baseline(mean_entropy: torch.Tensor, lengths: torch.Tensor, mode: str) -> float:
-    """H̄ for ``mode``: mean of H̄_i ("entropy") or the token-weighted mean ("entropy_token"), as in entropy_weights."""
-    h = mean_entropy.double()
-    if mode == "entropy_token":
-        n = lengths.double()
-        return float((h * n).sum() / n.sum().clamp_min(1.0))
-    return float(h.mean())
-
-
-def _forward(model, batch, temperature):
-    return batch_logprobs_entropy(model, batch, temperature=temperature)
 
 
 def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,14 +108,14 @@ class _Pass:
             participants = [i for g in groups for i in g]
             groups = _owned_groups(groups, samples, dist)
             costs = [prompt_length(samples[g[0]].seq) + self.group_size *
-                     max(len(samples[i].seq.ids) - prompt_length(samples[i].seq) + 1 for i in g) for g in groups]
+                     max(len(samples[i].seq.input_ids) - prompt_length(samples[i].seq) + 1 for i in g) for g in groups]
             self.chunks = [[i for j in chunk for i in groups[j]]
                            for chunk in cost_budget_chunks(costs, settings.micro_batch_tokens)]
         else:
             participants = [i for i, smp in enumerate(samples)
                             if smp.num_tokens > 0 and not (skip and smp.advantage == 0.0)]
             mine = [i for g in _owned_groups([[i] for i in participants], samples, dist) for i in g]
-            lengths = [len(samples[i].seq.ids) for i in mine]
+            lengths = [len(samples[i].seq.input_ids) for i in mine]
             self.chunks = [[mine[j] for j in chunk] for chunk in token_budget_chunks(lengths, settings.micro_batch_tokens)]
         # samples whose entropy enters H̄ and the reported weights (on every rank: all of them, not only its own)
         self.active = sorted(i for i in participants if samples[i].num_tokens > 0)
@@ -159,7 +155,7 @@ class _Pass:
 
     @torch.no_grad()
     def reference_logprobs(self, batch) -> torch.Tensor:
-        lp, _ = _forward(self.ref_model, batch, self.s.temperature)
+        lp, _ = batch_logprobs_entropy(self.ref_model, batch, temperature=self.s.temperature)
         return lp
 
     def loss(self, lp, old_lp, batch, chunk, weights, stats) -> torch.Tensor:
@@ -202,10 +198,7 @@ def _group_size(samples) -> int | None:
         return None
     for start in range(0, len(ids), size):
         block = samples[start:start + size]
-        first = block[0].seq
-        n = prompt_length(first)
-        if n < 2 or any(smp.group != block[0].group or prompt_length(smp.seq) != n or smp.seq.ids[:n] != first.ids[:n]
-                        for smp in block):
+        if any(smp.group != block[0].group for smp in block) or not shared_prompt([smp.seq for smp in block]):
             return None
     return size
 
@@ -233,51 +226,67 @@ def _step(model, optimizer, max_grad_norm: float) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
 
+def rollout_weights(samples: Sequence[Sample], mean_entropy: torch.Tensor, active: Sequence[int],
+                    mode: str) -> tuple[torch.Tensor, float]:
+    """The entropy-weight stage: (w (n,) float32, H̄) from the rollouts' mean entropies H̄_i (``mean_entropy``, as the
+    update's own forward measured them). w_i = H̄_i / H̄ for the ``active`` rollouts (prepo.algorithm.entropy_weights),
+    1 for the others; H̄ is 1.0 when ``mode`` is "none" or nothing is active, 0.0 when every rollout is deterministic."""
+    weights = torch.ones(len(samples), dtype=torch.float32)
+    if mode == "none" or not active:
+        return weights, 1.0
+    lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float64)
+    h = mean_entropy[active]
+    weights[active] = entropy_weights(h.float(), lengths.float(), mode=mode)
+    return weights, entropy_baseline(h, lengths, mode=mode)
+
+
+def _sweep(model, sweep: _Pass, settings: UpdateSettings, dist: Dist, params, weights: torch.Tensor | None):
+    """One forward/backward over the micro-batches: gradients of Σ_i c_i·ℓ_i summed over ranks, with c_i the
+    rollout's H̄_i from this very forward (detached) when ``weights`` is None, else ``weights[i]``.
+    Returns (loss statistics, per-sample mean entropies H̄_i)."""
+    _zero_grad(params)
+    mean_entropy = torch.zeros(len(sweep.samples), dtype=torch.float64)  # each rank fills its own; _reduce sums
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    for chunk, real in sweep.steps():
+        batch = sweep.batch(chunk)
+        lp, ent = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
+        h_i = _seq_mean(ent.detach(), batch.mask)
+        c = h_i if weights is None else weights[chunk].to(h_i)
+        sweep.backward(lp, lp.detach(), batch, chunk, c, stats, real)
+        if real:
+            mean_entropy[chunk] = h_i.double().cpu()
+    _reduce(dist, params, stats, mean_entropy)
+    return stats, mean_entropy
+
+
 def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSettings, *, ref_model=None,
                          dist: Dist = Dist()):
     """On-policy single update (old log-probs = current, detached): accumulate the weighted loss's gradient.
 
-    With weighting on, micro-batch i's loss carries the unnormalised H̄_i (detached, from this very forward) and the
-    summed gradient is divided by H̄ at the end: Σ_i (H̄_i/H̄)·∇ℓ_i exactly, with no extra forward pass. If every
-    rollout has zero entropy (H̄ = 0) the sweep is redone with weights 1, as entropy_weights prescribes.
+    With weighting on, rollout i's loss carries its unnormalised H̄_i (detached, from this very forward), then the
+    entropy-weight stage (:func:`rollout_weights`) gives H̄ and the summed gradient is divided by it:
+    Σ_i (H̄_i/H̄)·∇ℓ_i exactly, with no extra forward pass. If every rollout has zero entropy (H̄ = 0) the sweep is
+    redone with weights 1, as entropy_weights prescribes.
     Data parallel (``dist``): each rank runs its own groups; entropies and gradients are summed over ranks before
     H̄ is taken, so the result does not depend on the number of ranks.
     Returns (stats dict, per-sample mean entropies, per-sample weights applied, H̄, the sweep).
     """
     sweep = _Pass(model, samples, settings, ref_model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
-    weighted = settings.weighting != "none"
-    mean_entropy = torch.zeros(len(samples), dtype=torch.float64)
-    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-    for use_entropy in ((True, False) if weighted else (False,)):
-        _zero_grad(params)
-        mean_entropy.zero_()  # each rank fills its own samples' entries; _reduce sums them
-        stats.update(loss=0.0, kl=0.0, clipped=0.0)
-        for chunk, real in sweep.steps():
-            batch = sweep.batch(chunk)
-            lp, ent = _forward(model, batch, settings.temperature)
-            h_i = _seq_mean(ent.detach(), batch.mask)
-            w = h_i if use_entropy else torch.ones_like(h_i)
-            sweep.backward(lp, lp.detach(), batch, chunk, w, stats, real)
-            if real:
-                mean_entropy[chunk] = h_i.double().cpu()
-        _reduce(dist, params, stats, mean_entropy)
-        if not use_entropy:
-            break
-        active = sweep.active
-        lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float64)
-        h_bar = entropy_baseline(mean_entropy[active], lengths, settings.weighting) if active else 1.0
-        if h_bar > 0:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.div_(h_bar)
-            stats["loss"] /= h_bar
-            weights = torch.ones(len(samples), dtype=torch.float32)
-            if active:
-                weights[active] = entropy_weights(mean_entropy[active].float(), lengths.float(),
-                                                  mode=settings.weighting)
-            return stats, mean_entropy, weights, h_bar, sweep
-    return stats, mean_entropy, torch.ones(len(samples)), 1.0, sweep
+    ones = torch.ones(len(samples), dtype=torch.float32)
+    if settings.weighting == "none":
+        stats, mean_entropy = _sweep(model, sweep, settings, dist, params, ones)
+        return stats, mean_entropy, ones, 1.0, sweep
+    stats, mean_entropy = _sweep(model, sweep, settings, dist, params, None)  # gradients of Σ_i H̄_i·ℓ_i
+    weights, h_bar = rollout_weights(samples, mean_entropy, sweep.active, settings.weighting)
+    if h_bar > 0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(h_bar)
+        stats["loss"] /= h_bar
+        return stats, mean_entropy, weights, h_bar, sweep
+    stats, mean_entropy = _sweep(model, sweep, settings, dist, params, ones)
+    return stats, mean_entropy, ones, 1.0, sweep
 
 
 def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateSettings, *,
@@ -318,19 +327,13 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
         model.eval()
         for chunk, real in sweep.steps():
             batch = sweep.batch(chunk)
-            lp, ent = _forward(model, batch, settings.temperature)
+            lp, ent = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
             old.append(lp)
             if real:
                 mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
         model.train()
     dist.all_reduce_sum_(mean_entropy)
-    active = sweep.active
-    lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float32)
-    weights = torch.ones(len(samples), dtype=torch.float32)
-    h_bar = 1.0
-    if active and settings.weighting != "none":
-        weights[active] = entropy_weights(mean_entropy[active].float(), lengths, mode=settings.weighting)
-        h_bar = entropy_baseline(mean_entropy[active], lengths, settings.weighting)
+    weights, h_bar = rollout_weights(samples, mean_entropy, sweep.active, settings.weighting)
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
     grad_norm = 0.0
     for _ in range(settings.ppo_epochs):
@@ -338,7 +341,7 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
         stats.update(loss=0.0, kl=0.0, clipped=0.0)
         for (chunk, real), old_lp in zip(sweep.steps(), old):
             batch = sweep.batch(chunk)
-            lp, _ = _forward(model, batch, settings.temperature)
+            lp, _ = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
             w = weights[chunk].to(lp.device)
             sweep.backward(lp, old_lp, batch, chunk, w, stats, real)
         _reduce(dist, params, stats)

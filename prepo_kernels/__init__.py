@@ -2,6 +2,7 @@
 
 Drop-in torch functions with autograd; Triton on CUDA, C++ on CPU, plain torch everywhere (see ``dispatch``).
 """
+IGNORE_INDEX = -100  # a target that is not scored (prompt, padding): the ops' default ignore_index; before the imports
 from prepo_kernels.logprobs_entropy import logprobs_and_entropy, token_entropy, token_logprobs
 from prepo_kernels.native import native_available
 from prepo_kernels.perplexity import sequence_perplexity
@@ -11,6 +12,7 @@ from prepo_kernels import hf  # noqa: E402  (Hugging Face glue; imports no trans
 
 __all__ = [
     "BACKENDS",
+    "IGNORE_INDEX",
     "hf",
     "linear_logprobs_and_entropy",
     "linear_sequence_perplexity",

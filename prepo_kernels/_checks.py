@@ -83,6 +83,3 @@ def check_mask(mask, shape, device) -> None:
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(shape)}")
     if mask.device != device:
         raise ValueError(f"mask is on {mask.device} but the inputs are on {device}")
-    if mask.is_floating_point() or mask.is_complex():
-        # float masks are accepted only when they hold 0/1 weights
-        pass

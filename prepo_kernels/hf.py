@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from prepo_kernels import IGNORE_INDEX
 from prepo_kernels.linear import linear_logprobs_and_entropy
-
-IGNORE_INDEX = -100
 
 
 def _head(model) -> torch.nn.Module:

@@ -118,12 +118,18 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     return lp, ent, lse, ez
 
 
-def _acc_mm(acc, a, b):
-    """acc (fp32) += a @ b, with half inputs upcast first (a product rounded to bf16 per slice biases the sum)."""
+def acc_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (fp32) += a @ b, without rounding the product to a's dtype where the device allows it."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-    else:
-        acc.addmm_(a.float(), b.float())
+        return
+    if a.device.type == "cuda":
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            return
+        except (RuntimeError, TypeError):  # a torch without mixed-dtype GEMMs
+            pass
+    acc.addmm_(a.float(), b.float())  # upcast copies, never a product rounded to bf16 (that biases the sums)
 
 
 def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, temperature: float,
@@ -167,12 +173,12 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
                 if direct and v0 == 0:
                     torch.mm(d, weight[v0:v1], out=dh_acc)
                 else:
-                    _acc_mm(dh_acc, d, weight[v0:v1])
+                    acc_mm(dh_acc, d, weight[v0:v1])
             if need_dw:
                 if one_block:
                     torch.mm(d.t(), h, out=dw[v0:v1])
                 else:
-                    _acc_mm(dw[v0:v1], d.t(), h_acc)
+                    acc_mm(dw[v0:v1], d.t(), h_acc)
             if need_db:
                 db[v0:v1] += d.sum(0, dtype=f32)
         if need_dh and not direct:

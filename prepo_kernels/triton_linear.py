@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from prepo_kernels import triton_backend, triton_tiles
+from prepo_kernels.linear_chunked import acc_mm
 
 HAVE_TRITON = triton_backend.HAVE_TRITON
 if HAVE_TRITON:
@@ -229,20 +230,6 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     return lp, ent, lse, ez
 
 
-def _acc_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc (fp32) += a @ b, without rounding the product to a's dtype where the device allows it."""
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
-        return
-    if a.device.type == "cuda":
-        try:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            return
-        except (RuntimeError, TypeError):  # a torch without mixed-dtype GEMMs
-            pass
-    acc.addmm_(a.float(), b.float())  # upcast copies, never a product rounded to bf16 (that biases the sums)
-
-
 def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, temperature: float,
              ignore_index: int, needs):
     need_dh, need_dw, need_db = needs
@@ -279,7 +266,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
         )
         d = dz[:, : v1 - v0]
         if need_dh:
-            _acc_mm(dh32, d, weight[v0:v1])
+            acc_mm(dh32, d, weight[v0:v1])
         if need_dw:
             torch.mm(d.t(), h_kept, out=dw[v0:v1])  # one GEMM over all rows: fp32 accumulation inside
         if need_db:

@@ -9,7 +9,7 @@ import sys
 
 import prepo.rewards
 import prepo.trainer
-from prepo import train_cli
+from prepo import cli
 
 
 def parity_reward(examples, completions, *, timeout=5.0):
@@ -32,8 +32,8 @@ class Recording(prepo.trainer.Trainer):
 
 def main(argv):
     prepo.rewards.score_rollouts = parity_reward
-    prepo.trainer.Trainer = Recording  # train_cli imports it from prepo.trainer when it runs
-    code = train_cli.main(argv)
+    prepo.trainer.Trainer = Recording  # cli.run_train imports it from prepo.trainer when it runs
+    code = cli.run_train(argv)
     out = argv[argv.index("--output-dir") + 1]
     rank = int(os.environ.get("RANK", 0))
     with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:

@@ -6,14 +6,13 @@ import random
 import pytest
 import torch
 
-from prepo import algorithm, selection_window
-from prepo.algorithm import aggregate_loss, clipped_surrogate, entropy_weights, group_advantages
-from prepo.selection_window import ppl_window, window_start
+from prepo import algorithm
+from prepo.algorithm import (aggregate_loss, clipped_surrogate, entropy_baseline, entropy_weights, group_advantages,
+                             ppl_window, window_start)
 
 
-@pytest.mark.parametrize("module", [algorithm, selection_window])
-def test_doctests(module):
-    assert doctest.testmod(module).failed == 0
+def test_doctests():
+    assert doctest.testmod(algorithm).failed == 0
 
 
 def test_window_positions():
@@ -86,6 +85,23 @@ def test_entropy_weights_mean_one_and_token_variant():
         entropy_weights(h, mode="entropy_token")
     with pytest.raises(ValueError, match="weighting"):
         entropy_weights(h, mode="bogus")
+
+
+@pytest.mark.parametrize("mode", ["entropy", "entropy_token"])
+def test_zero_length_rollouts_get_weight_one_and_no_say_in_the_baseline(mode):
+    """A rollout without response tokens has no entropy: weight 1, and H̄ is taken over the others (both
+    integrations rely on this)."""
+    h = torch.rand(6) * 3 + 0.1
+    n = torch.tensor([3.0, 0.0, 5.0, 2.0, 0.0, 7.0])
+    scored = n > 0
+    h_in = h.clone()
+    h_in[~scored] = 0.0
+    w = entropy_weights(h_in, n, mode=mode)
+    assert (w[~scored] == 1).all()
+    torch.testing.assert_close(w[scored], entropy_weights(h[scored], n[scored], mode=mode))
+    assert entropy_baseline(h_in, n, mode=mode) == pytest.approx(entropy_baseline(h[scored], n[scored], mode=mode))
+    assert (entropy_weights(h, torch.zeros(6), mode=mode) == 1).all()
+    assert entropy_baseline(h, torch.zeros(6), mode=mode) == 0.0
 
 
 def test_clipped_surrogate_against_direct_formula():

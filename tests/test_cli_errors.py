@@ -13,7 +13,7 @@ import pytest
 import prepo.models
 import prepo.rewards
 import prepo.trainer
-from prepo import eval_cli, train_cli
+from prepo import cli
 from prepo.checkpoint import list_checkpoints
 from tiny_lm import one_thread, save_model_folder  # noqa: F401 (autouse; run.threads=1 too)
 
@@ -62,32 +62,32 @@ def _rows(run_dir):
 def test_a_new_run_refuses_a_folder_holding_another_run(model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
     out = tmp_path / "run"
-    assert train_cli.main(["--output-dir", str(out), "--max-steps", "1", *_base(model_dir, "run.seed=1")]) == 0
+    assert cli.run_train(["--output-dir", str(out), "--max-steps", "1", *_base(model_dir, "run.seed=1")]) == 0
     before = (out / "metrics.jsonl").read_text()
     capsys.readouterr()
     real_load = prepo.trainer.load_policy
     monkeypatch.setattr(prepo.trainer, "load_policy", lambda *a, **k: pytest.fail("model loaded"))
-    assert train_cli.main(["--output-dir", str(out), "--max-steps", "1", *_base(model_dir, "run.seed=2")]) == 2
+    assert cli.run_train(["--output-dir", str(out), "--max-steps", "1", *_base(model_dir, "run.seed=2")]) == 2
     line = _error_line(capsys)
     assert f"{out} already holds a run" in line and f"--resume {out}" in line and "--overwrite" in line
     assert (out / "metrics.jsonl").read_text() == before and "seed: 1" in (out / "config.yaml").read_text()
     # --overwrite: cleared first, then a fresh run
     monkeypatch.setattr(prepo.trainer, "load_policy", real_load)
     (out / "notes.txt").write_text("mine")
-    assert train_cli.main(["--output-dir", str(out), "--max-steps", "1", "--overwrite",
+    assert cli.run_train(["--output-dir", str(out), "--max-steps", "1", "--overwrite",
                            *_base(model_dir, "run.seed=2", "run.keep_checkpoints=1")]) == 0
     assert "seed: 2" in (out / "config.yaml").read_text()
     assert [r["step"] for r in _rows(out)] == [1] and len(list_checkpoints(out)) == 1
     assert (out / "notes.txt").read_text() == "mine"  # only what a run writes is deleted
     # --overwrite with --resume of the same folder would delete the checkpoint being resumed
-    assert train_cli.main(["--resume", str(out), "--overwrite"]) == 2
+    assert cli.run_train(["--resume", str(out), "--overwrite"]) == 2
     assert "--overwrite with --resume" in _error_line(capsys)
 
 
 def test_resume_refuses_config_changes_and_cleans_unfinished_saves(model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
     out = tmp_path / "run"
-    assert train_cli.main(["--output-dir", str(out), "--max-steps", "1",
+    assert cli.run_train(["--output-dir", str(out), "--max-steps", "1",
                            *_base(model_dir, "run.seed=1", "run.save_every=1", "run.keep_checkpoints=0")]) == 0
     capsys.readouterr()
     real_load = prepo.trainer.load_policy
@@ -98,11 +98,11 @@ def test_resume_refuses_config_changes_and_cleans_unfinished_saves(model_dir, tm
                                                        "or pass --allow-config-change rollout.group_size"),
                             (["optim.lr=1e-2"], "--allow-config-change optim.lr"),
                             (["--max-steps", "2"], "run.steps (1 -> 2)")]:
-        assert train_cli.main(["--resume", str(out), *extra]) == 2
+        assert cli.run_train(["--resume", str(out), *extra]) == 2
         line = _error_line(capsys)
         assert line.startswith("prepo train: error: --resume: the config differs from the checkpoint's in ")
         assert expected in line, line
-    assert train_cli.main(["--allow-config-change", "steps", "--max-steps", "2"]) == 2
+    assert cli.run_train(["--allow-config-change", "steps", "--max-steps", "2"]) == 2
     assert "only applies with --resume" in _error_line(capsys)
 
     # an unfinished save of a dead process is removed at resume; one whose writer still runs is left alone
@@ -118,7 +118,7 @@ def test_resume_refuses_config_changes_and_cleans_unfinished_saves(model_dir, tm
             folder.mkdir()
             (folder / "model.safetensors").write_bytes(b"\0" * 64)
         monkeypatch.setattr(prepo.trainer, "load_policy", real_load)
-        assert train_cli.main(["--resume", str(out), "--max-steps", "2", "--allow-config-change", "run.steps",
+        assert cli.run_train(["--resume", str(out), "--max-steps", "2", "--allow-config-change", "run.steps",
                                "run.threads=1"]) == 0
         assert not any(p.exists() for p in orphans) and live.is_dir()
         assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
@@ -135,20 +135,20 @@ def test_resume_refuses_config_changes_and_cleans_unfinished_saves(model_dir, tm
     newest, previous = out / "checkpoints" / "step-000002", out / "checkpoints" / "step-000001"
     state = (newest / "state.pt").read_bytes()
     (newest / "state.pt").write_bytes(state[: len(state) // 2])
-    assert train_cli.main(["--resume", str(out)]) == 2
+    assert cli.run_train(["--resume", str(out)]) == 2
     line = _error_line(capsys)
     assert f"checkpoint file {newest / 'state.pt'} is truncated or corrupt" in line
     assert f"resume from the previous checkpoint instead: --resume {previous}" in line
     (newest / "state.pt").write_bytes(b"\xa9" + state[1:])
-    assert train_cli.main(["--resume", str(out)]) == 2
+    assert cli.run_train(["--resume", str(out)]) == 2
     assert f"{newest / 'state.pt'} is truncated or corrupt" in _error_line(capsys)
     (newest / "state.pt").write_bytes(state)
     weights = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(weights[:-100])
-    assert train_cli.main(["--resume", str(out)]) == 2
+    assert cli.run_train(["--resume", str(out)]) == 2
     assert f"checkpoint file {newest / 'model.safetensors'} is truncated or corrupt" in _error_line(capsys)
     (previous / "state.pt").write_bytes(b"")
-    assert train_cli.main(["--resume", str(previous)]) == 2
+    assert cli.run_train(["--resume", str(previous)]) == 2
     assert "(EOFError" in (line := _error_line(capsys)) and "no earlier checkpoint to fall back on" in line
 
 
@@ -185,7 +185,7 @@ def test_train_config_and_data_errors_are_one_line_before_the_model_loads(model_
     ]
     for extra, expected in cases:
         # overrides on both sides of the options
-        assert train_cli.main(["run.seed=3", "--max-steps", "1", "--output-dir", out, *_base(model_dir, *extra)]) == 2
+        assert cli.run_train(["run.seed=3", "--max-steps", "1", "--output-dir", out, *_base(model_dir, *extra)]) == 2
         line = _error_line(capsys)
         assert expected in line, (expected, line)
     assert not os.path.exists(out)
@@ -195,7 +195,7 @@ def test_a_prompt_longer_than_the_context_is_refused(model_dir, tmp_path, capsys
     long = _file(tmp_path / "long.jsonl", [{"q": "What is 1 + 1?", "a": "2"}] * 5
                  + [{"q": "What is " + " + ".join(["12"] * 300) + "?", "a": "3600"}])
     out = tmp_path / "out"
-    assert train_cli.main(["--output-dir", str(out), *_base(model_dir, f"data.train={long}", "data.tiers=null",
+    assert cli.run_train(["--output-dir", str(out), *_base(model_dir, f"data.train={long}", "data.tiers=null",
                                                             "data.fields={prompt_field: q, answer_field: a}")]) == 2
     line = _error_line(capsys)
     assert f"data.train: prompt 'long/6' ({long}:line 6) is " in line
@@ -218,21 +218,21 @@ def test_a_prompt_longer_than_the_context_is_refused(model_dir, tmp_path, capsys
     (["--model", "model.gguf"], "--model model.gguf: no such file or folder"),
 ])
 def test_eval_options_are_checked_before_the_model_loads(args, expected, no_model, capsys):
-    assert eval_cli.main(["--data", "arith:2", *args]) == 2
+    assert cli.run_eval(["--data", "arith:2", *args]) == 2
     assert expected in _error_line(capsys, "eval")
 
 
 def test_eval_output_folder_and_plain_jsonl(model_dir, tmp_path, no_model, capsys, monkeypatch):
-    assert eval_cli.main(["--data", "arith:2", "--output", str(tmp_path)]) == 2
+    assert cli.run_eval(["--data", "arith:2", "--output", str(tmp_path)]) == 2
     assert f"--output {tmp_path}: is a folder" in _error_line(capsys, "eval")
     plain = _file(tmp_path / "mine.jsonl", [{"q": "What is 1 + 1?", "a": "2"}, {"q": "What is 2 + 2?", "a": "4"}])
-    assert eval_cli.main(["--data", str(plain), "--output", str(tmp_path / "r.json")]) == 2
+    assert cli.run_eval(["--data", str(plain), "--output", str(tmp_path / "r.json")]) == 2
     line = _error_line(capsys, "eval")
     assert f"--data {plain}: cannot tell its format" in line and "--prompt-field and --answer-field" in line
     # with the field flags it evaluates
     monkeypatch.undo()
     out = tmp_path / "r.json"
-    assert eval_cli.main(["--model", str(model_dir), "--data", str(plain), "--prompt-field", "q", "--answer-field",
+    assert cli.run_eval(["--model", str(model_dir), "--data", str(plain), "--prompt-field", "q", "--answer-field",
                           "a", "--verifier", "numeric", "--k", "1", "--max-new-tokens", "2", "--temperature", "0",
                           "--output", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())

@@ -186,3 +186,32 @@ def test_resume_changes_name_the_differing_keys():
                        ["selection.strategy"])
     with pytest.raises(ConfigError, match=r"'nope' is not a config key"):
         resume_changes(saved, cfg, ["nope"])
+
+
+def test_base_files_merge_section_by_section(tmp_path):
+    """`base: other.yaml` (relative to the file) is read first; mappings merge key by key, lists are replaced."""
+    (tmp_path / "base.yaml").write_text("optim: {lr: 1.0e-6, weight_decay: 0.5}\ndata: {tiers: [add1, add2]}\n")
+    (tmp_path / "sub").mkdir()
+    derived = tmp_path / "sub" / "run.yaml"
+    derived.write_text("base: ../base.yaml\noptim: {lr: 2.0e-5}\ndata: {tiers: [mul1]}\n")
+    cfg = load_config(derived, ["optim.weight_decay=0.25"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.data.tiers) == (2e-5, 0.25, ["mul1"])
+    derived.write_text("base: run.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(derived)
+
+
+def test_values_are_taken_literally(tmp_path, monkeypatch):
+    """An untrusted config never reads the environment or other keys: ${...} stays text, and only a string key may
+    hold it; YAML tags that would build objects are refused by the safe loader."""
+    monkeypatch.setenv("PREPO_SECRET", "s3cret")
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  system_prompt: 'x ${oc.env:PREPO_SECRET} ${run.name}'\n")
+    cfg = load_config(path, ["data.prompt_template=Compute ${question}$"])
+    assert cfg.data.system_prompt == "x ${oc.env:PREPO_SECRET} ${run.name}"
+    assert cfg.data.prompt_template == "Compute ${question}$"
+    with pytest.raises(ConfigError, match=r"^run\.steps: cannot read '\$\{oc.env:PREPO_SECRET\}' as int$"):
+        load_config(None, ["run.steps=${oc.env:PREPO_SECRET}"])
+    path.write_text("run: !!python/object/apply:os.system [echo hi]\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(path)

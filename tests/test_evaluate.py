@@ -129,7 +129,7 @@ def test_tiny_model_end_to_end_is_deterministic(tok):
 
 
 def test_eval_cli(tmp_path, tok, capsys):
-    from prepo.eval_cli import main
+    from prepo.cli import run_eval as main
 
     folder = tmp_path / "tiny"
     build_model(tok).save_pretrained(folder)
@@ -145,3 +145,30 @@ def test_eval_cli(tmp_path, tok, capsys):
     assert "pass@2" in capsys.readouterr().out
     assert main(["--model", str(folder), "--data", "arith:0", "--output", str(out)]) == 2
     assert main(["--model", str(folder), "--data", str(tmp_path / "missing.jsonl")]) == 2
+
+
+@pytest.mark.parametrize("tiers", [["add1", "add2"], None])
+def test_prepo_eval_arith_scores_the_problems_training_holds_out(tiers, tmp_path, monkeypatch):
+    """`prepo eval --data arith:N [--tiers ...]` evaluates exactly the problems `prepo train` holds out (data.eval_seed)
+    for the same tiers and size, with arith's own prompt format."""
+    import prepo.evaluate
+    import prepo.models
+    import prepo.rollout
+    from prepo.cli import run_eval
+    from prepo.config import DataConfig
+    from prepo.trainer import load_datasets
+
+    seen = {}
+
+    def fake_evaluate(engine, tokenizer, datasets, **kw):
+        seen.update(datasets=datasets, kw=kw)
+        return EvalReport(results={}, settings={})
+
+    monkeypatch.setattr(prepo.models, "load_model_and_tokenizer", lambda *a, **kw: (None, None))
+    monkeypatch.setattr(prepo.rollout, "make_engine", lambda *a, **kw: None)
+    monkeypatch.setattr(prepo.evaluate, "evaluate", fake_evaluate)
+    args = ["--data", "arith:24", "--output", str(tmp_path / "r.json"), "--no-progress"]
+    assert run_eval(args + (["--tiers", ",".join(tiers)] if tiers else [])) == 0
+    _, held = load_datasets(DataConfig(train="arith", tiers=tiers, eval_size=24))
+    assert seen["datasets"] == {"arith": held["arith"]}
+    assert seen["kw"]["system_prompt"]["arith"] == ARITH_FORMAT.system_prompt

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import prepo.integrations.verl as pv
-from prepo.selection_window import ppl_window
+from prepo.algorithm import ppl_window
 
 
 def _groups(num_groups, sizes=(2, 5)):

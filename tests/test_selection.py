@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from prepo.config import SelectionConfig
-from prepo.selection import (Group, PromptSampler, SelectionContext, collect_groups, make_strategy, STRATEGIES)
+from prepo.selection import (Group, PromptSampler, Rewarded, SelectionContext, collect_groups, make_strategy,
+                             STRATEGIES)
 
 
 def _cfg(**kw):
@@ -27,7 +28,7 @@ def _fake_roll_out(pattern, group_size=4):
 
     def roll_out(indices, round_):
         calls.append((list(indices), round_))
-        return [Group(i, [object()] * group_size, list(pattern(i))) for i in indices]
+        return Rewarded([Group(i, [object()] * group_size, list(pattern(i))) for i in indices])
 
     return roll_out, calls
 
@@ -242,3 +243,22 @@ def test_state_round_trip_reproduces_choices(name):
         gb = collect_groups(b, sampler_b, step=step, total_steps=6, k=3, roll_out=roll_out, score=score)
         assert [g.prompt_index for g in ga.groups] == [g.prompt_index for g in gb.groups]
         assert ga.rollouts == gb.rollouts
+
+
+def test_collected_carries_every_generated_reward_length_and_timing():
+    """The step's record holds what every round generated (discarded groups too) and the times each round's
+    roll-out measured, so the trainer reads nothing back from elsewhere."""
+    from types import SimpleNamespace
+
+    def roll_out(indices, round_):
+        groups = [Group(i, [SimpleNamespace(completion_ids=[0] * (1 + round_))] * 2, [float(i % 2), 0.0])
+                  for i in indices]
+        return Rewarded(groups, time_generate=1.5, time_reward=0.25)
+
+    strategy = make_strategy(_cfg(strategy="dynamic", num_candidates=4, k=4, max_rounds=3))
+    got = collect_groups(strategy, PromptSampler(40, seed=3), step=0, total_steps=5, k=4, roll_out=roll_out)
+    assert got.time_generate == pytest.approx(1.5 * got.rounds) and got.time_reward == pytest.approx(0.25 * got.rounds)
+    assert got.rollouts == 2 * len(got.generated) and got.discarded == got.rollouts - 2 * len(got.groups)
+    assert got.rewards == [r for g in got.generated for r in g.rewards]
+    assert sorted(set(got.completion_lengths)) == list(range(1, got.rounds + 1))
+    assert all(not g.zero_variance for g in got.groups) and any(g.zero_variance for g in got.generated)

@@ -164,19 +164,19 @@ def test_prepo_eval_on_the_testbed_scores_the_training_held_out_set(tmp_path, mo
     tiers and size, with the task's plain prompt (no math instruction the tiny model never saw)."""
     import json
 
-    from prepo import eval_cli
+    from prepo import cli
     from prepo.config import DataConfig
     from prepo.trainer import load_datasets
 
-    name, examples, fmt = eval_cli.parse_data_arg("tiny-arith:24", None, tiers=["add2", "sub22"])
+    name, examples, fmt = cli.parse_data_arg("tiny-arith:24", None, tiers=["add2", "sub22"])
     _, held = load_datasets(DataConfig(train="tiny-arith", tiers=["add2", "sub22"], eval_size=24))
     assert name == "tiny-arith" and examples == held["tiny-arith"] and fmt.prompt_template == "{question}"
     monkeypatch.setattr(tiny_model, "DEFAULT_RECIPE", SMALL)
     monkeypatch.setenv("PREPO_CACHE", str(tmp_path))
     out = tmp_path / "report.json"
-    assert eval_cli.main(["--model", "tiny-arith", "--data", "tiny-arith:6", "--k", "2", "--output", str(out),
+    assert cli.run_eval(["--model", "tiny-arith", "--data", "tiny-arith:6", "--k", "2", "--output", str(out),
                           "--no-progress", "--tiers", "add1"]) == 0
     report = json.loads(out.read_text())["benchmarks"]["tiny-arith"]
     assert report["n"] == 6 and report["k"] == 2
-    assert eval_cli.main(["--model", "tiny-arith", "--data", "tiny-arith:6", "--tiers", "nope"]) == 2
+    assert cli.run_eval(["--model", "tiny-arith", "--data", "tiny-arith:6", "--tiers", "nope"]) == 2
     assert "tiers: unknown ['nope']" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import prepo.rewards
 import prepo.trainer
-from prepo import train_cli
+from prepo import cli
 from prepo.checkpoint import list_checkpoints
 from prepo.metrics import TRAIN_FIELDS
 from prepo.selection import Group
@@ -59,7 +59,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
 
     # uninterrupted: 3 steps, a checkpoint after each
     full = tmp_path / "full"
-    assert train_cli.main(["--output-dir", str(full), "--max-steps", "3", *base,
+    assert cli.run_train(["--output-dir", str(full), "--max-steps", "3", *base,
                            "run.save_every=1", "run.keep_checkpoints=0"]) == 0
     train = _rows(full, "train")
     assert [r["step"] for r in train] == [1, 2, 3]
@@ -93,7 +93,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
 
     cut = tmp_path / "cut"
     monkeypatch.setattr(prepo.trainer, "roll_out", interrupting_roll_out)
-    assert train_cli.main(["--output-dir", str(cut), "--max-steps", "3", *base]) == 130
+    assert cli.run_train(["--output-dir", str(cut), "--max-steps", "3", *base]) == 130
     assert [p.name for p in list_checkpoints(cut)] == ["step-000002"]
     assert [r["step"] for r in _rows(cut, "train")] == [1, 2]
     for a, b in zip(_rows(full, "train")[:2], _rows(cut, "train")):
@@ -101,7 +101,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
 
     # resume: step 3 equals the uninterrupted run's step 3, metrics and weights alike
     monkeypatch.setattr(prepo.trainer, "roll_out", real_roll_out)
-    assert train_cli.main(["--resume", str(cut)]) == 0
+    assert cli.run_train(["--resume", str(cut)]) == 0
     resumed = _rows(cut, "train")
     assert [r["step"] for r in resumed] == [1, 2, 3]
     _same_row(resumed[2], train[2])
@@ -118,7 +118,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
 def test_baseline_strategies_run(tiny_model_dir, tmp_path, monkeypatch, strategy):
     monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
     out = tmp_path / strategy
-    assert train_cli.main(["--output-dir", str(out), "--max-steps", "2", *_overrides(tiny_model_dir, strategy),
+    assert cli.run_train(["--output-dir", str(out), "--max-steps", "2", *_overrides(tiny_model_dir, strategy),
                            "eval.before=false", "data.eval_size=0", "selection.max_rounds=2"]) == 0
     rows = _rows(out, "train")
     assert len(rows) == 2 and rows[-1]["rollouts"] == sum(r["rollouts_step"] for r in rows)
@@ -149,8 +149,8 @@ def test_stage_functions_by_hand():
     adv = group_advantage_table(groups, normalize_std=False)
     assert adv.tolist() == [[0.5, -0.5], [0.5, -0.5]]
     samples = build_samples(groups, [P([1, 2, 3]), P([4])], adv)
-    assert [s.seq.ids for s in samples] == [[1, 2, 3, 5, 6], [1, 2, 3, 7], [4, 8], [4, 9, 9]]
-    assert [s.seq.scored for s in samples][0] == [0, 0, 0, 1, 1]
+    assert [s.seq.input_ids for s in samples] == [[1, 2, 3, 5, 6], [1, 2, 3, 7], [4, 8], [4, 9, 9]]
+    assert [s.seq.score_mask for s in samples][0] == [0, 0, 0, 1, 1]
     assert [s.advantage for s in samples] == [0.5, -0.5, 0.5, -0.5]
     with pytest.raises(ValueError, match="different sizes"):
         group_advantage_table([Group(0, [1], [1.0]), Group(1, [1, 2], [1.0, 0.0])], True)
@@ -190,7 +190,7 @@ def test_signal_during_update_finishes_the_step_then_saves(tiny_model_dir, tmp_p
     monkeypatch.setattr(prepo.trainer, "policy_update", update_then_signal)
     handler_before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "sig"
-    assert train_cli.main(["--output-dir", str(out), "--max-steps", "4", *_overrides(tiny_model_dir),
+    assert cli.run_train(["--output-dir", str(out), "--max-steps", "4", *_overrides(tiny_model_dir),
                            "eval.before=false", "data.eval_size=0"]) == 130
     assert [r["step"] for r in _rows(out, "train")] == [1, 2]
     assert [p.name for p in list_checkpoints(out)] == ["step-000002"]
@@ -220,7 +220,7 @@ def test_resume_restores_strategy_and_global_rng_states(tiny_model_dir, tmp_path
     base = [*_overrides(tiny_model_dir, strategy), "eval.before=false", "data.eval_size=0", "selection.max_rounds=2",
             "run.save_every=1", "run.keep_checkpoints=0"]
     full = tmp_path / "full"
-    assert train_cli.main(["--output-dir", str(full), "--max-steps", "3", *base]) == 0
+    assert cli.run_train(["--output-dir", str(full), "--max-steps", "3", *base]) == 0
     ckpt = full / "checkpoints" / "step-000001"
     saved = torch.load(ckpt / "state.pt", weights_only=True)
 
@@ -262,15 +262,15 @@ def test_sigterm_during_periodic_eval_is_redone_on_resume(tiny_model_dir, tmp_pa
     monkeypatch.setattr(prepo.trainer.Trainer, "_evaluate_main", eval_then_sigterm)
     out = tmp_path / "run"
     args = ["--output-dir", str(out), "--max-steps", "3", *_overrides(tiny_model_dir), "eval.every=1"]
-    assert train_cli.main(args) == 130
+    assert cli.run_train(args) == 130
     assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
     assert [r["step"] for r in _rows(out, "eval")] == [0]
     monkeypatch.setattr(prepo.trainer.Trainer, "_evaluate_main", real_eval)
-    assert train_cli.main(["--resume", str(out)]) == 0
+    assert cli.run_train(["--resume", str(out)]) == 0
     assert [r["step"] for r in _rows(out, "eval")] == [0, 1, 2, 3]
     assert [r["step"] for r in _rows(out, "train")] == [1, 2, 3]
     # resuming a finished run evaluates nothing again
-    assert train_cli.main(["--resume", str(out)]) == 0
+    assert cli.run_train(["--resume", str(out)]) == 0
     assert [r["step"] for r in _rows(out, "eval")] == [0, 1, 2, 3]
 
 
@@ -289,12 +289,12 @@ def test_an_error_during_training_saves_the_last_completed_step(tiny_model_dir, 
     out = tmp_path / "run"
     base = [*_overrides(tiny_model_dir), "eval.before=false", "data.eval_size=0"]
     with pytest.raises(RewardError) as err:
-        train_cli.main(["--output-dir", str(out), "--max-steps", "4", *base])
+        cli.run_train(["--output-dir", str(out), "--max-steps", "4", *base])
     assert [p.name for p in list_checkpoints(out)] == ["step-000002"]
     note = f"saved {out / 'checkpoints' / 'step-000002'} (the last completed step, 2)"
     assert note in capsys.readouterr().err and any(note in n for n in err.value.__notes__)
     monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
-    assert train_cli.main(["--resume", str(out)]) == 0
+    assert cli.run_train(["--resume", str(out)]) == 0
     assert [r["step"] for r in _rows(out, "train")] == [1, 2, 3, 4]
 
     # after the optimizer step the weights belong to no step: nothing is saved, and that is said
@@ -307,7 +307,7 @@ def test_an_error_during_training_saves_the_last_completed_step(tiny_model_dir, 
     monkeypatch.setattr(prepo.trainer, "policy_update", update_then_fail)
     out2 = tmp_path / "run2"
     with pytest.raises(RuntimeError, match="disk on fire"):
-        train_cli.main(["--output-dir", str(out2), "--max-steps", "2", *base])
+        cli.run_train(["--output-dir", str(out2), "--max-steps", "2", *base])
     assert list_checkpoints(out2) == []
     assert "no checkpoint saved: the error came after step 1's optimizer step" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import torch
 
 import prepo_kernels as pk
 from prepo.batching import TokenSeq, collate_packed, collate_padded, token_budget_chunks
-from prepo.scoring import prompt_perplexities
+from prepo.logprobs import prompt_perplexities
 from prepo.update import UpdateSettings, accumulate_gradients, make_sample, policy_update
 from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse fixture)
 
@@ -89,7 +89,7 @@ def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation, g
     group_size = random.randint(2, 4) if grouped else None
     samples = _samples(3 * group_size if grouped else random.randint(5, 9), group_size=group_size)
     temperature = random.choice([1.0, 0.7])
-    longest = max(len(s.seq.ids) for s in samples)
+    longest = max(len(s.seq.input_ids) for s in samples)
     budget = (group_size + 1) * longest if grouped else 2 * longest   # several micro-batches of uneven size
     settings = UpdateSettings(weighting=weighting, loss_aggregation=aggregation, temperature=temperature,
                               micro_batch_tokens=budget, pad_id=0)
@@ -243,10 +243,6 @@ def test_prompt_perplexity_matches_float64_and_fused_reference(template):
     model = tiny_llama()
     model64 = copy.deepcopy(model).double()
 
-    class P:  # stands in for prepo.data.EncodedPrompt
-        def __init__(self, ids, mask):
-            self.input_ids, self.score_mask = ids, mask
-
     prompts = []
     head = [random.randrange(1, VOCAB) for _ in range(random.randint(2, 8))]  # a template every prompt starts with
     for _ in range(9):
@@ -259,10 +255,10 @@ def test_prompt_perplexity_matches_float64_and_fused_reference(template):
             ids = [random.randrange(1, VOCAB) for _ in range(n)]
             mask = [0] + [random.randint(0, 1) for _ in range(n - 1)]
             mask[random.randrange(1, n)] = 1
-        prompts.append(P(ids, mask))
+        prompts.append(TokenSeq(ids, mask))
     ours = prompt_perplexities(model, prompts, pad_id=0, token_budget=30 if not template else 10_000)
-    from prepo.scoring import _common_prompt
-    assert _common_prompt([TokenSeq(p.input_ids, p.score_mask) for p in prompts]) == template  # the path taken
+    from prepo.batching import shared_prompt
+    assert bool(shared_prompt(prompts)) == template  # the path taken
     for p, got in zip(prompts, ours):
         ids = torch.tensor([p.input_ids])
         with torch.no_grad():
@@ -276,12 +272,12 @@ def test_prompt_perplexity_matches_float64_and_fused_reference(template):
         fused = pk.sequence_perplexity(logits32[:, :-1].contiguous(), targets, mask.float())
         assert float(got) == pytest.approx(float(fused), rel=1e-4)
     with pytest.raises(ValueError, match="no scored token"):
-        prompt_perplexities(model, [P([1, 2, 3], [0, 0, 0])], pad_id=0)
+        prompt_perplexities(model, [TokenSeq([1, 2, 3], [0, 0, 0])], pad_id=0)
 
 
-def test_forward_fallback_matches_float64_logits():
-    """The logits-path fallback (used while prepo_kernels.hf is absent) and the default path give the same values."""
-    from prepo.forward import _fallback, token_logprobs_entropy
+def test_token_logprobs_entropy_matches_float64_logits():
+    """The policy forward (body, then the fused head at scored positions) gives the float64 logits' values."""
+    from prepo.logprobs import token_logprobs_entropy
 
     model = tiny_llama()
     seqs = [TokenSeq([random.randrange(1, VOCAB) for _ in range(n)], [0] + [1] * (n - 1)) for n in (4, 9, 2)]
@@ -292,16 +288,15 @@ def test_forward_fallback_matches_float64_logits():
     logp = torch.log_softmax(logits / 0.8, -1)
     ref_lp = logp.gather(-1, batch.targets.clamp_min(0)[..., None])[..., 0] * batch.mask
     ref_ent = -(logp.exp() * logp).sum(-1) * batch.mask
-    for fn in (_fallback, lambda m, i, a, t, temp: token_logprobs_entropy(m, i, a, t, temperature=temp)):
-        lp, ent = fn(model, batch.input_ids, batch.attention_mask, batch.targets, 0.8)
-        torch.testing.assert_close(lp.double(), ref_lp, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-4, atol=1e-5)
+    lp, ent = token_logprobs_entropy(model, batch.input_ids, batch.attention_mask, batch.targets, temperature=0.8)
+    torch.testing.assert_close(lp.double(), ref_lp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-4, atol=1e-5)
 
 
 def test_shared_prefix_batch_equals_padded_batch():
     """Prompt run once + KV cache repeated per rollout gives the padded batch's completion log-probs and entropies."""
     from prepo.batching import collate_shared_prefix
-    from prepo.forward import batch_logprobs_entropy
+    from prepo.logprobs import batch_logprobs_entropy
 
     model = tiny_llama()
     g = random.randint(2, 5)

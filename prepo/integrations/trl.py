@@ -11,7 +11,7 @@ How it hooks into TRL 1.16 (the rest of GRPOTrainer is untouched):
   the candidates are scored under the policy that is about to produce their rollouts.
 - After TRL has computed its GRPO advantages, each rollout's are multiplied by w_i = H̄_i / H̄ (``entropy_weights``),
   from the per-token entropies of the rollout under the same policy (one no-grad forward through the fused head,
-  ``prepo.forward.token_logprobs_entropy``: the LM head runs only at completion positions).
+  ``prepo.logprobs.token_logprobs_entropy``: the LM head runs only at completion positions).
   H̄ is over the whole generation batch, gathered across ranks.
 """
 from __future__ import annotations
@@ -25,12 +25,11 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from prepo.algorithm import WEIGHTINGS, entropy_weights
-from prepo.data import EncodedPrompt
-from prepo.forward import IGNORE_INDEX, token_logprobs_entropy
+from prepo.algorithm import WEIGHTINGS, entropy_weights, ppl_window
+from prepo.batching import TokenSeq
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
-from prepo.scoring import prompt_perplexities
-from prepo.selection_window import ppl_window
+from prepo.logprobs import prompt_perplexities, token_logprobs_entropy
+from prepo_kernels import IGNORE_INDEX
 
 
 @dataclass
@@ -220,7 +219,7 @@ class PREPOTrainer(GRPOTrainer):
             ids, mask = encode_prompt(self.processing_class, p, span=self.args.prepo_score_span,
                                       chat_template=self.chat_template, tools=self.tools or None,
                                       chat_template_kwargs=self.chat_template_kwargs)
-            encoded.append(EncodedPrompt(input_ids=ids, score_mask=mask))
+            encoded.append(TokenSeq(ids, mask))
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             ppl = prompt_perplexities(self.model, encoded, pad_id=self._tokenizer.pad_token_id,
                                       token_budget=self.args.prepo_score_batch_tokens)
@@ -267,11 +266,8 @@ class PREPOTrainer(GRPOTrainer):
         """Multiply this rank's advantages by w_i = H̄_i / H̄, H̄ taken over the rollouts of every rank."""
         mean_entropy, lengths = self.rollout_entropies(output)
         all_entropy, all_lengths = self.accelerator.gather(mean_entropy), self.accelerator.gather(lengths)
-        weights = torch.ones_like(all_entropy)
-        scored = all_lengths > 0  # a rollout with no loss tokens has no entropy and no say in H̄
-        if bool(scored.any()):
-            weights[scored] = entropy_weights(all_entropy[scored], all_lengths[scored],
-                                              mode=self.args.prepo_weighting).to(weights)
+        # a rollout with no loss tokens gets weight 1 and no say in H̄
+        weights = entropy_weights(all_entropy, all_lengths, mode=self.args.prepo_weighting).to(all_entropy)
         n = mean_entropy.numel()
         rank = self.accelerator.process_index
         local = weights[rank * n:(rank + 1) * n]

@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from prepo.algorithm import WEIGHTINGS, entropy_weights, group_advantages
+from prepo.algorithm import WEIGHTINGS, entropy_weights, group_advantages, ppl_window
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
-from prepo.selection_window import ppl_window
 
 NAME = "prepo"  # both the advantage estimator and the v1 trainer
 
@@ -116,10 +115,7 @@ def prepo_advantage(token_level_rewards: torch.Tensor, response_mask: torch.Tens
                              "algorithm.prepo_weighting=none")
         if handoff.mean_entropy.numel() != scores.numel():
             raise ValueError(f"entropy hand-off has {handoff.mean_entropy.numel()} rollouts, the batch {scores.numel()}")
-        weights = torch.ones_like(handoff.mean_entropy)
-        scored = handoff.lengths > 0  # a rollout without response tokens has no entropy and no say in H̄
-        if bool(scored.any()):
-            weights[scored] = entropy_weights(handoff.mean_entropy[scored], handoff.lengths[scored], mode=mode)
+        weights = entropy_weights(handoff.mean_entropy, handoff.lengths, mode=mode)  # length 0: weight 1
         handoff.weights = weights
         advantages = advantages * weights.to(advantages)
     advantages = advantages.unsqueeze(-1) * response_mask
