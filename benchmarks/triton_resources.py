@@ -148,7 +148,7 @@ def _binder(launch, fam):
 
 
 def _compile_job(job: dict) -> dict:
-    """Runs in a worker: compile one kernel configuration, then rerun Triton's own ptxas step with its log printed."""
+    """Runs in a worker: compile one kernel configuration with Triton's ptxas log printed (rerun on a cache hit)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import importlib
 
@@ -164,14 +164,17 @@ def _compile_job(job: dict) -> dict:
     try:
         constexprs = {tuple(k): v for k, v in job["constexprs"]}
         attrs = {tuple(k): v for k, v in job["attrs"]}
-        ck = compile(ASTSource(kernel, job["signature"], constexprs, attrs), target=target, options=job["options"])
-        opts = backend.parse_options(job["options"])
         log = io.StringIO()
         before = knobs.nvidia.dump_ptxas_log
-        knobs.nvidia.dump_ptxas_log = True
+        knobs.nvidia.dump_ptxas_log = True  # Triton prints its own ptxas log when it compiles (not on a cache hit)
         try:
             with contextlib.redirect_stdout(log):
-                cubin = backend.make_cubin(ck.asm["ptx"], {}, opts, job["arch"])
+                ck = compile(ASTSource(kernel, job["signature"], constexprs, attrs), target=target,
+                             options=job["options"])
+                fresh = "Used " in log.getvalue()
+                if not fresh:  # a cached kernel: rerun Triton's ptxas step on its PTX for the log
+                    cubin = backend.make_cubin(ck.asm["ptx"], {}, backend.parse_options(job["options"]),
+                                               job["arch"])
         finally:
             knobs.nvidia.dump_ptxas_log = before
         text = log.getvalue()
@@ -181,10 +184,10 @@ def _compile_job(job: dict) -> dict:
             raise RuntimeError(f"cannot read registers / spills from the ptxas log: {text[-500:]!r}")
         out.update(registers=int(regs.group(1)), stack=int(frame.group(1)), spill_stores=int(frame.group(2)),
                    spill_loads=int(frame.group(3)), shared=int(ck.metadata.shared))
-        # the rerun describes Triton's own cubin: byte-identical, or (ptxas for sm_100 is not always deterministic)
-        # the same registers and stack frame in that cubin's resource usage
-        out["same_cubin"] = cubin == ck.asm["cubin"] or _cubin_usage(ck.asm["cubin"]) == (out["registers"],
-                                                                                         out["stack"])
+        # a rerun must describe Triton's own cubin: byte-identical, or (ptxas for sm_100 is not always
+        # deterministic) the same registers and stack frame in that cubin's resource usage
+        out["same_cubin"] = fresh or cubin == ck.asm["cubin"] or \
+            _cubin_usage(ck.asm["cubin"]) == (out["registers"], out["stack"])
     except Exception as exc:  # reported per configuration; --check fails on it
         out["error"] = f"{type(exc).__name__}: {str(exc).strip()[-400:]}"
     out["seconds"] = time.perf_counter() - t0
@@ -410,8 +413,8 @@ def report(results: list[Result], drift: list[str], times: list[dict], wall: flo
              "- what: every launch the launchers make (`triton_tiles.recording`: each dtype, fp32 precision, bias, "
              "forward and backward) compiled at every configuration `triton_tiles.choices` lists for it "
              "(autotuning candidates included), for sm_80, sm_90a and sm_100a",
-             "- registers / spills: Triton's own ptxas invocation rerun with its log printed (it matches Triton's "
-             "cubin: byte-identical, or the same registers and stack frame in `cuobjdump -res-usage`: "
+             "- registers / spills: the log of Triton's own ptxas invocation (on a cache hit: that step rerun, checked "
+             "against Triton's cubin: byte-identical, or the same registers and stack frame in `cuobjdump -res-usage`: "
              f"{'yes' if all(r.same_cubin for r in results) else 'NO, see problems'}); shared memory from the "
              "compiled metadata; blocks/SM from 64K registers, the SM's shared memory and 2048 threads",
              "- limits checked by `tests/test_triton_resources.py`: no compilation error, no spill, shared memory "

@@ -66,7 +66,7 @@ def _lin(bn, bv, bh, warps, stages, group=8) -> Tiles:
 # --- the fused linear path (triton_linear): logits tiles from tl.dot, consumed in registers --------------------------
 # Keyed by (family, dot kind): "16bit" (bf16 / fp16 inputs), "tf32" and "ieee" (fp32 inputs, by torch's TF32 setting).
 # Rows x vocabulary tiles of 64 x 128 with 8 warps, or 64 x 64 with 4: 32 fp32 accumulator registers per thread, so
-# the online-softmax epilogue's [BLOCK_N, BLOCK_V] temporaries fit beside them: 120-236 registers and no spill on any
+# the online-softmax epilogue's [BLOCK_N, BLOCK_V] temporaries fit beside them: at most 240 registers, no spill on any
 # target (benchmarks/results/triton-resources.md). 128 x 128 tiles (the previous choice) held 64 per thread and
 # used all 255 registers, one block per SM, with spills on sm_90 / sm_100. fp32 tiles take half the hidden step (the
 # same bytes per stage); "ieee" has no tensor cores (FMA dot, operands in registers): a 16-wide hidden step.
