@@ -1,16 +1,6 @@
-"""Compile every Triton kernel launch the package can make, for sm_80 / sm_90 / sm_100 on this CPU, and report resources.
+"""Compile every Triton launch the package can make for sm_80 / sm_90 / sm_100 on this CPU: registers, spills, memory.
 
 ``python -m benchmarks.triton_resources [--check] [--out PATH] [--jobs N]`` -> benchmarks/results/triton-resources.md
-
-What is compiled: the launchers themselves (``triton_backend``, ``triton_linear``) run on "meta" tensors under
-``triton_tiles.recording(family)`` for every dtype, fp32 precision and bias choice; each recorded launch gives the exact
-signature Triton would specialise, and every tile configuration ``triton_tiles.choices`` lists for that kernel (the
-table the launchers pick from, autotuning candidates included) is compiled with it. Registers and spills come from the
-``ptxas -v`` log of Triton's own ptxas invocation (the cubin is checked to be identical to Triton's); shared memory
-from the compiled metadata. ``--check`` exits 1 when a compilation fails, spills, or needs more shared memory than the
-family allows (``triton_tiles.SMEM_LIMIT``), and when a launch uses a configuration the table does not list.
-The expected time of each kernel at the shapes ``benchmarks/gpu_suite.sh`` benchmarks (the suites' --quick CUDA grid)
-is its bytes and FLOPs per call against H100 SXM peaks.
 """
 from __future__ import annotations
 
@@ -25,6 +15,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+# How: the launchers themselves (triton_backend, triton_linear) run on "meta" tensors under
+# triton_tiles.recording(family) for every dtype, fp32 precision and bias choice; each recorded launch gives the exact
+# signature Triton would specialise, and every configuration triton_tiles.choices lists for that kernel (the table the
+# launchers pick from, autotuning candidates included) is compiled with it. Registers and spills come from the log of
+# Triton's own ptxas invocation, shared memory from the compiled metadata. --check exits 1 when a compilation fails,
+# spills, needs more shared memory than the family allows (triton_tiles.SMEM_LIMIT), or when a launch uses a
+# configuration the table does not list. The expected time of each kernel at the shapes benchmarks/gpu_suite.sh
+# benchmarks (the suites' --quick CUDA grid) is its bytes and FLOPs per call against H100 SXM peaks.
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "triton-resources.md")
 # H100 SXM: HBM3 bandwidth and dense bf16 tensor-core rate (TF32: half; fp32 without tensor cores: 67 TFLOP/s).
 H100_BYTES_PER_S = 3.35e12
@@ -465,6 +463,12 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", help="families to compile (default: triton_tiles.ARCHS)")
     ap.add_argument("--json", help="also write the per-compilation results here")
     args = ap.parse_args(argv)
+    from prepo_kernels import triton_tiles
+
+    if args.jobs is not None and args.jobs < 1:
+        ap.error(f"--jobs: expected >= 1, got {args.jobs}")
+    if args.arch and set(args.arch) - set(triton_tiles.ARCHS):
+        ap.error(f"--arch: expected some of {triton_tiles.ARCHS}, got {args.arch}")
     _no_interpreter()
     t0, c0 = time.perf_counter(), os.times()
     results, drift = collect(args.arch, args.jobs)
