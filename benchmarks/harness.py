@@ -1,6 +1,6 @@
 """Shared kernel-benchmark harness: suites of cases x providers, timing, peak extra memory, floors, markdown tables.
 
-A suite module (e.g. ``benchmarks.logits_path``) only says how to build inputs and call each provider; this file times.
+A suite module (e.g. ``benchmarks.logprobs_entropy``) only says how to build inputs and call each provider; this file times.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 from benchmarks import harness
 
 # Modules that register their suites when imported.
-SUITE_MODULES = ("benchmarks.logits_path", "benchmarks.linear_path")
+SUITE_MODULES = ("benchmarks.logprobs_entropy", "benchmarks.linear_logprobs_entropy")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

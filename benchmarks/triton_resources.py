@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-# How: the launchers themselves (triton_backend, triton_linear) run on "meta" tensors under
+# How: the launchers themselves (logprobs_entropy_triton, linear_logprobs_entropy_triton) run on "meta" tensors under
 # triton_tiles.recording(family) for every dtype, fp32 precision and bias choice; each recorded launch gives the exact
 # signature Triton would specialise, and every configuration triton_tiles.choices lists for that kernel (the table the
 # launchers pick from, autotuning candidates included) is compiled with it. Registers and spills come from the log of
@@ -54,34 +54,34 @@ def _meta(shape, dtype):
 def _record_linear(N, H, V, dtype, bias: bool, ignored: bool):
     import torch
 
-    from prepo_kernels import triton_linear
+    from prepo_kernels import linear_logprobs_entropy_triton
 
     hidden, weight = _meta((N, H), dtype), _meta((V, H), dtype)
     b = _meta((V,), dtype) if bias else None
     rows = _meta((N - N // 4,), torch.int64) if ignored else None
     nk = N if rows is None else rows.shape[0]
     targets = _meta((nk,), torch.int64)
-    _, _, lse, ez = triton_linear.forward(hidden, rows, weight, b, targets, 1.0)
+    _, _, lse, ez = linear_logprobs_entropy_triton.forward(hidden, rows, weight, b, targets, 1.0)
     g = _meta((nk,), torch.float32)
-    triton_linear.backward(g, g, hidden, rows, weight, b, targets, lse, ez, 1.0, -100, (True, True, bias))
+    linear_logprobs_entropy_triton.backward(g, g, hidden, rows, weight, b, targets, lse, ez, 1.0, -100, (True, True, bias))
 
 
 def _record_logits(N, V, dtype):
     import torch
 
-    from prepo_kernels import triton_backend
+    from prepo_kernels import logprobs_entropy_triton
 
     logits, targets = _meta((N, V), dtype), _meta((N,), torch.int64)
-    _, _, lse, ez = triton_backend.forward(logits, targets, 1.0, -100)
+    _, _, lse, ez = logprobs_entropy_triton.forward(logits, targets, 1.0, -100)
     g = _meta((N,), torch.float32)
-    triton_backend.backward(g, g, logits, targets, lse, ez, 1.0, -100, _meta((N, V), dtype))
+    logprobs_entropy_triton.backward(g, g, logits, targets, lse, ez, 1.0, -100, _meta((N, V), dtype))
 
 
 def suite_shapes() -> dict:
     """The shapes gpu_suite.sh benchmarks: the logits and linear suites' --quick CUDA grids (one point each)."""
-    from benchmarks import linear_path, logits_path
+    from benchmarks import linear_logprobs_entropy, logprobs_entropy
 
-    lg, ln = logits_path._grid("cuda", True), linear_path._grid("cuda", True)
+    lg, ln = logprobs_entropy._grid("cuda", True), linear_logprobs_entropy._grid("cuda", True)
     return {"logits": {k: lg[k][0] for k in ("N", "V", "dtype")},
             "linear": {k: ln[k][0] for k in ("N", "H", "V", "dtype")}}
 

@@ -1,4 +1,4 @@
-// Python bindings of the CPU kernels: the extension module prepo_kernels._C (loaded by prepo_kernels/native.py).
+// Python bindings of the CPU kernels: the extension module prepo_kernels._C (loaded by prepo_kernels/logprobs_entropy_native.py).
 // Kept apart from the kernels so that only this file pays for the pybind/torch headers (the tensor casters alone:
 // a third of the compile time of <torch/extension.h>).
 #include <torch/csrc/utils/pybind.h>

@@ -1,5 +1,5 @@
 // CPU forward and backward of the fused log-prob / entropy op: tensor checks, dtype dispatch, threads across rows.
-// The math is in rows.h; the contract (shapes, outputs, ignore_index) is that of prepo_kernels/torch_backend.py.
+// The math is in rows.h; the contract (shapes, outputs, ignore_index) is that of prepo_kernels/logprobs_entropy_torch.py.
 #include "logprobs_entropy.h"
 
 #include <ATen/MemoryOverlap.h>

@@ -1,5 +1,5 @@
 // Declarations of the CPU log-prob / entropy kernels exported by prepo_kernels._C (see logprobs_entropy.cpp).
-// Signatures follow the backend contract in prepo_kernels/torch_backend.py.
+// Signatures follow the backend contract in prepo_kernels/logprobs_entropy_torch.py.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -27,7 +27,7 @@ struct Acc<double> {
   using type = double;
 };
 
-// Result of the forward over one row; lse and ez as in the contract of prepo_kernels/torch_backend.py.
+// Result of the forward over one row; lse and ez as in the contract of prepo_kernels/logprobs_entropy_torch.py.
 template <typename C>
 struct RowOut {
   C lp, ent, lse, ez;
@@ -56,7 +56,7 @@ struct Online {
   C ref() const { return std::isinf(m) && m < 0 ? C(0) : m; }
 
   // A row without a finite lse (NaN or +inf in z: s0 is NaN; all -inf: s0 = 0) is flagged, per the NON_FINITE_ROWS
-  // contract of prepo_kernels/torch_backend.py: lp = ent = ez = NaN (0 when ignored), lse NaN or -inf (all -inf).
+  // contract of prepo_kernels/logprobs_entropy_torch.py: lp = ent = ez = NaN (0 when ignored), lse NaN or -inf (all -inf).
   RowOut<C> finish(C z_target, bool ignored) const {
     const double log_s0 = std::log(s0);
     const double lse = static_cast<double>(ref()) + log_s0;

@@ -11,7 +11,7 @@ import prepo_kernels as pk
 from prepo.batching import collate_padded, collate_shared_prefix, shared_prompt, token_budget_chunks
 from prepo.distributed import is_sharded
 from prepo_kernels import IGNORE_INDEX
-from prepo_kernels.perplexity import reduce_perplexity
+from prepo_kernels.sequence_perplexity import reduce_perplexity
 
 
 def token_logprobs_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from prepo_kernels import native, torch_backend, triton_backend
+from prepo_kernels import logprobs_entropy_native, logprobs_entropy_torch, logprobs_entropy_triton
 
 BACKENDS = ("auto", "triton", "native", "torch")
 
-_MODULES = {"torch": torch_backend, "triton": triton_backend, "native": native}
+_MODULES = {"torch": logprobs_entropy_torch, "triton": logprobs_entropy_triton, "native": logprobs_entropy_native}
 
 
 def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None, name: str = "logits") -> str:
@@ -24,13 +24,13 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     double = dtype == torch.float64
     if backend == "auto":
-        if device.type == "cuda" and not double and triton_backend.usable_on(device)[0]:
+        if device.type == "cuda" and not double and logprobs_entropy_triton.usable_on(device)[0]:
             return "triton"
-        if device.type == "cpu" and native.native_available()[0]:
+        if device.type == "cpu" and logprobs_entropy_native.native_available()[0]:
             return "native"
         return "torch"
     if backend == "triton":
-        ok, why = triton_backend.usable_on(device)
+        ok, why = logprobs_entropy_triton.usable_on(device)
         if not ok:
             raise RuntimeError(f"backend='triton' is unavailable: {why}")
         if double:
@@ -39,12 +39,12 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype | None = None
     if backend == "native":
         if device.type != "cpu":
             raise RuntimeError(f"backend='native' runs on CPU tensors only, got {device.type}")
-        ok, why = native.native_available()
+        ok, why = logprobs_entropy_native.native_available()
         if not ok:
             raise RuntimeError(f"backend='native' is unavailable: {why}")
     return backend
 
 
 def module(name: str):
-    """The backend module implementing forward/backward (see torch_backend for the contract)."""
+    """The backend module implementing forward/backward (see logprobs_entropy_torch for the contract)."""
     return _MODULES[name]

@@ -1,4 +1,4 @@
-"""Public logits-path ops: per-token log-probs and entropies from logits, with autograd and torch.compile support.
+"""Op ``logprobs_entropy`` (public): per-token log-probs and entropies from logits, autograd and torch.compile.
 
 Registered as torch.library custom ops (fake kernels + autograd) that dispatch to the torch, Triton or C++ backend.
 """
@@ -138,7 +138,7 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, *, tempera
         (logprobs, entropy), each of shape (...), float32 (float64 for float64 logits), differentiable w.r.t. logits.
         A row whose logits / T hold NaN or +inf, or are all -inf, gives NaN in both and a NaN gradient row
         (unless its target is ignore_index): garbage in is flagged, never a silent finite number (the reasons are
-        in ``prepo_kernels.torch_backend``).
+        in ``prepo_kernels.logprobs_entropy_torch``).
     """
     return _run(logits, targets, temperature, ignore_index, backend, inplace_backward)
 

@@ -1,6 +1,7 @@
 """Every launch configuration the Triton launchers can choose, per GPU architecture and dtype, and the one launch path.
 
-The launchers (``triton_backend``, ``triton_linear``) pick from here; ``benchmarks.triton_resources`` compiles all of it.
+The launchers (``logprobs_entropy_triton``, ``linear_logprobs_entropy_triton``) pick from here;
+``benchmarks.triton_resources`` compiles all of it.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _lin(bn, bv, bh, warps, stages, group=8) -> Tiles:
     return Tiles.of(warps, stages, BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh, GROUP_R=group)
 
 
-# --- the fused linear path (triton_linear): logits tiles from tl.dot, consumed in registers --------------------------
+# --- the fused linear path (linear_logprobs_entropy_triton): logits tiles from tl.dot, consumed in registers ----------
 # Keyed by (family, dot kind): "16bit" (bf16 / fp16 inputs), "tf32" and "ieee" (fp32 inputs, by torch's TF32 setting).
 # Rows x vocabulary tiles of 64 x 128 with 8 warps, or 64 x 64 with 4: 32 fp32 accumulator registers per thread, so
 # the online-softmax epilogue's [BLOCK_N, BLOCK_V] temporaries fit beside them: at most 240 registers, no spill on any
@@ -86,7 +87,7 @@ LINEAR_FWD: dict[tuple[int, str], tuple[Tiles, ...]] = {
 # dZ tiles of the backward (same logits tile, a lighter epilogue, one bf16/fp32 tile stored).
 LINEAR_DZ: dict[tuple[int, str], tuple[Tiles, ...]] = dict(LINEAR_FWD)
 # The CPU interpreter runs numpy per tile: small tiles keep tests fast (tl.dot needs every dimension >= 16). A dict:
-# tests may change an entry (triton_linear._INTERPRET_TILES is this object).
+# tests may change an entry (linear_logprobs_entropy_triton._INTERPRET_TILES is this object).
 LINEAR_INTERPRET = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, GROUP_R=2, num_warps=1, num_stages=1)
 # Forward splits of the vocabulary merged by one program per row; BLOCK_S = the power of two >= splits, >= 16.
 MAX_SPLITS = 256
@@ -117,7 +118,7 @@ def merge_tiles(splits: int) -> Tiles:
     return next(t for t in MERGE if t.meta()["BLOCK_S"] >= splits)
 
 
-# --- the logits path (triton_backend): one program per row streams the vocabulary -----------------------------------
+# --- the logits path (logprobs_entropy_triton): one program per row streams the vocabulary ----------------------------
 # 4096 fp32 values per program keep enough loads in flight to stream HBM; one size for every V (a small vocabulary
 # just masks most of one tile), so one compilation per dtype.
 LOGITS = {fam: Tiles.of(8, 3, BLOCK_V=4096) for fam in ARCHS}

@@ -9,13 +9,13 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import prepo_kernels as pk  # noqa: E402
-from prepo_kernels import triton_backend  # noqa: E402
+from prepo_kernels import logprobs_entropy_triton  # noqa: E402
 
 
 def available_backends(device="cpu"):
     dev = torch.device(device)
     names = ["torch"]
-    if triton_backend.usable_on(dev)[0]:
+    if logprobs_entropy_triton.usable_on(dev)[0]:
         names.append("triton")
     if dev.type == "cpu" and pk.native_available()[0]:
         names.append("native")

@@ -3,7 +3,7 @@ import torch
 
 
 def ref_flagged_rows(logits, temperature=1.0):
-    """Rows the ops flag with NaN (NON_FINITE_ROWS, prepo_kernels/torch_backend.py): z = logits / T, in the ops'
+    """Rows the ops flag with NaN (NON_FINITE_ROWS, prepo_kernels/logprobs_entropy_torch.py): z = logits / T, in the ops'
     compute dtype (float64 for float64 logits, else float32), holds NaN or +inf, or is all -inf."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.detach().to(acc) * (1.0 / temperature)

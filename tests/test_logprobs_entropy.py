@@ -152,39 +152,6 @@ def test_all_ignored_rows(backend, device):
     assert lp[1] == 0 and lp[2] == 0 and lp[0] != 0
 
 
-def test_sequence_perplexity(backend, device):
-    B, T, V = 3, 5, 57
-    x = torch.randn(B, T, V, device=device)
-    t = torch.randint(0, V, (B, T), device=device)
-    t[0, 0] = -100
-    mask = (torch.rand(B, T, device=device) < 0.7).long()
-    mask[:, 1] = 1
-    ppl = pk.sequence_perplexity(x, t, mask, temperature=0.9, backend=backend)
-    rlp, _ = ref_logprobs_entropy(x.cpu(), t.cpu(), 0.9)
-    keep = mask.cpu().double() * (t.cpu() != -100).double()
-    ref = torch.exp(-(rlp * keep).sum(-1) / keep.sum(-1))
-    torch.testing.assert_close(ppl.cpu().double(), ref, rtol=1e-5, atol=1e-5)
-    no_mask = pk.sequence_perplexity(x, t, backend=backend)
-    rlp1, _ = ref_logprobs_entropy(x.cpu(), t.cpu())
-    keep = (t.cpu() != -100).double()
-    torch.testing.assert_close(no_mask.cpu().double(), torch.exp(-(rlp1 * keep).sum(-1) / keep.sum(-1)),
-                               rtol=1e-5, atol=1e-5)
-    mask[1] = 0
-    with pytest.raises(ValueError, match="row"):
-        pk.sequence_perplexity(x, t, mask, backend=backend)
-
-
-def test_sequence_perplexity_gradient(device):
-    x = torch.randn(2, 4, 19, device=device, requires_grad=True)
-    t = torch.randint(0, 19, (2, 4), device=device)
-    ppl = pk.sequence_perplexity(x, t)
-    (g,) = torch.autograd.grad(ppl.sum(), x)
-    xr = x.detach().cpu().double().requires_grad_(True)
-    rlp, _ = ref_logprobs_entropy(xr, t.cpu())
-    (gr,) = torch.autograd.grad(torch.exp(-rlp.mean(-1)).sum(), xr)
-    torch.testing.assert_close(g.cpu().double(), gr, rtol=1e-4, atol=1e-6)
-
-
 def test_torch_compile_fullgraph(backend, device):
     def loss(x, t):
         lp, ent = pk.logprobs_and_entropy(x, t, temperature=1.1, backend=backend)
@@ -263,19 +230,11 @@ class TestBadInput:
             pk.token_entropy(torch.randn(3, 10), backend="cuda")
 
     def test_triton_on_cpu_without_interpreter(self, monkeypatch):
-        from prepo_kernels import triton_backend
+        from prepo_kernels import logprobs_entropy_triton
 
-        monkeypatch.setattr(triton_backend, "interpret_mode", lambda: False)
+        monkeypatch.setattr(logprobs_entropy_triton, "interpret_mode", lambda: False)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             pk.token_entropy(torch.randn(3, 10), backend="triton")
-
-    def test_mask_shape(self):
-        with pytest.raises(ValueError, match="mask"):
-            pk.sequence_perplexity(torch.randn(2, 3, 10), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 4))
-
-    def test_perplexity_needs_3d(self):
-        with pytest.raises(ValueError, match="logits"):
-            pk.sequence_perplexity(torch.randn(3, 10), torch.zeros(3, dtype=torch.long))
 
     @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to put tensors on two devices")
     def test_device_mismatch(self):
@@ -283,7 +242,7 @@ class TestBadInput:
             pk.logprobs_and_entropy(torch.randn(3, 10, device="cuda"), torch.zeros(3, dtype=torch.long))
 
 
-# --- rows without a finite log-sum-exp: NaN on every backend (NON_FINITE_ROWS in prepo_kernels/torch_backend) ------
+# --- rows without a finite log-sum-exp: NaN on every backend (NON_FINITE_ROWS in prepo_kernels/logprobs_entropy_torch) ---
 
 INF, NAN = float("inf"), float("nan")
 DTYPES_ALL = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -412,9 +371,9 @@ def test_gradcheck(backend, device):
 
 
 def test_float64_refused_by_triton(device):
-    from prepo_kernels import dispatch, triton_backend
+    from prepo_kernels import dispatch, logprobs_entropy_triton
 
-    if not triton_backend.usable_on(torch.device(device))[0]:
+    if not logprobs_entropy_triton.usable_on(torch.device(device))[0]:
         pytest.skip("triton unavailable")
     x = torch.randn(3, 10, dtype=torch.float64, device=device)
     with pytest.raises(TypeError, match="logits is float64.*backend='triton'"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import prepo_kernels as pk
-from prepo_kernels import dispatch, native
+from prepo_kernels import dispatch, logprobs_entropy_native
 from reference import ref_logprobs_entropy
 
 BUILT = pk.native_available()[0]
@@ -73,7 +73,7 @@ def test_fallback_when_extension_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "prepo_kernels._C", None)
     monkeypatch.delattr(pk, "_C", raising=False)
     try:
-        importlib.reload(native)
+        importlib.reload(logprobs_entropy_native)
         ok, why = pk.native_available()
         assert not ok and why.startswith("prepo_kernels._C could not be imported (ModuleNotFoundError")
         assert dispatch.resolve("auto", torch.device("cpu")) == "torch"
@@ -84,7 +84,7 @@ def test_fallback_when_extension_is_missing(monkeypatch):
             pk.logprobs_and_entropy(x, t, backend="native")
     finally:
         monkeypatch.undo()
-        importlib.reload(native)
+        importlib.reload(logprobs_entropy_native)
     assert pk.native_available()[0] == BUILT
 
 

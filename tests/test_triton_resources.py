@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from prepo_kernels import triton_backend, triton_tiles
+from prepo_kernels import logprobs_entropy_triton, triton_tiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ def _nvidia_backend() -> bool:
     return True
 
 
-needs_compiler = pytest.mark.skipif(not (triton_backend.HAVE_TRITON and _nvidia_backend()),
+needs_compiler = pytest.mark.skipif(not (logprobs_entropy_triton.HAVE_TRITON and _nvidia_backend()),
                                     reason="triton with its NVIDIA backend (and ptxas) is not installed")
 
 
@@ -91,14 +91,14 @@ def test_bad_input_names_the_argument():
         triton_tiles.launch(None, lambda meta: (1,), (), {}, ())
 
 
-@pytest.mark.skipif(not triton_backend.HAVE_TRITON, reason="triton is not installed")
+@pytest.mark.skipif(not logprobs_entropy_triton.HAVE_TRITON, reason="triton is not installed")
 def test_autotune_candidates_are_the_table():
     """Where a key lists several configurations, the launch goes through triton.autotune with exactly those, keyed on
     kernel arguments (triton adds the tensors' dtypes to the key)."""
-    from prepo_kernels import triton_linear
+    from prepo_kernels import linear_logprobs_entropy_triton
 
-    for kernel, name, key in ((triton_linear._linear_fwd_kernel, "fwd", ("V", "H", "PRECISION")),
-                              (triton_linear._linear_dz_kernel, "dz", ("H", "PRECISION"))):
+    for kernel, name, key in ((linear_logprobs_entropy_triton._linear_fwd_kernel, "fwd", ("V", "H", "PRECISION")),
+                              (linear_logprobs_entropy_triton._linear_dz_kernel, "dz", ("H", "PRECISION"))):
         options = triton_tiles.linear_tiles(name, 90, torch.bfloat16, "tf32")
         tuner = triton_tiles._autotuner(kernel, options, key)
         assert list(tuner.keys) == list(key) and set(key) <= set(kernel.arg_names)

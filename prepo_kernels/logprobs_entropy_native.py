@@ -1,6 +1,6 @@
-"""Loader for the C++ CPU kernels (``prepo_kernels._C``, built from csrc/ by setup.py).
+"""C++ CPU backend of the ``logprobs_entropy`` op: loads ``prepo_kernels._C`` (built from csrc/ by setup.py).
 
-Same contract as ``torch_backend``; importing prepo_kernels never requires the extension.
+Same contract as ``logprobs_entropy_torch``; importing prepo_kernels never requires the extension.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""CPU-time view of the fused linear path suite, for a shared CPU where wall time mostly measures the neighbours.
+"""CPU-time view of the ``linear_logprobs_entropy`` suite, for a shared CPU where wall time measures the neighbours.
 
-``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.linear_cpu_time``: process CPU seconds (all threads) per call, median.
+``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.linear_logprobs_entropy_cpu_time``: process CPU seconds per call, median.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from benchmarks import harness, linear_path
+from benchmarks import harness, linear_logprobs_entropy
 
 
 def cpu_and_wall(fn, repeats: int) -> tuple[float, float]:
@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         print("note: without OMP_WAIT_POLICY=PASSIVE, threads spinning at barriers count as CPU time", file=sys.stderr)
-    case = linear_path._make_case({"N": args.N, "H": args.H, "V": args.V, "dtype": "fp32"})
-    inputs = linear_path._make_inputs(case, "cpu")
+    case = linear_logprobs_entropy._make_case({"N": args.N, "H": args.H, "V": args.V, "dtype": "fp32"})
+    inputs = linear_logprobs_entropy._make_inputs(case, "cpu")
     h, w = inputs["hidden"], inputs["weight"]
     base_cpu, base_wall = cpu_and_wall(lambda: h @ w.T, args.repeats)
     lines = [f"CPU time, {case.name}, {harness.cpu_model_line()}, {torch.get_num_threads()} threads, "
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
              f"bare hidden @ weight.T: {base_cpu:.3f} s CPU ({base_wall:.3f} s wall)", "",
              "| op | implementation | CPU s | x matmul (CPU) | wall s | x matmul (wall) |", "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    for provider in linear_path.PROVIDERS:
+    for provider in linear_logprobs_entropy.PROVIDERS:
         if "cpu" not in provider.devices or not provider.available("cpu")[0]:
             continue
         if args.providers and not any(p.lower() in provider.name.lower() for p in args.providers):

@@ -1,16 +1,17 @@
-"""Triton kernels of the fused linear path: logits tiles from tl.dot, consumed in registers, never stored whole.
+"""Triton kernels of the ``linear_logprobs_entropy`` op: logits tiles from tl.dot, used in registers, never stored.
 
 Forward: split-vocabulary online softmax statistics + a merge kernel. Backward: dZ for one bounded vocabulary slice
-at a time (recomputed), then GEMMs for dHidden, dW, db. Same contract as ``linear_chunked`` (read it first).
+at a time (recomputed), then GEMMs for dHidden, dW, db.
+Same contract as ``linear_logprobs_entropy_chunked`` (read it first).
 """
 from __future__ import annotations
 
 import torch
 
-from prepo_kernels import triton_backend, triton_tiles
-from prepo_kernels.linear_chunked import acc_mm
+from prepo_kernels import logprobs_entropy_triton, triton_tiles
+from prepo_kernels.linear_logprobs_entropy_chunked import acc_mm
 
-HAVE_TRITON = triton_backend.HAVE_TRITON
+HAVE_TRITON = logprobs_entropy_triton.HAVE_TRITON
 if HAVE_TRITON:
     import triton
     import triton.language as tl
@@ -37,7 +38,7 @@ _BWD_SLICE_ELEMENTS_INTERPRET = 1 << 12
 
 def _options(kernel: str, hidden: torch.Tensor, precision: str) -> tuple:
     """The tile configurations this launch may use: the interpreter's, or the GPU family's (see triton_tiles)."""
-    if triton_backend.interpret_mode():
+    if logprobs_entropy_triton.interpret_mode():
         t = dict(_INTERPRET_TILES)
         return (triton_tiles.Tiles.of(t.pop("num_warps"), t.pop("num_stages"), **t),)
     return triton_tiles.linear_tiles(kernel, triton_tiles.device_family(hidden.device), hidden.dtype, precision)
@@ -51,7 +52,7 @@ def _precision(dtype: torch.dtype) -> str:
     # fp32 inputs follow torch's own matmul setting (TF32 only when the caller allowed it for torch matmuls too)
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
-    if dtype == torch.bfloat16 and triton_backend.interpret_mode():
+    if dtype == torch.bfloat16 and logprobs_entropy_triton.interpret_mode():
         return "upcast"  # the CPU interpreter's tl.dot multiplies raw bf16 bits: feed it fp32 tiles (exact)
     return "tf32"
 
@@ -207,7 +208,7 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     options = _options("fwd", hidden, precision)
     bn, bv = _largest(options, "BLOCK_N"), _largest(options, "BLOCK_V")
     v_tiles = triton.cdiv(V, bv)
-    if triton_backend.interpret_mode():
+    if logprobs_entropy_triton.interpret_mode():
         splits = _INTERPRET_SPLITS
     else:
         splits = max(_MIN_SPLITS, triton.cdiv(_TARGET_PROGRAMS, triton.cdiv(Nk, bn)))
@@ -244,7 +245,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     precision = _precision(hidden.dtype)
     options = _options("dz", hidden, precision)
     bv = _largest(options, "BLOCK_V")
-    slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if triton_backend.interpret_mode() else BWD_SLICE_ELEMENTS
+    slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if logprobs_entropy_triton.interpret_mode() else BWD_SLICE_ELEMENTS
     vs = max(bv, (slice_elements // max(Nk, 1)) // bv * bv)  # columns per slice, whole vocabulary tiles
     vs = min(vs, triton.cdiv(V, bv) * bv)
     all_rows = _all_rows(hidden, rows)

@@ -1,4 +1,4 @@
-"""Benchmark suite of the fused linear path: log-probs + entropy from hidden [N, H] and the lm_head weight [V, H].
+"""Benchmark suite of the ``linear_logprobs_entropy`` op: log-probs + entropy from hidden [N, H] and lm_head [V, H].
 
 Providers: prepo's backends, eager torch (matmul + log_softmax + entropy), chunked torch, TRL, Liger, verl.
 """
@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import harness
 from benchmarks.harness import Case, Floor, Provider, Suite
-from benchmarks.logits_path import DTYPES, _importable, _native_ok, _triton_ok, eager_logprobs_entropy
+from benchmarks.logprobs_entropy import DTYPES, _importable, _native_ok, _triton_ok, eager_logprobs_entropy
 
 # Rows per chunk of the "chunked torch" peer: activation checkpointing per chunk, the usual hand-written fix.
 TORCH_CHUNK_ROWS = 256

@@ -1,12 +1,12 @@
-"""Chunked fused linear path for the "native" and "torch" backends: logits for one bounded block at a time.
+"""Chunked ``linear_logprobs_entropy`` for the "native" and "torch" backends: logits one bounded block at a time.
 
 Each block (a row block x a vocabulary slice) comes from a matmul and goes through the logits-path backend module
 (C++ or torch), so the linear path gets whatever that backend is worth; the full [N, V] logits never exist.
 
-Contract shared with ``triton_linear`` (rows are the kept positions; ignored ones never reach the head):
+Contract shared with ``linear_logprobs_entropy_triton`` (rows are the kept positions; ignored ones never reach the head):
     forward(hidden[N, H], rows, weight[V, H], bias[V] | None, targets[Nk] int64, temperature, ...)
         -> (lp, ent, lse, ez), each [Nk] float32 (float64 for float64 inputs), for the rows ``rows`` (int64 [Nk],
-        or None: every row, in order); rows without a finite lse follow torch_backend's NON_FINITE_ROWS contract
+        or None: every row, in order); rows without a finite lse follow NON_FINITE_ROWS of logprobs_entropy_torch
     backward(grad_lp[Nk], grad_ent[Nk], hidden, rows, weight, bias, targets, lse, ez, temperature, needs, ...)
         -> (d_hidden [N, H] with zero rows outside ``rows``, d_weight [V, H], d_bias [V]); an entry is None when
         ``needs`` (three bools) says it is not wanted. Gradients have their input's dtype.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from prepo_kernels._checks import compute_dtype
-from prepo_kernels.torch_backend import finish_rows
+from prepo_kernels.logprobs_entropy_torch import finish_rows
 
 # One block of logits (plus its fp32 copy for half-precision gradients) holds at most this many bytes: it bounds
 # the extra memory of both passes. 16 MiB = 2048 rows x 2048 fp32 columns; small enough to stay in a server L3.

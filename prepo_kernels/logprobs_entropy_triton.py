@@ -1,6 +1,6 @@
-"""Triton kernels of the logits-path ops: one streaming pass per row forward, one fused pass backward.
+"""Triton kernels of the ``logprobs_entropy`` op: one streaming pass per row forward, one fused pass backward.
 
-Same contract as ``torch_backend`` (read that file for the math); runs on CUDA, or on CPU under TRITON_INTERPRET=1.
+Same contract as ``logprobs_entropy_torch`` (read it for the math); runs on CUDA, or on CPU under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prepo_kernels as pk
-from prepo_kernels import dispatch, linear_chunked, triton_backend, triton_linear
+from prepo_kernels import (dispatch, linear_logprobs_entropy_chunked, linear_logprobs_entropy_triton,
+                           logprobs_entropy_triton)
 from reference import ref_linear_logits, ref_logprobs_entropy
 
 INTERPRETED = not torch.cuda.is_available()
@@ -27,11 +28,11 @@ def _vocab(backend, V):
 
 def _split_work(monkeypatch, V):
     """Force several row blocks and vocabulary slices (CPU path), splits and backward slices (Triton)."""
-    monkeypatch.setattr(linear_chunked, "ROW_BLOCK", 16)
-    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", 16 * 4 * (max(16, V // 3) + 16))
-    monkeypatch.setattr(triton_linear, "_INTERPRET_SPLITS", 3)
-    monkeypatch.setattr(triton_linear, "_BWD_SLICE_ELEMENTS_INTERPRET", 8 * 64)
-    monkeypatch.setattr(triton_linear, "BWD_SLICE_ELEMENTS", 40 * 256)
+    monkeypatch.setattr(linear_logprobs_entropy_chunked, "ROW_BLOCK", 16)
+    monkeypatch.setattr(linear_logprobs_entropy_chunked, "CHUNK_BYTES", 16 * 4 * (max(16, V // 3) + 16))
+    monkeypatch.setattr(linear_logprobs_entropy_triton, "_INTERPRET_SPLITS", 3)
+    monkeypatch.setattr(linear_logprobs_entropy_triton, "_BWD_SLICE_ELEMENTS_INTERPRET", 8 * 64)
+    monkeypatch.setattr(linear_logprobs_entropy_triton, "BWD_SLICE_ELEMENTS", 40 * 256)
 
 
 def _make(N, H, V, dtype, device, *, bias=False, ignore_frac=0.25, scale=1.0, lead=None):
@@ -244,13 +245,13 @@ def test_linear_sequence_perplexity(backend, device):
         pk.linear_sequence_perplexity(h[0], w, t[0], backend=backend)
 
 
-@pytest.mark.skipif(not triton_backend.usable_on(torch.device(DEVICE_FOR_TRITON))[0],
+@pytest.mark.skipif(not logprobs_entropy_triton.usable_on(torch.device(DEVICE_FOR_TRITON))[0],
                     reason="triton unavailable")
 def test_triton_grouped_tile_order(monkeypatch):
     """Three row blocks in groups of two (a partial last group), three vocabulary splits, several dZ slices."""
-    monkeypatch.setitem(triton_linear._INTERPRET_TILES, "GROUP_R", 2)
-    monkeypatch.setattr(triton_linear, "_INTERPRET_SPLITS", 3)
-    monkeypatch.setattr(triton_linear, "_BWD_SLICE_ELEMENTS_INTERPRET", 40 * 64)
+    monkeypatch.setitem(linear_logprobs_entropy_triton._INTERPRET_TILES, "GROUP_R", 2)
+    monkeypatch.setattr(linear_logprobs_entropy_triton, "_INTERPRET_SPLITS", 3)
+    monkeypatch.setattr(linear_logprobs_entropy_triton, "_BWD_SLICE_ELEMENTS_INTERPRET", 40 * 64)
     N, H, V = (40, 29, 250) if INTERPRETED else (300, 61, 1013)
     h, w, b, t = _make(N, H, V, torch.float32, DEVICE_FOR_TRITON, bias=True)
     leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
@@ -346,9 +347,9 @@ class TestBadInput:
             pk.linear_logprobs_and_entropy(self.h, self.w, torch.tensor([0, bad, 3, -100]), backend=backend)
 
     def test_triton_on_cpu_without_interpreter(self, monkeypatch):
-        from prepo_kernels import triton_backend
+        from prepo_kernels import logprobs_entropy_triton
 
-        monkeypatch.setattr(triton_backend, "interpret_mode", lambda: False)
+        monkeypatch.setattr(logprobs_entropy_triton, "interpret_mode", lambda: False)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
             pk.linear_logprobs_and_entropy(self.h, self.w, self.t, backend="triton")
 
@@ -470,8 +471,8 @@ def test_float64_matches_float64(backend, device, monkeypatch, bias):
 def test_gradcheck(backend, device, monkeypatch):
     """torch.autograd.gradcheck of hidden, weight and bias together, over two vocabulary slices and an ignored row."""
     _skip_triton_float64(backend)
-    monkeypatch.setattr(linear_chunked, "CHUNK_BYTES", 1024)  # float64, 4 rows: slices of 16 columns, 16 + 4
-    assert linear_chunked.plan(4, 20, 3, torch.float64) == (4, 16)
+    monkeypatch.setattr(linear_logprobs_entropy_chunked, "CHUNK_BYTES", 1024)  # float64, 4 rows: slices of 16 columns, 16 + 4
+    assert linear_logprobs_entropy_chunked.plan(4, 20, 3, torch.float64) == (4, 16)
     h, w, b, t = _make(5, 3, 20, torch.float64, device, bias=True, ignore_frac=0.0)
     t[2] = -100
     fn = lambda h, w, b: pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=0.7,  # noqa: E731
@@ -480,7 +481,7 @@ def test_gradcheck(backend, device, monkeypatch):
 
 
 def test_float64_refused_by_triton():
-    if not triton_backend.usable_on(torch.device(DEVICE_FOR_TRITON))[0]:
+    if not logprobs_entropy_triton.usable_on(torch.device(DEVICE_FOR_TRITON))[0]:
         pytest.skip("triton unavailable")
     h, w, _, t = _make(4, 8, 10, torch.float64, DEVICE_FOR_TRITON)
     with pytest.raises(TypeError, match="hidden is float64.*backend='triton'"):
@@ -490,12 +491,12 @@ def test_float64_refused_by_triton():
 
 def test_float64_fake_kernels_and_compile(backend, device):
     _skip_triton_float64(backend)
-    from prepo_kernels import linear
+    from prepo_kernels import linear_logprobs_entropy
 
     N, H, V = _dims(backend)
     h, w, b, t = _make(N, H, V, torch.float64, device, bias=True, ignore_frac=0.0)
     t[1] = -100
-    torch.library.opcheck(linear._fwd_op, tuple(x.clone().requires_grad_(True) for x in (h, w, b)) +
+    torch.library.opcheck(linear_logprobs_entropy._fwd_op, tuple(x.clone().requires_grad_(True) for x in (h, w, b)) +
                           (t, 1.1, -100, backend))
 
     def loss(h, w, b, t):

@@ -1,4 +1,4 @@
-"""Benchmark suite of the logits path: per-token log-probs + entropy from logits [N, V], forward and forward+backward.
+"""Benchmark suite of the ``logprobs_entropy`` op: per-token log-probs + entropy from logits [N, V], fwd and fwd+bwd.
 
 Providers: prepo backends, eager torch (log_softmax + gather + entropy), torch.compile of it, Liger/flash-attn CE (GPU).
 """
@@ -128,9 +128,9 @@ def _native_ok(device):
 
 
 def _triton_ok(device):
-    from prepo_kernels import triton_backend
+    from prepo_kernels import logprobs_entropy_triton
 
-    return triton_backend.usable_on(torch.device(device))
+    return logprobs_entropy_triton.usable_on(torch.device(device))
 
 
 def _importable(module: str):

@@ -1,8 +1,8 @@
-"""Plain-torch backend of the logits-path ops: the math every kernel must match, chunked over rows.
+"""Plain-torch backend of the ``logprobs_entropy`` op: the math every kernel must match, chunked over rows.
 
 It is the fallback on any device and the readable statement of what the Triton and C++ kernels compute.
 
-Contract shared by all backends (``triton_backend``, ``native``):
+Contract shared by all backends (``logprobs_entropy_triton``, ``logprobs_entropy_native``):
     forward(logits[N, V], targets[N] int64, temperature, ignore_index) -> (lp, ent, lse, ez), each [N] in the
     compute dtype (float64 for float64 logits, else float32)
         z = logits / T;  lse = logsumexp(z);  lp = z[target] - lse;  ez = E_p[z];  ent = lse - ez

@@ -1,6 +1,6 @@
-"""Public fused linear path: per-token log-probs and entropies from hidden states and the lm_head, no full logits.
+"""Op ``linear_logprobs_entropy`` (public): per-token log-probs and entropies from hidden states and the lm_head.
 
-Registered as torch.library custom ops (fake kernels + autograd); Triton tiles on CUDA, token chunks elsewhere.
+No full logits: torch.library custom ops (fake kernels + autograd); Triton tiles on CUDA, token chunks elsewhere.
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from prepo_kernels import _checks, dispatch, linear_chunked, triton_linear
-from prepo_kernels.perplexity import reduce_perplexity
+from prepo_kernels import _checks, dispatch, linear_logprobs_entropy_chunked, linear_logprobs_entropy_triton
+from prepo_kernels.sequence_perplexity import reduce_perplexity
 
 _NS = "prepo_kernels"
 
@@ -36,15 +36,15 @@ def _scatter(x: torch.Tensor, rows, n: int) -> torch.Tensor:
 
 def _run_forward(backend, hidden, rows, weight, bias, targets, temperature, ignore_index):
     if backend == "triton":
-        return triton_linear.forward(hidden, rows, weight, bias, targets, temperature, ignore_index)
-    return linear_chunked.forward(hidden, rows, weight, bias, targets, temperature, ignore_index,
+        return linear_logprobs_entropy_triton.forward(hidden, rows, weight, bias, targets, temperature, ignore_index)
+    return linear_logprobs_entropy_chunked.forward(hidden, rows, weight, bias, targets, temperature, ignore_index,
                                   dispatch.module(backend))
 
 
 def _run_backward(backend, *args):
     if backend == "triton":
-        return triton_linear.backward(*args)
-    return linear_chunked.backward(*args, dispatch.module(backend))
+        return linear_logprobs_entropy_triton.backward(*args)
+    return linear_logprobs_entropy_chunked.backward(*args, dispatch.module(backend))
 
 
 # --- custom ops: hidden [N, H], weight [V, H], bias [V] or None, int64 targets [N] ----------------------------------
