@@ -42,7 +42,7 @@ fi
 if [ "$DEVICE" = cpu ]; then export TRITON_INTERPRET=1; fi
 
 # 1. correctness of the kernels on CUDA (the shared backend matrix runs torch + triton there; native is CPU-only)
-DEFAULT_TESTS="tests/test_logprobs_entropy.py tests/test_linear_logprobs_entropy.py tests/test_hf.py tests/test_native.py"
+DEFAULT_TESTS="tests/test_logprobs_entropy.py tests/test_linear_logprobs_entropy.py tests/test_hf.py tests/test_logprobs_entropy_native.py"
 TESTS=""
 for f in ${GPU_TESTS:-$DEFAULT_TESTS}; do
     [ -f "$f" ] && TESTS="$TESTS $f"
