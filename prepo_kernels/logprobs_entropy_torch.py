@@ -46,20 +46,22 @@ def finish_rows(lse: torch.Tensor, ent: torch.Tensor, zt: torch.Tensor):
     return torch.where(bad, nan, zt - lse), ent, lse, lse - ent
 
 
-def forward(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int):
+def _row_chunks(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """(start, end, z = logits/T in the compute dtype, targets) for each bounded block of rows."""
     N, V = logits.shape
-    dev = logits.device
     acc = compute_dtype(logits.dtype)
-    lp = torch.empty(N, dtype=acc, device=dev)
-    ent = torch.empty_like(lp)
-    lse = torch.empty_like(lp)
-    ez = torch.empty_like(lp)
-    inv_t = 1.0 / temperature
     step = _rows_per_chunk(V)
     for s in range(0, N, step):
         e = min(s + step, N)
-        z = logits[s:e].to(acc) * inv_t
-        t = targets[s:e]
+        yield s, e, logits[s:e].to(acc) * (1.0 / temperature), targets[s:e]
+
+
+def forward(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int):
+    lp = torch.empty(logits.shape[0], dtype=compute_dtype(logits.dtype), device=logits.device)
+    ent = torch.empty_like(lp)
+    lse = torch.empty_like(lp)
+    ez = torch.empty_like(lp)
+    for s, e, z, t in _row_chunks(logits, targets, temperature):
         ignored = t == ignore_index
         m = z.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf row: avoid -inf - -inf
@@ -77,14 +79,9 @@ def forward(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ign
 
 
 def backward(grad_lp, grad_ent, logits, targets, lse, ez, temperature: float, ignore_index: int, out):
-    N, V = logits.shape
     acc = compute_dtype(logits.dtype)
     inv_t = 1.0 / temperature
-    step = _rows_per_chunk(V)
-    for s in range(0, N, step):
-        e = min(s + step, N)
-        z = logits[s:e].to(acc) * inv_t
-        t = targets[s:e]
+    for s, e, z, t in _row_chunks(logits, targets, temperature):
         keep = (t != ignore_index).unsqueeze(-1)
         row_lse = lse[s:e].unsqueeze(-1)
         p = torch.exp(z - row_lse)
