@@ -14,8 +14,12 @@ INT_DTYPES = (torch.int64, torch.int32)
 
 
 def check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+    """The temperature as a float; under torch.compile a traced (symbolic) value passes through unchecked: every op
+    that takes it checks it again in its own body, which runs on the concrete value (see the custom ops)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (numbers.Real, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
+    if torch.compiler.is_compiling():
+        return temperature * 1.0  # math.isfinite / float() would break dynamo's graph on a symbolic float
     t = float(temperature)
     if not math.isfinite(t) or t <= 0.0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")

@@ -53,6 +53,7 @@ def _run_backward(backend, *args):
 def _fwd_op(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
             temperature: float, ignore_index: int,
             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _checks.check_temperature(temperature)  # under torch.compile only here: the value is concrete in the op
     _checks.check_target_range(targets, weight.shape[0], ignore_index)
     n = hidden.shape[0]
     rows, t = _kept_rows(targets, ignore_index)  # ignored positions never reach the head

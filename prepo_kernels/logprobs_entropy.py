@@ -16,6 +16,7 @@ _NS = "prepo_kernels"
 @torch.library.custom_op(f"{_NS}::logprobs_entropy_fwd", mutates_args=())
 def _fwd_op(logits: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int,
             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _checks.check_temperature(temperature)  # under torch.compile only here: the value is concrete in the op
     _checks.check_target_range(targets, logits.shape[-1], ignore_index)
     return tuple(dispatch.module(backend).forward(logits, targets, temperature, ignore_index))
 

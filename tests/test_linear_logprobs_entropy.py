@@ -508,3 +508,40 @@ def test_float64_fake_kernels_and_compile(backend, device):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     for a, e in zip(leaves_c, leaves_e):
         torch.testing.assert_close(a.grad, e.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_compile_dynamic_shapes_and_temperature():
+    """fullgraph + dynamic=True with the temperature an argument, not a literal (issue #18 item 9): the linear ops give
+    eager's values and gradients; a second size runs the same graph, a new temperature compiles once more (Dynamo
+    specialises a float that reaches a custom op), a bad one is still refused."""
+    import torch._dynamo
+
+    def loss(h, w, b, t, temperature):
+        lp, ent = pk.linear_logprobs_and_entropy(h, w, t, bias=b, temperature=temperature)
+        ppl = pk.linear_sequence_perplexity(h.unsqueeze(0), w, t.unsqueeze(0), bias=b, temperature=temperature)
+        return (lp * 2).sum() + ent.sum() + ppl.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True, backend="aot_eager")
+    for N, H, V, temperature, same_graph in [(6, 13, 37, 0.7, False), (11, 13, 37, 0.7, True), (4, 9, 23, 1.9, False)]:
+        h, w, b, t = _make(N, H, V, torch.float32, "cpu", bias=True, ignore_frac=0.0)
+        t[2] = -100
+        with torch._dynamo.config.patch(error_on_recompile=same_graph):
+            (out, leaves_c), (ref, leaves_e) = _run_both((compiled, loss), (h, w, b), t, temperature)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        for a, e in zip(leaves_c, leaves_e):
+            torch.testing.assert_close(a.grad, e.grad, rtol=1e-5, atol=1e-5 * e.grad.abs().max().item())
+    for bad in (float("nan"), -0.5):
+        with pytest.raises(ValueError, match="temperature"):
+            compiled(h, w, b, t, bad)
+
+
+def _run_both(fns, inputs, t, temperature):
+    """(value, leaves) of fn(*leaves, t, temperature) for each of ``fns``, backward run on each."""
+    runs = []
+    for fn in fns:
+        leaves = [x.clone().requires_grad_(True) for x in inputs]
+        out = fn(*leaves, t, temperature)
+        out.backward()
+        runs.append((out, leaves))
+    return runs

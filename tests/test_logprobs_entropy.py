@@ -402,3 +402,30 @@ def test_float64_fake_kernels_and_compile(backend, device):
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_compile_dynamic_shapes_and_temperature(device):
+    """fullgraph + dynamic=True with the temperature an argument, not a literal (issue #18 item 9): eager's values and
+    gradients, and a second size runs the same graph. (A new temperature value compiles again: Dynamo specialises a
+    float that reaches a custom op; tests/test_linear_logprobs_entropy.py runs two values and a bad one.)"""
+    import torch._dynamo
+
+    def loss(x, t, mask, temperature):
+        lp, ent = pk.logprobs_and_entropy(x, t, temperature=temperature)
+        ppl = pk.sequence_perplexity(x.unsqueeze(0), t.unsqueeze(0), mask.unsqueeze(0), temperature=temperature)
+        return (lp * 2).sum() + ent.sum() + ppl.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True)  # inductor, with the backend "auto" picks
+    for i, (n, V) in enumerate([(5, 37), (9, 53)]):
+        x, t = _make((n,), V, torch.float32, device, ignore_frac=0.0)
+        t[1] = -100
+        mask = (torch.arange(n, device=device) % 3 != 2).long()
+        xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            out = compiled(xc, t, mask, 0.7)
+            out.backward()
+        ref = loss(xe, t, mask, 0.7)
+        ref.backward()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
