@@ -14,6 +14,8 @@ from typing import Any, Sequence
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 FILE_FIELDS = ("prompt_field", "answer_field", "answer_extractor", "verifier", "split")
+# the lowest sampling temperature (vLLM's floor too): logits / T overflow float32 below it and sampling fails on inf/nan
+MIN_TEMPERATURE = 0.01
 
 
 class ConfigError(ValueError):
@@ -144,7 +146,8 @@ class RolloutConfig:
                  f"must be >= 2, got {self.group_size} (advantages are relative to the group: with G=1 every "
                  "advantage is 0 and nothing is learned)")
         _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        _require(self.temperature > 0, "rollout.temperature", f"must be > 0, got {self.temperature}")
+        _require(self.temperature >= MIN_TEMPERATURE, "rollout.temperature",
+                 f"must be >= {MIN_TEMPERATURE} (logits / T overflow below it), got {self.temperature}")
         _require(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
         _require(self.batch_size is None or self.batch_size >= 1, "rollout.batch_size", "must be >= 1 or null")
 
@@ -218,7 +221,8 @@ class EvalConfig:
         _require(self.rows_per_call >= 1, "eval.rows_per_call", f"must be >= 1, got {self.rows_per_call}")
         _require(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
         _require(self.k >= 1, "eval.k", f"must be >= 1, got {self.k}")
-        _require(self.temperature >= 0, "eval.temperature", f"must be >= 0, got {self.temperature}")
+        _require(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE, "eval.temperature",
+                 f"must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {self.temperature}")
         _require(self.max_new_tokens is None or self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
 
@@ -306,11 +310,23 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key(s) {key}; valid keys: {valid}")
 
 
-def _bad_value(key: str, value) -> ConfigError:
-    """The one line for a value that does not fit ``key``'s type."""
+def _short(value) -> str:
+    """``repr(value)``, cut to 80 characters (a 100k-digit number stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _expected_type(key: str):
+    """(the type ``key`` holds without Optional, its origin: list, dict, a dataclass or the type itself)."""
     _, _, tp = _lookup(key)
     inner = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if type(None) in typing.get_args(tp) else tp
-    origin = typing.get_origin(inner) or inner
+    return inner, typing.get_origin(inner) or inner
+
+
+def _bad_value(key: str, value) -> ConfigError:
+    """The one line for a value that does not fit ``key``'s type."""
+    inner, origin = _expected_type(key)
+    value = _Shown(_short(value))
     if dataclasses.is_dataclass(inner) or origin is dict:
         return ConfigError(f"{key}: expected a mapping, got {value!r}")
     if origin is list:
@@ -322,15 +338,91 @@ def _bad_value(key: str, value) -> ConfigError:
     return ConfigError(f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}")
 
 
+class _Shown(str):
+    """Text shown as itself by ``!r`` (an already shortened repr)."""
+
+    def __repr__(self):
+        return str(self)
+
+
+def _check_shapes(mapping: dict) -> None:
+    """A mapping or list given where the key holds something else: that key's one line (OmegaConf's merge would
+    raise a bare TypeError naming no key)."""
+    for name, section in mapping.items():
+        if not isinstance(section, dict) or not dataclasses.is_dataclass(_field_types(TrainConfig).get(name)):
+            continue
+        for key, value in section.items():
+            full = f"{name}.{key}"
+            if _lookup(full)[2] is None:
+                continue  # an unknown key: named by the merge
+            _, origin = _expected_type(full)
+            if ((isinstance(value, dict) and origin is not dict) or (isinstance(value, list) and origin is not list)
+                    or (origin in (dict, list) and value is not None and not isinstance(value, (dict, list, str)))):
+                raise _bad_value(full, value)
+
+
+# a config holds about a hundred values: an alias chain ("billion laughs") that expands past this is refused before
+# OmegaConf copies it node by node, and so is nesting deeper than any config needs
+YAML_MAX_NODES = 10_000
+YAML_MAX_DEPTH = 32
+
+
+def _yaml_loader(text: str):
+    """A yaml.SafeLoader over ``text`` that refuses a key given twice in one mapping (YAML would keep the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key_node.value!r} (first at line {seen[key_node.value]})",
+                            key_node.start_mark)
+                    seen[key_node.value] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader(text)
+
+
+def _expanded_size(node, memo: dict, depth: int = 0) -> int:
+    """Nodes in the YAML tree once every alias is copied out (what OmegaConf builds), up to YAML_MAX_NODES."""
+    import yaml
+
+    if depth > YAML_MAX_DEPTH:
+        raise ConfigError(f"nested deeper than {YAML_MAX_DEPTH} levels (or an alias that contains itself)")
+    if id(node) not in memo:
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        total = 1
+        for child in children:
+            total += _expanded_size(child, memo, depth + 1)
+            if total > YAML_MAX_NODES:
+                raise ConfigError(f"expands to more than {YAML_MAX_NODES} values (aliases repeat whole "
+                                  "subtrees); write the values out")
+        memo[id(node)] = total
+    return memo[id(node)]
+
+
 def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file (yaml.safe_load: no tags, no code), or a ConfigError naming the file."""
+    """The mapping in a YAML file (yaml.SafeLoader: no tags, no code; duplicate keys, deep nesting and alias bombs
+    refused), or a ConfigError naming the file."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {what}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loader = _yaml_loader(path.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _expanded_size(node, {})
+            loaded = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
@@ -338,6 +430,12 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"config file {str(path)!r}: malformed YAML{where}: {problem}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {str(path)!r}: nested deeper than {YAML_MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"config file {str(path)!r}: {str(exc).splitlines()[0][:200]}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -431,6 +529,7 @@ def config_from(*mappings, overrides: Sequence[str] = ()) -> TrainConfig:
                 tp = _field_types(TrainConfig).get(name)
                 if dataclasses.is_dataclass(tp) and section is not None and not isinstance(section, dict):
                     raise ConfigError(f"{name}: expected a mapping, got {section!r}")
+            _check_shapes(mapping)
             layers.append(OmegaConf.create({k: v for k, v in mapping.items() if v is not None or k not in
                                             _field_types(TrainConfig)}))
         merged = OmegaConf.merge(*layers)

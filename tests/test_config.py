@@ -68,13 +68,61 @@ def test_missing_config_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def _laughs(levels: int) -> str:
+    """A YAML "billion laughs": each anchor a list of nine aliases of the one before (9**levels leaves)."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("run:\n  seed: 3\nrun:\n  steps: 5\n", r"malformed YAML at line 3, column 1: duplicate key 'run' \(first at line 1\)"),
+    ("run:\n  seed: 3\n  seed: 4\n", r"at line 3, column 3: duplicate key 'seed' \(first at line 2\)"),
+    (_laughs(9), r"expands to more than 10000 values"),
+    ("run:\n  seed: &s [1, *s]\n", r"nested deeper than 32 levels"),  # an alias inside itself
+    ("run:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(10_000)), r"nested deeper than 32 levels"),
+    ("run:\n  seed: " + "7" * 100_000 + "\n", r"Exceeds the limit \(4300 digits\)"),
+])
+def test_hostile_yaml_is_one_line_and_quick(tmp_path, text, pattern):
+    import time
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=pattern) as err:
+        load_config(path)
+    assert time.perf_counter() - start < 10  # the alias bomb took minutes in OmegaConf; refused in milliseconds
+    assert str(err.value).startswith(f"config file '{path}': ") and "\n" not in str(err.value)
+    assert len(str(err.value)) < 300
+
+
+def test_a_huge_override_value_is_cut_in_the_message():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["run.seed=" + "7" * 100_000])
+    assert str(err.value) == "run.seed: cannot read '" + "7" * 59 + "... (100002 characters) as int"
+
+
+def test_a_fifo_config_is_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "run.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(fifo)
+
+
 @pytest.mark.parametrize("override, pattern", [
     ("selection.k=30", r"selection\.k: K=30 is larger than the candidate batch \|B\|=20"),
     ("selection.strategy=best", r"selection\.strategy: must be one of"),
     ("optim.lr=-1", r"optim\.lr: must be > 0"),
     ("optim.lr=fast", r"optim\.lr: cannot read 'fast'"),
     ("rollout.group_size=2.5", r"rollout\.group_size: cannot read"),
-    ("rollout.temperature=0", r"rollout\.temperature: must be > 0"),
+    ("rollout.temperature=0", r"rollout\.temperature: must be >= 0\.01"),
+    ("rollout.temperature=1e-38", r"rollout\.temperature: must be >= 0\.01 \(logits / T overflow below it\), got 1e-38"),
+    ("eval.temperature=0.001", r"eval\.temperature: must be 0 \(greedy\) or >= 0\.01"),
+    ("data.tiers={a: 1}", r"^data\.tiers: expected a list, got \{'a': 1\}$"),
+    ("run.report_to={a: 1}", r"^run\.report_to: expected a list"),
+    ("data.fields=[a,b]", r"^data\.fields: expected a mapping, got \['a', 'b'\]$"),
     ("run.progress=perhaps", r"run\.progress: expected true or false"),
     ("algorithm.weighting=tokens", r"algorithm\.weighting: must be one of"),
     ("algorithm.loss_aggregation=sum", r"algorithm\.loss_aggregation"),
