@@ -13,24 +13,38 @@ NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUMBER})(?![\w])")
 _FRAC_RE = re.compile(r"\\[dt]?frac\{\s*(-?\d+)\s*\}\{\s*(-?\d+)\s*\}")
 _ANSWER_IS_RE = re.compile(r"answer\s*(?:is|:|=)\s*", re.IGNORECASE)
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*")
+_BRACE_RE = re.compile(r"[{}]")
+_WORD_RE = re.compile(r"[^\s$]+")
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """{position of a '{': position of its matching '}'} for every balanced pair, in one pass."""
+    pairs, stack = {}, []
+    for m in _BRACE_RE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            pairs[stack.pop()] = m.start()
+    return pairs
 
 
 def last_boxed(text: str) -> str | None:
     r"""Content of the last ``\boxed{...}`` (nested braces allowed) or ``\boxed X``; None when there is none.
+    Linear in the text's length (a completion of nested ``\boxed{\boxed{...`` is read in one pass).
 
     >>> last_boxed(r"so $\boxed{\frac{1}{2}}$ and not \boxed{3")
     '\\frac{1}{2}'
     """
+    closing = None
     for match in reversed(list(_BOXED_RE.finditer(text))):
         start = match.end()
         if start < len(text) and text[start] == "{":
-            depth = 0
-            for i in range(start, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[i], 0)
-                if depth == 0:
-                    return text[start + 1:i].strip()
+            if closing is None:
+                closing = _closing_braces(text)
+            if start in closing:
+                return text[start + 1:closing[start]].strip()
             continue  # unbalanced: try an earlier one
-        word = re.match(r"[^\s$]+", text[start:])
+        word = _WORD_RE.match(text, start)
         if match.group().endswith((" ", "\t")) and word:
             return word.group()
     return None

@@ -4,6 +4,7 @@ the built-in synthetic ``arith`` task, and prompt encoding with the mask of toke
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import zlib
@@ -39,6 +40,8 @@ class Example:
 # answer extractors: gold-answer field value -> answer string
 # ---------------------------------------------------------------------------------------------------------------
 def _as_text(value) -> str:
+    if isinstance(value, float) and not math.isfinite(value):  # JSON NaN / Infinity: no answer a model can give
+        raise ValueError(f"expected a finite number, got {value}")
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # AMC stores 27.0
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -126,6 +129,8 @@ def _read_json_array(path: Path):
         rows = json.loads(_utf8(path.read_bytes(), path))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (no position given)
+        raise ValueError(f"{path}: malformed JSON ({str(exc).splitlines()[0][:120]})") from None
     for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise ValueError(f"{path}:item {i}: expected a JSON object, got {type(row).__name__}")
@@ -143,6 +148,8 @@ def _read_jsonl(path: Path):
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: malformed JSON ({exc.msg})") from None
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise ValueError(f"{where}: malformed JSON ({str(exc).splitlines()[0][:120]})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
             yield where, lineno, row
@@ -202,6 +209,8 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path: {path} does not exist")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or device would block or never end
+        raise ValueError(f"path: {path} is not a regular file or a dataset folder")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit: expected a non-negative int, got {limit!r}")
     if preset is None:
@@ -232,8 +241,10 @@ def load_examples(path: str | Path, preset: str | None = None, *, prompt_field: 
         if limit is not None and len(out) >= limit:
             break
         for f in (prompt_field, answer_field):
-            if row.get(f) is None:
+            if f not in row:
                 raise ValueError(f"{where}: missing field {f!r} (has {sorted(row)})")
+            if row[f] is None:
+                raise ValueError(f"{where}: field {f!r} is null")
         question = row[prompt_field]
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"{where}: field {prompt_field!r} must be a non-empty string")

@@ -1,6 +1,6 @@
 """Verifiable rewards: 1.0 when a completion's final answer matches the gold answer, else 0.0.
 
-``numeric`` compares the final number exactly; ``math`` runs math-verify (sympy) under a hard deadline.
+``numeric`` compares the final number exactly; ``math`` runs math-verify (sympy); each under a hard deadline.
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def _warm_math_verify() -> None:
 
 
 REWARDS: dict[str, Callable[[str, str], float]] = {"numeric": numeric_reward, "math": math_reward}
-_GUARDED = {"math"}  # runs sympy on model output: always under a deadline
+# every verifier runs under the deadline: math runs sympy on model output, and the others read texts of any length
+_GUARDED = set(REWARDS)
 _WARM_UP = {"math": _warm_math_verify}
 
 
@@ -210,19 +211,20 @@ def check_gold(answer: str, kind: str, *, timeout: float = 5.0) -> None:
     """
     if kind not in REWARDS:
         raise ValueError(f"kind: unknown verifier {kind!r}; known: {sorted(REWARDS)}")
+    shown = repr(answer) if len(answer) <= 80 else f"{answer[:40]!r}... ({len(answer)} characters)"
     if kind == "numeric":
         if parse_number(answer) is None:
-            raise ValueError(f"gold answer {answer!r} is not a number (the numeric verifier needs one; "
+            raise ValueError(f"gold answer {shown} is not a number (the numeric verifier needs one; "
                              "use the math verifier)")
         return
     prepare_verifier(kind)
     try:
         run_with_deadline(_parse_gold, (answer,), timeout)
     except TimeoutError:
-        raise ValueError(f"math-verify did not parse the gold answer {answer!r} within {timeout} s") from None
+        raise ValueError(f"math-verify did not parse the gold answer {shown} within {timeout} s") from None
     except Exception as exc:
-        detail = "" if isinstance(exc, ValueError) else f" ({type(exc).__name__}: {exc})"
-        raise ValueError(f"math-verify cannot parse the gold answer {answer!r}{detail}") from None
+        detail = "" if isinstance(exc, ValueError) else f" ({type(exc).__name__}: {str(exc)[:80]})"
+        raise ValueError(f"math-verify cannot parse the gold answer {shown}{detail}") from None
 
 
 def score_rollouts(examples: Sequence, completions: Sequence[str], *, timeout: float = 5.0) -> list[float]:

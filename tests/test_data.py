@@ -76,6 +76,8 @@ def test_limit_and_field_overrides(tmp_path):
     ('{"question": "q", "answer": "no marker"}', "####"),
     ('["question", "answer"]', "JSON object"),
     ('{"question": "", "answer": "#### 1"}', "non-empty"),
+    ('{"question": "q", "answer": null}', "field 'answer' is null"),
+    ('{"question": "q", "answer": ' + "7" * 5000 + "}", "malformed JSON (Exceeds the limit (4300 digits)"),
 ])
 def test_bad_rows_name_file_and_line(tmp_path, bad_line, message):
     folder = tmp_path / "gsm8k"
@@ -86,6 +88,34 @@ def test_bad_rows_name_file_and_line(tmp_path, bad_line, message):
     path.write_text("\n".join([good] * (lineno - 1) + [bad_line, good]) + "\n")
     with pytest.raises(ValueError, match=re.escape(f"{path}:line {lineno}") + ".*" + re.escape(message)):
         load_examples(path)
+
+
+@pytest.mark.parametrize("gold", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("verifier", ["math", "numeric"])
+def test_non_finite_gold_is_refused_with_file_and_line(tmp_path, gold, verifier):
+    """JSON's NaN read as "nan" made math-verify score \\boxed{ann} 1.0 (sympy: n*a*n)."""
+    path = tmp_path / "train.jsonl"
+    lines = [json.dumps({"q": f"What is {i} + 1?", "a": i + 1}) for i in range(5)]
+    lines[3] = '{"q": "What is 0 / 0?", "a": ' + gold + "}"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:line 4: field 'a': expected a finite number, got ")):
+        load_examples(path, prompt_field="q", answer_field="a", verifier=verifier)
+
+
+def test_a_fifo_is_refused_not_read(tmp_path):
+    import os
+    import signal
+
+    fifo = tmp_path / "train.jsonl"
+    os.mkfifo(fifo)
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("reading the FIFO blocked"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(ValueError, match=re.escape(f"path: {fifo} is not a regular file or a dataset folder")):
+            load_examples(fifo, prompt_field="q", answer_field="a")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 def test_gold_answers_are_checked_under_their_verifier_at_load(tmp_path):

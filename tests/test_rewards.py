@@ -129,6 +129,28 @@ def test_timeout_scores_zero_and_warns(monkeypatch):
     time.sleep(0.4)
 
 
+def test_nested_boxed_completion_is_read_in_linear_time():
+    """140 KB of nested \\boxed{ took 173 s (a scan to the end from every \\boxed); one pass takes milliseconds."""
+    for text in ["\\boxed{" * 20_000 + "7", "\\boxed{" * 20_000 + "7" + "}" * 20_000,
+                 "\\boxed{" * 20_000 + "7" + "}" * 9_999 + " x"]:
+        start = time.perf_counter()
+        assert final_number(text) == "7"
+        assert rw.numeric_reward(text, "7") == 1.0 and rw.numeric_reward(text, "8") == 0.0
+        assert time.perf_counter() - start < 5
+    # balanced pairs, earlier ones and the unbalanced last one as before
+    assert last_boxed(r"\boxed{1} and \boxed{2{3}}") == "2{3}"
+    assert last_boxed(r"} } \boxed{a{b}c} \boxed{d") == "a{b}c"
+    assert last_boxed(r"\boxed{x}\boxed 5") == "5"
+
+
+def test_every_verifier_runs_under_the_deadline(monkeypatch):
+    monkeypatch.setitem(rw.REWARDS, "numeric", _slow_reward)
+    start = time.perf_counter()
+    with pytest.warns(VerifyTimeoutWarning, match="numeric verifier timed out"):
+        assert verify("7", "7", "numeric", timeout=0.3) == 0.0
+    assert time.perf_counter() - start < 5
+
+
 def test_deadline_outside_the_main_thread():
     """Signals only reach the main thread; elsewhere the call runs in a killable worker process."""
     results = {}
