@@ -5,8 +5,10 @@ A tiny random Llama and a byte-level BPE tokenizer (tests/tiny_lm.py); no networ
 from __future__ import annotations
 
 import copy
+import os
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -14,8 +16,7 @@ import torch
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from prepo.integrations.trl import (  # noqa: E402
-    PerplexityWindowSampler, PREPOConfig, PREPOTrainer, WindowSlot)
+from prepo.integrations.trl import PREPOConfig, PREPOTrainer, SlotSampler, WindowSlot  # noqa: E402
 from prepo.integrations.prompts import encode_prompt  # noqa: E402
 from tiny_lm import build_model, build_tokenizer  # noqa: E402
 
@@ -23,66 +24,33 @@ WORDS = "what is the sum of two and three plus seven minus one times four five s
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the sampler alone
+# the slot layout alone
 # ---------------------------------------------------------------------------------------------------------------
-def _layout_sampler(n, k, b, g, repeat, seed, rho=0.0):
-    scores = {i: random.random() * 50 for i in range(n)}
-    calls = []
-
-    def scorer(indices):
-        calls.append(list(indices))
-        return [scores[i] for i in indices]
-
-    sampler = PerplexityWindowSampler(n, window=k, candidates=b, num_generations=g, scorer=scorer,
-                                      progress=lambda: rho, repeat_count=repeat, seed=seed)
-    return sampler, scores, calls
-
-
-@pytest.mark.parametrize("n,k,b,g,repeat,rho", [(23, 2, 10, 3, 2, 0.0), (17, 3, 5, 2, 1, 0.37), (7, 1, 7, 4, 3, 1.0)])
-def test_sampler_layout_and_window(n, k, b, g, repeat, rho):
-    seed = random.randrange(10_000)
-    sampler, scores, calls = _layout_sampler(n, k, b, g, repeat, seed, rho)
-    slots = list(sampler)
-    assert len(slots) == len(sampler) == (n // b) * k * g * repeat
-    per_step = k * g * repeat
-    drawn = []
-    for step in range(n // b):
-        block = slots[step * per_step:(step + 1) * per_step]
-        expected = [step * k + j for j in range(k) for _ in range(g)] * repeat  # TRL's RepeatSampler layout
-        assert block == expected
-        window = [sampler.resolve(s) for s in block[:k * g:g]]
-        cands = calls[-1]
-        assert len(cands) == b and len(set(cands)) == b
-        drawn += cands
-        ranked = sorted(cands, key=lambda i: scores[i])
-        start = math.floor(rho * (b - k) + 1e-9)
-        assert window == ranked[start:start + k]
-        assert sampler.records[-1].window == window and sampler.records[-1].rho == rho
-    assert len(calls) == n // b  # scored once per step, however many slots resolve
-    assert len(set(drawn)) == len(drawn)  # an epoch never repeats a prompt
-    # every rank builds the same sampler from the seed: same candidates
-    twin, _, twin_calls = _layout_sampler(n, k, b, g, repeat, seed, rho)
-    for slot in list(twin)[::per_step]:
-        twin.resolve(slot)
-    assert twin_calls == calls
+@pytest.mark.parametrize("steps,k,g,repeat", [(3, 2, 3, 2), (2, 3, 2, 1), (1, 1, 4, 3)])
+def test_slot_sampler_keeps_trl_layout(steps, k, g, repeat):
+    sampler = SlotSampler(steps, k=k, num_generations=g, repeat_count=repeat)
+    for epoch in range(2):  # steps keep counting across epochs
+        slots = list(sampler)
+        assert len(slots) == len(sampler) == steps * k * g * repeat
+        per_step = k * g * repeat
+        for s in range(steps):
+            step = epoch * steps + s
+            expected = [step * k + j for j in range(k) for _ in range(g)] * repeat  # TRL's RepeatSampler layout
+            assert slots[s * per_step:(s + 1) * per_step] == expected
+    twin = SlotSampler(steps, k=k, num_generations=g, repeat_count=repeat)  # what another rank builds
+    assert list(twin) + list(twin) == list(SlotSampler(steps, k=k, num_generations=g, repeat_count=repeat)) + slots
 
 
-def test_sampler_rejects_bad_input():
-    with pytest.raises(ValueError, match="candidates"):
-        PerplexityWindowSampler(5, window=2, candidates=6, num_generations=2, scorer=len, progress=float)
-    with pytest.raises(ValueError, match="window"):
-        PerplexityWindowSampler(5, window=0, candidates=4, num_generations=2, scorer=len, progress=float)
-    sampler = PerplexityWindowSampler(6, window=2, candidates=3, num_generations=1,
-                                      scorer=lambda idx: [1.0], progress=lambda: 0.0)
-    with pytest.raises(ValueError, match="not been drawn"):
-        sampler.resolve(0)
-    next(iter(sampler))
-    with pytest.raises(ValueError, match="3 candidates"):
-        sampler.resolve(0)
-    with pytest.raises(ValueError, match="prepo_selection_ratio"):
-        PREPOConfig(output_dir="unused", prepo_selection_ratio=0.0, report_to="none", use_cpu=True)
-    with pytest.raises(ValueError, match="prepo_weighting"):
-        PREPOConfig(output_dir="unused", prepo_weighting="entropy_max", report_to="none", use_cpu=True)
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="k must be"):
+        SlotSampler(2, k=0, num_generations=2)
+    with pytest.raises(ValueError, match="repeat_count"):
+        SlotSampler(2, k=1, num_generations=2, repeat_count=0)
+    for option, value in [("prepo_selection_ratio", 0.0), ("prepo_weighting", "entropy_max"),
+                          ("prepo_strategy", "all"), ("prepo_max_rounds", 0), ("prepo_greso_p_min", 1.5),
+                          ("prepo_greso_target_zero_variance", 1.0)]:
+        with pytest.raises(ValueError, match=option):
+            PREPOConfig(output_dir="unused", report_to="none", use_cpu=True, **{option: value})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -93,7 +61,7 @@ class _SpyTrainer(PREPOTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.generations, self.weightings, self.loss_advantages = [], [], []
+        self.generations, self.weightings, self.loss_advantages, self.loss_inputs = [], [], [], []
 
     def _generate_and_score_completions(self, inputs):
         snapshot = copy.deepcopy(self.model.state_dict())
@@ -108,6 +76,7 @@ class _SpyTrainer(PREPOTrainer):
 
     def _compute_loss(self, model, inputs):
         self.loss_advantages.append(inputs["advantages"].detach().clone())
+        self.loss_inputs.append({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
         return super()._compute_loss(model, inputs)
 
 
@@ -173,8 +142,8 @@ def _reference_weights(model, output, temperature, mode):
 def test_trl_trainer_window_follows_current_perplexity_and_weights_reach_loss(tmp_path):
     weighting = "entropy_token"  # the mode that also needs the lengths; "entropy" differs only inside entropy_weights
     trainer, generated, tokenizer = _run(tmp_path, weighting)
-    sampler, k, g = trainer.window_sampler, 2, 4
-    assert [r.rho for r in sampler.records] == [0.0, 0.5]
+    records, k, g = trainer.selection_records, 2, 4
+    assert [r.rho for r in records] == [0.0, 0.5]
     assert len(trainer.generations) == 2 and trainer.num_rollouts == 2 * k * g
     logged = [h for h in trainer.state.log_history if "prepo/rollouts" in h]
     assert [h["prepo/rollouts"] for h in logged] == [k * g, 2 * k * g]
@@ -182,15 +151,17 @@ def test_trl_trainer_window_follows_current_perplexity_and_weights_reach_loss(tm
         assert all(key in h for h in logged)
 
     stale_gap = 0.0
-    for step, (record, gen) in enumerate(zip(sampler.records, trainer.generations)):
+    for step, (record, gen) in enumerate(zip(records, trainer.generations)):
+        assert len(record.candidates) == 1 and record.rollouts == k * g and record.discarded == 0
+        candidates, ppl = record.candidates[0], record.ppl[0]
         # the window is the ρ-slice of the candidates sorted by perplexity under the policy of that moment
         policy = _policy(trainer, gen["policy"])
-        prompts = [trainer.train_dataset[i]["prompt"] for i in record.candidates]
+        prompts = [trainer.train_dataset[i]["prompt"] for i in candidates]
         trl_ids = trainer._tokenize_prompts(prompts)[0]
         ref = [_reference_ppl(policy, list(ids), tokenizer(p[-1]["content"], add_special_tokens=False)["input_ids"])
                for ids, p in zip(trl_ids, prompts)]
-        assert record.ppl == pytest.approx(ref, rel=1e-4)
-        ranked = sorted(record.candidates, key=lambda i: ref[record.candidates.index(i)])
+        assert ppl == pytest.approx(ref, rel=1e-4)
+        ranked = sorted(candidates, key=lambda i: ref[candidates.index(i)])
         start = math.floor(record.rho * (len(ranked) - k) + 1e-9)
         assert record.window == ranked[start:start + k]
         assert generated[step] == [i for i in record.window for _ in range(g)]  # TRL generated those prompts
@@ -236,3 +207,87 @@ def test_encode_prompt_masks_the_question():
     with pytest.raises(ValueError, match="user message"):
         encode_prompt(tokenizer, [{"role": "system", "content": "answer briefly"}])
     assert isinstance(WindowSlot(3), WindowSlot)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the strategies: random, DAPO dynamic sampling, GRESO
+# ---------------------------------------------------------------------------------------------------------------
+def informative(qid: int) -> bool:
+    """The stand-in reward below gives qid % 3 == 2 varied rewards; 0 (all 1) and 1 (all 0) are zero-variance."""
+    return qid % 3 == 2
+
+
+def qid_reward(completions, qid, **kwargs):
+    """Rewards fixed by the prompt and the rollout's place in its group (so the same under any process layout)."""
+    start = int(os.environ.get("RANK", "0")) * len(completions)  # rows are prompt-major, an equal share per rank
+    return [1.0 if q % 3 == 0 else 0.0 if q % 3 == 1 else float((start + i) % 2) for i, q in enumerate(qid)]
+
+
+def qid_rows(n: int) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"item{i} what is {WORDS[i % len(WORDS)]}?"}], "qid": i}
+            for i in range(n)]
+
+
+def strategy_args(out, strategy, *, steps, seed, k=2, g=4, save_steps=None, **extra):
+    return PREPOConfig(output_dir=str(out), per_device_train_batch_size=k * g, num_generations=g,
+                       max_completion_length=6, max_steps=steps, learning_rate=1e-2, logging_steps=1,
+                       report_to="none", save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+                       use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, disable_tqdm=True,
+                       prepo_strategy=strategy, prepo_selection_ratio=0.5, prepo_max_rounds=3,
+                       prepo_weighting="none", **extra)
+
+
+def _strategy_run(out, strategy, *, steps=3, seed=0, n=12, resume=None, trainer_class=None, **extra):
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=seed, hidden=32).train()
+    trainer = (trainer_class or _SpyTrainer)(
+        model=model, reward_funcs=qid_reward, args=strategy_args(out, strategy, steps=steps, seed=seed, **extra),
+        train_dataset=datasets.Dataset.from_list(qid_rows(n)), processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, tokenizer
+
+
+def _qids_trained(trainer, tokenizer) -> list[int]:
+    """The prompt of every row the loss saw with at least one loss token, read back from its token ids."""
+    qids = []
+    for inputs in trainer.loss_inputs:
+        for ids, mask in zip(inputs["prompt_ids"], inputs["completion_mask"]):
+            if mask.sum() > 0:
+                qids.append(int(re.search(r"item(\d+) ", tokenizer.decode(ids, skip_special_tokens=True)).group(1)))
+    return qids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["random", "dynamic", "greso"])
+def test_strategy_trains_and_counts_every_rollout(tmp_path, strategy):
+    k, g, steps = 2, 4, 3
+    trainer, tokenizer = _strategy_run(tmp_path, strategy, steps=steps, seed=random.randrange(10_000))
+    records = trainer.selection_records
+    assert len(records) == steps == trainer.state.global_step
+    logged = [h for h in trainer.state.log_history if "prepo/rollouts_step" in h]
+    total = 0
+    for record, h in zip(records, logged):
+        rolled = [i for round_ in record.rolled_out for i in round_]
+        assert record.rollouts == g * len(rolled) == h["prepo/rollouts_step"]
+        total += record.rollouts
+        assert h["prepo/rollouts"] == total and h["prepo/discarded"] == record.discarded
+        assert h["prepo/rounds"] >= len(record.rolled_out)
+        if strategy == "random":  # K of |B| = 4 candidates, one round, nothing discarded
+            assert len(record.rolled_out) == 1 and len(rolled) == k == len(set(rolled)) and record.discarded == 0
+            continue
+        # filtering: the kept groups are the informative ones in roll-out order, cut to K; the rest is discarded
+        useful = [i for i in rolled if informative(i)]
+        assert record.kept == useful[:k]
+        assert record.discarded == record.rollouts - g * len(record.kept)
+        assert len(record.kept) + len(record.padded) == k
+        assert all(not informative(i) for i in record.padded)
+        assert len(record.rolled_out) == 3 or len(useful) >= k  # stopped at K kept or at the round cap
+        assert h["prepo/padded_groups"] == len(record.padded)
+    assert trainer.num_rollouts == total
+    # the loss never sees a zero-variance group with a loss token, and sees every kept group
+    trained = _qids_trained(trainer, tokenizer)
+    kept = [i for r in records for i in r.kept for _ in range(g)]
+    if strategy == "random":
+        assert sorted(trained) == sorted(kept)
+    else:
+        assert all(informative(q) for q in trained) and sorted(trained) == sorted(kept)
