@@ -64,7 +64,9 @@ def percentile_interval(samples: Sequence[float], level: float = LEVEL) -> tuple
     if a.size == 0:
         return math.nan, math.nan
     tail = (1 - level) / 2
-    return float(a[int(math.floor(tail * (a.size - 1)))]), float(a[int(math.ceil((1 - tail) * (a.size - 1)))])
+    pos = tail * (a.size - 1)  # rounded first: (1 - 0.9) / 2 * 200 is 9.999..., whose floor would widen the interval
+    lo, hi = math.floor(round(pos, 9)), math.ceil(round((a.size - 1) - pos, 9))
+    return float(a[lo]), float(a[hi])
 
 
 def bootstrap(n: int, statistic: Callable[[np.ndarray], float], resamples: int = RESAMPLES,

@@ -263,3 +263,25 @@ def test_values_are_taken_literally(tmp_path, monkeypatch):
     path.write_text("run: !!python/object/apply:os.system [echo hi]\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(path)
+
+
+def test_clip_bounds_eps_low_one_is_refused():
+    """eps_low = 1 would let the ratio's lower clip reach 0 (1 - eps_low): refused; just below 1 is allowed."""
+    for value in ("1", "1.0", "1.5", "-0.1"):
+        with pytest.raises(ConfigError, match="algorithm.eps_low"):
+            load_config(None, [f"algorithm.eps_low={value}"])
+    assert load_config(None, ["algorithm.eps_low=0.999"]).algorithm.eps_low == 0.999
+    assert load_config(None, ["algorithm.eps_low=0"]).algorithm.eps_low == 0.0
+
+
+@pytest.mark.parametrize("override", ["data.seed=5", "data.train_size=77", "data.tiers=[add1]", "run.seed=9",
+                                      "selection.strategy=random"])
+def test_resume_refuses_a_changed_data_key_even_when_allowed(override):
+    """The checkpoint's sampler positions index the training set it was built from: a changed data.seed (or any
+    fixed key) is refused on --resume even when --allow-config-change names it."""
+    from prepo.config import resume_changes
+
+    saved = load_config(None, ["run.steps=3"]).to_dict()
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key} .*cannot change"):
+        resume_changes(saved, load_config(None, ["run.steps=3", override]), [key])

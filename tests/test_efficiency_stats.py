@@ -244,3 +244,21 @@ def test_speedup_power_bound_on_a_linear_curve():
     assert speedup_for_gain(xs, ys, 0.25) == pytest.approx(2.0, rel=1e-6)
     assert speedup_for_gain(xs, ys, -0.01) == 1.0
     assert speedup_for_gain(xs, ys, 0.49) == float("inf")  # beyond a 16x speed-up's gain (15/32)
+
+
+def test_percentile_interval_and_bootstrap_on_a_known_sample():
+    """Order statistics of a known sample (any order in), and the bootstrap's interval for the mean of 100 fair coin
+    flips: the normal approximation gives 0.5 ± 1.96 · 0.05."""
+    from benchmarks.efficiency_stats import bootstrap
+
+    sample = np.random.default_rng(3).permutation(201).astype(float)  # 0, 1, ..., 200 shuffled
+    assert percentile_interval(sample, 0.90) == (10.0, 190.0)
+    assert percentile_interval(sample, 0.95) == (5.0, 195.0)
+    assert percentile_interval(sample, 0.5) == (50.0, 150.0)
+    assert percentile_interval([4.0, 1.0, 3.0, 2.0], 0.0) == (2.0, 3.0)
+    flips = np.array([0.0, 1.0] * 50)
+    means = bootstrap(len(flips), lambda idx: float(flips[idx].mean()), resamples=4000, seed=11)
+    assert means.shape == (4000,) and abs(means.mean() - 0.5) < 0.005 and abs(means.std() - 0.05) < 0.004
+    lo, hi = percentile_interval(means)
+    assert abs(lo - (0.5 - 1.96 * 0.05)) < 0.015 and abs(hi - (0.5 + 1.96 * 0.05)) < 0.015
+    assert np.array_equal(means, bootstrap(len(flips), lambda idx: float(flips[idx].mean()), resamples=4000, seed=11))

@@ -171,3 +171,12 @@ def test_deadline_outside_the_main_thread():
     assert "ran past" in results["timeout"]
     assert results["math"] == 1.0 and results["wrong"] == 0.0
     assert time.perf_counter() - start < 120
+
+
+@pytest.mark.parametrize("text", [r"#### 5" "\n" r"so the answer is $\boxed{7}$",
+                                  r"We get $\boxed{7}$." "\n#### 5", r"\boxed{7} #### 5 and the answer is 5"])
+def test_boxed_wins_over_hashes(text):
+    """When a completion has both a \\boxed{} answer and a GSM8K #### line, the boxed one is the answer."""
+    assert final_number(text) == "7"
+    assert verify(text, "7", "numeric") == 1.0 and verify(text, "5", "numeric") == 0.0
+    assert final_number("#### 5\nthen 9") == "5" and final_number("the answer is 4, then 6") == "4"

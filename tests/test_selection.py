@@ -262,3 +262,63 @@ def test_collected_carries_every_generated_reward_length_and_timing():
     assert got.rewards == [r for g in got.generated for r in g.rewards]
     assert sorted(set(got.completion_lengths)) == list(range(1, got.rounds + 1))
     assert all(not g.zero_variance for g in got.groups) and any(g.zero_variance for g in got.generated)
+
+
+# --- behaviours a planted one-line bug once slipped past (issue #18) -----------------------------------------------
+
+@pytest.mark.parametrize("target", [0.0, 0.25, 0.5])
+def test_greso_later_rounds_roll_out_only_what_is_still_needed(target):
+    """Each round rolls out ⌈(K − kept so far) / (1 − target)⌉ prompts (fresh prompts all survive), not K's worth."""
+    k = 7
+    s = _greso(num_candidates=30, k=k, max_rounds=6, greso_target_zero_variance=target)
+    informative = {i for i in range(300) if i % 5 == 0}
+    roll_out, calls = _fake_roll_out(lambda i: [1, 0] if i in informative else [1, 1], 2)
+    got = collect_groups(s, PromptSampler(300, seed=7), step=0, total_steps=4, k=k,
+                         roll_out=roll_out)
+    assert len(calls) >= 2, "the pattern should need more than one round"
+    kept = 0
+    for indices, _ in calls:
+        assert len(indices) == math.ceil((k - kept) / (1 - target)), (target, kept, [len(c) for c, _ in calls])
+        kept += sum(i in informative for i in indices)
+    assert len(got.groups) == min(kept, k) and got.rounds == len(calls)
+
+
+def test_greso_state_round_trips_every_field():
+    """Every field of GRESO's saved state comes back as saved, each with a value no other field has (so a swap or
+    a dropped field shows), and the restored strategy then chooses exactly as the original."""
+    a = _greso(num_candidates=12, k=4, greso_p_easy=0.9, greso_p_hard=0.9)
+    a.p_easy, a.p_hard = 0.37, 0.81
+    a.history = {3: (2, True), 5: (4, False), 11: (1, True), 40: (3, False)}
+    a.rng.random(17)  # move the generator away from its seed
+    state = _weights_only_round_trip(a.state_dict())
+    b = _greso(num_candidates=12, k=4, greso_p_easy=0.5, greso_p_hard=0.5)
+    b.load_state_dict(state)
+    assert (b.p_easy, b.p_hard) == (0.37, 0.81)
+    assert b.history == a.history and all(type(z) is int and type(e) is bool for z, e in b.history.values())
+    assert b.rng.bit_generator.state == a.rng.bit_generator.state
+    for c in (3, 5, 11, 40, 7):
+        assert b.keep_probability(c) == a.keep_probability(c)
+    assert a.keep_probability(3) == pytest.approx(0.37 ** 2) and a.keep_probability(5) == pytest.approx(0.81 ** 4)
+    candidates = [3, 5, 11, 40, 7, 8, 9, 10]
+    for _ in range(20):
+        assert a.choose(candidates, _ctx(k=4, needed=4)).indices == b.choose(candidates, _ctx(k=4, needed=4)).indices
+
+
+def test_sampler_epochs_use_different_permutations_seeded_by_run_and_epoch():
+    n = 31
+    seed = random.randrange(1000)
+    sampler = PromptSampler(n, seed=seed)
+    epochs = [sampler.draw(n) for _ in range(4)]  # one whole epoch per draw
+    for e in epochs:
+        assert sorted(e) == list(range(n))
+    assert len({tuple(e) for e in epochs}) == 4, "consecutive epochs must reshuffle"
+    again = PromptSampler(n, seed=seed)
+    assert [again.draw(n) for _ in range(4)] == epochs          # deterministic for the run seed
+    other = PromptSampler(n, seed=seed + 1)
+    assert other.draw(n) != epochs[0]                            # and different for another seed
+    # a draw that crosses the boundary: the end of one epoch's order, then the start of the next one's
+    crossing = PromptSampler(n, seed=seed)
+    crossing.draw(n - 3)
+    d = crossing.draw(8)
+    assert d[:3] == epochs[0][-3:] and d[3:] == [i for i in epochs[1] if i not in d[:3]][:5]
+    assert crossing.state_dict()["epoch"] == 1

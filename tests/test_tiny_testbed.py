@@ -180,3 +180,35 @@ def test_prepo_eval_on_the_testbed_scores_the_training_held_out_set(tmp_path, mo
     assert report["n"] == 6 and report["k"] == 2
     assert cli.run_eval(["--model", "tiny-arith", "--data", "tiny-arith:6", "--tiers", "nope"]) == 2
     assert "tiers: unknown ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["arith", "tiny-arith", "tiny-chain"])
+def test_no_held_out_question_reaches_training_or_the_supervised_stage(task):
+    """For every seed pairing (equal seeds included) and tier choice, the trainer's training prompts and a testbed
+    model's supervised stage come from the train part of the question space only, and share no question with the
+    held-out set the trainer (and `prepo eval --data <task>:N`) scores."""
+    import dataclasses
+
+    from prepo.config import DataConfig
+    from prepo.data import BUILTIN_TASKS, builtin_tiers
+    from prepo.trainer import load_datasets
+
+    if task not in BUILTIN_TASKS:
+        pytest.skip(f"{task} is not a built-in task here")
+    held = set()
+    s = random.randrange(10**6)
+    for seed, eval_seed in [(0, 0), (0, 1), (s, s + 1), (s, s)]:
+        for tiers in (None, builtin_tiers(task)[:2]):
+            train, evals = load_datasets(DataConfig(train=task, train_size=300, eval_size=120, seed=seed,
+                                                    eval_seed=eval_seed, tiers=tiers))
+            questions = {e.question for e in evals[task]}
+            assert len(evals[task]) == 120 and all(arith_split_of(q) == "eval" for q in questions)
+            assert all(arith_split_of(e.question) == "train" for e in train)
+            assert not questions & {e.question for e in train}
+            held |= questions
+    recipes = [r for r in tiny_model.RECIPES.values() if r.task == task]
+    for recipe in recipes:
+        pairs = tiny_model.supervised_targets(dataclasses.replace(recipe, steps=40, batch=50))
+        assert len(pairs) == 2000
+        assert all(arith_split_of(q) == "train" for q, _ in pairs)
+        assert not held & {q for q, _ in pairs}

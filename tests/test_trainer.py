@@ -318,3 +318,57 @@ def test_summary_step_time_includes_reward_time():
     row = {"kind": "train", "step": 1, "rollouts": 8, "reward_mean": 0.5, "peak_rss_mb": 100.0, "time_select": 0.0,
            "time_generate": 0.0, "time_reward": 10.4, "time_update": 0.0, "time_step": 10.4}
     assert "mean step time 10.4 s" in summary([row, {**row, "step": 2}])
+
+
+# --- behaviours a planted one-line bug once slipped past (issue #18) -----------------------------------------------
+
+def test_warmup_starts_above_zero_and_reaches_lr():
+    from types import SimpleNamespace
+
+    from prepo.trainer import learning_rate
+
+    optim = SimpleNamespace(lr=2e-3, warmup_steps=4)
+    assert [learning_rate(optim, s) for s in range(7)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3, 2e-3])
+    assert learning_rate(SimpleNamespace(lr=2e-3, warmup_steps=0), 0) == 2e-3
+    assert learning_rate(SimpleNamespace(lr=2e-3, warmup_steps=1), 0) == 2e-3
+
+
+def _stub_trainer(tmp_path, monkeypatch, overrides):
+    """A Trainer whose steps, evaluations and saves only record the step they happen at (no model)."""
+    from prepo.config import load_config
+    from prepo.distributed import Dist
+    from prepo.metrics import MetricsLog
+
+    t = prepo.trainer.Trainer.__new__(prepo.trainer.Trainer)
+    t.cfg, t.run_dir, t.dist = load_config(None, ["run.progress=false", *overrides]), tmp_path, Dist()
+    t.step, t.rollouts, t._evaluated_step, t._stop_requested, t._snapshot = 0, 0, -1, False, {}
+    t.log = MetricsLog(tmp_path / "metrics.jsonl")
+    events = []
+
+    def train_step():
+        t.step += 1
+        events.append(("train", t.step))
+        return {"reward_mean": 0.5, "rollouts": t.step, "time_step": 0.0}
+
+    monkeypatch.setattr(t, "train_step", train_step)
+    monkeypatch.setattr(t, "evaluate", lambda: events.append(("eval", t.step)) or [])
+    monkeypatch.setattr(t, "save", lambda: events.append(("save", t.step)))
+    monkeypatch.setattr(prepo.trainer, "plot_curves", lambda rows, path: None)
+    monkeypatch.setattr(prepo.trainer, "summary", lambda rows, seconds=None: "")
+    return t, events
+
+
+@pytest.mark.parametrize("every, before, evals", [(3, True, [0, 3, 6, 9, 10]), (3, False, [3, 6, 9, 10]),
+                                                  (0, True, [0, 10]), (5, True, [0, 5, 10]), (1, False, list(range(1, 11)))])
+def test_periodic_evaluation_schedule(tmp_path, monkeypatch, every, before, evals):
+    t, events = _stub_trainer(tmp_path, monkeypatch, ["run.steps=10", f"eval.every={every}", f"eval.before={before}",
+                                                      "run.save_every=4"])
+    result = t.train()
+    assert result.steps_done == 10 and not result.interrupted
+    assert [s for kind, s in events if kind == "eval"] == evals
+    assert [s for kind, s in events if kind == "train"] == list(range(1, 11))
+    assert [s for kind, s in events if kind == "save"] == [4, 8, 10]
+    # each evaluation comes after the step it is named by, before the next one
+    for kind, s in events:
+        if kind == "eval" and s > 0:
+            assert events.index((kind, s)) == events.index(("train", s)) + 1

@@ -329,3 +329,57 @@ def test_gradient_checkpointing_falls_back_to_padded_rows():
     _, _, _, _, sweep = accumulate_gradients(model, samples, settings)
     assert sweep.group_size is None
     _assert_grads_close(_grads(model), want, rtol=1e-4, atol=1e-5)
+
+
+# --- behaviours a planted one-line bug once slipped past (issue #18) -----------------------------------------------
+
+def _entropy_per_rollout(model, samples, temperature):
+    """Each rollout's mean token entropy H̄_i over its response, float64, no gradient (independent of the op)."""
+    batch = collate_padded([s.seq for s in samples], 0)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double() / temperature
+    logp = torch.log_softmax(logits, -1)
+    ent = -(logp.exp() * logp).sum(-1)
+    m = batch.mask.double()
+    return (ent * m).sum(1) / m.sum(1)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["padded", "shared-prefix"])
+def test_a_group_with_one_zero_advantage_rollout_stays_in_the_update(grouped):
+    """skip_zero_advantage drops zero-variance groups only: in a group whose rewards differ, a rollout that happens
+    to get advantage 0 (reward equal to the group mean) does not take its group's other rollouts out."""
+    samples = _samples(9, zero_adv=0, group_size=3 if grouped else None)
+    if grouped:
+        samples[4].advantage = 0.0                     # group 1: one zero among two non-zero
+        for smp in samples[6:9]:                       # group 2: all zero (zero variance)
+            smp.advantage = 0.0
+        expected = [0, 1, 2, 3, 4, 5]                  # whole groups: the zero rollout rides along with its group
+    else:
+        samples[4].advantage = 0.0
+        expected = [i for i, smp in enumerate(samples) if smp.advantage != 0.0]
+    model = tiny_llama()
+    settings = UpdateSettings(weighting="entropy", micro_batch_tokens=40, pad_id=0, skip_zero_advantage=True)
+    stats = policy_update(model, torch.optim.SGD(model.parameters(), lr=0.0), samples, settings)
+    assert stats.active == expected
+    assert sorted(i for i in range(len(samples)) if float(stats.weights[i]) != 1.0) == \
+        [i for i in expected if float(stats.weights[i]) != 1.0]
+
+
+@pytest.mark.parametrize("weighting", ["none", "entropy"])
+def test_entropy_mean_is_over_the_rollouts_trained_on(weighting):
+    """The logged entropy_mean is the mean of H̄_i over the rollouts in the update (skipped zero-advantage ones and
+    empty completions excluded), checked against a float64 forward."""
+    model = tiny_llama()
+    samples = _samples(8, zero_adv=3)
+    samples.append(make_sample([3, 4, 5], [], 0.7))      # an empty completion: no entropy to average
+    # a low temperature spreads the random model's entropies, so skipped rollouts move the mean measurably
+    settings = UpdateSettings(weighting=weighting, micro_batch_tokens=40, pad_id=0, skip_zero_advantage=True,
+                              temperature=0.1)
+    trained = [i for i, smp in enumerate(samples) if smp.advantage != 0.0 and smp.num_tokens > 0]
+    model64 = copy.deepcopy(model).double()
+    h = _entropy_per_rollout(model64, [samples[i] for i in trained], 0.1)
+    stats = policy_update(model, torch.optim.SGD(model.parameters(), lr=0.0), samples, settings)
+    assert stats.active == trained
+    assert stats.entropy_mean == pytest.approx(float(h.mean()), rel=1e-5, abs=1e-5)
+    everyone = _entropy_per_rollout(model64, [s for s in samples if s.num_tokens > 0], 0.1)
+    assert abs(float(everyone.mean()) - float(h.mean())) > 1e-3, "the test needs skipped rollouts to matter"
