@@ -98,8 +98,39 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *
         shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
         for stale in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
+            discard(stale)
     return final
+
+
+def discard(checkpoint: Path) -> None:
+    """Delete a checkpoint: renamed to an unfinished name first, so an interrupted deletion leaves a folder that
+    remove_unfinished cleans, never a partial ``step-*`` that looks complete."""
+    old = Path(tempfile.mkdtemp(prefix=f".old-{checkpoint.name}-{os.getpid()}-", dir=checkpoint.parent))
+    os.rename(checkpoint, old / checkpoint.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_step(checkpoint: str | os.PathLike) -> int:
+    """The step of a ``step-NNNNNN`` folder."""
+    m = _NAME.match(Path(checkpoint).name)
+    if m is None:
+        raise ValueError(f"checkpoint: {checkpoint} is not a step-NNNNNN folder")
+    return int(m.group(1))
+
+
+def set_aside_later(run_dir: str | os.PathLike, step: int, dest: Path) -> list[Path]:
+    """Move the run's checkpoints later than ``step`` into ``dest/checkpoints/`` (resuming an earlier checkpoint
+    starts a branch: the abandoned one is kept whole, never mixed in). Returns their new paths."""
+    later = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    moved = []
+    if later:
+        (dest / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for path in later:
+        os.rename(path, dest / "checkpoints" / path.name)
+        moved.append(dest / "checkpoints" / path.name)
+    if moved:
+        _fsync_dir(checkpoints_dir(run_dir))
+    return moved
 
 
 def _alive(pid: int) -> bool:
@@ -113,12 +144,16 @@ def _alive(pid: int) -> bool:
 
 
 def remove_unfinished(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the temporary folders that interrupted saves left in ``checkpoints/`` (never a complete checkpoint);
-    a folder whose writer (the pid in its name) is still running on this machine is left alone. Returns those
-    removed."""
+    """Delete the temporary folders that interrupted saves and deletions left in ``checkpoints/`` (never a complete
+    checkpoint: a ``step-*`` folder without its state file is a deletion's remains); a folder whose writer (the pid in
+    its name) is still running on this machine is left alone. Returns those removed."""
     root = checkpoints_dir(run_dir)
     removed = []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if _NAME.match(path.name) and path.is_dir() and not (path / STATE_FILE).exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            continue
         m = _UNFINISHED.match(path.name)
         if not m or not path.is_dir():
             continue

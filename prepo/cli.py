@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from prepo.checkpoint import run_dir_of
-from prepo.config import ConfigError, DataConfig, load_config
+from prepo.config import MIN_TEMPERATURE, ConfigError, DataConfig, load_config
 from prepo.data import (ARITH_FORMAT, BUILTIN_TASKS, PRESETS, VERIFIERS, PromptFormat, detect_preset, load_examples,
                         make_builtin)
 
@@ -76,6 +76,9 @@ def run_train(argv: list[str] | None = None) -> int:
         overrides.append(f"run.steps={args.max_steps}")
     allow = [k.strip() for k in args.allow_config_change.split(",") if k.strip()]
     config_path = args.config
+    for option, value in (("--output-dir", args.output_dir), ("--resume", args.resume), ("--config", args.config)):
+        if value is not None and not value.strip():
+            return _error(f"{option}: must not be empty")
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
         if not resume.exists():
@@ -98,15 +101,41 @@ def run_train(argv: list[str] | None = None) -> int:
     else:
         run_dir = Path(config.run.output_root) / config.run.name
 
-    from prepo.distributed import teardown
-    from prepo.trainer import Trainer
+    from prepo.run_lock import RunLock
 
+    # one process at a time in a run folder (under torchrun, rank 0 holds it for all)
+    lock = RunLock(run_dir) if os.environ.get("RANK", "0") == "0" else None
     try:
-        trainer = Trainer(config, run_dir, resume_from=resume, overwrite=args.overwrite, allow_config_change=allow)
-    except (ValueError, OSError) as exc:  # bad data, checkpoint, folder or model: one line, before any training
+        if lock is not None:
+            lock.acquire()
+    except OSError as exc:
         return _error(exc)
     try:
+        return _train_locked(config, run_dir, resume, args.overwrite, allow, _error)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config, run_dir: Path, resume: Path | None, overwrite: bool, allow: list[str], _error) -> int:
+    """Set up and run the training with the run folder locked; start-up and write errors are one line."""
+    from prepo.distributed import teardown
+    from prepo.trainer import Trainer
+    from prepo.update import NonFiniteError
+
+    try:
+        trainer = Trainer(config, run_dir, resume_from=resume, overwrite=overwrite, allow_config_change=allow)
+    except (ValueError, OSError) as exc:  # bad data, checkpoint, folder or model: one line, before any training
+        return _error(exc)
+    except KeyboardInterrupt:
+        print("\nprepo train: interrupted during start-up, before the first step: nothing was trained",
+              file=sys.stderr)
+        return 130
+    try:
         result = trainer.train()
+    except (OSError, NonFiniteError) as exc:  # a full disk, an unwritable folder, a diverged run: the note said more
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _error(f"training stopped after step {trainer.step}: {detail}")
     finally:
         teardown(trainer.dist)
     if trainer.dist.is_main:
@@ -210,8 +239,12 @@ def check_args(args) -> Path:
         _positive_int(str(args.limit), "--limit")
     if args.max_new_tokens is not None:
         _positive_int(str(args.max_new_tokens), "--max-new-tokens")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise ValueError(f"--temperature: expected a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (math.isfinite(args.temperature) and (args.temperature == 0 or args.temperature >= MIN_TEMPERATURE)):
+        raise ValueError(f"--temperature: expected 0 (greedy) or a finite number >= {MIN_TEMPERATURE}, got "
+                         f"{args.temperature}")
+    if args.prompt_template is not None and args.prompt_template.count("{question}") != 1:
+        raise ValueError(f"--prompt-template: must contain '{{question}}' exactly once, got {args.prompt_template!r}")
+    check_device(args.device)
     if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
         raise ValueError(f"--top-p: expected a number in (0, 1], got {args.top_p}")
     from prepo.rollout import engine_names
@@ -224,7 +257,41 @@ def check_args(args) -> Path:
         raise ValueError(f"--output {out}: is a folder; give a file path for the JSON report")
     if out.parent.exists() and not out.parent.is_dir():
         raise ValueError(f"--output {out}: {out.parent} is not a folder")
+    check_writable(out)
     return out
+
+
+def check_writable(out: Path) -> None:
+    """ValueError unless the report can be written at ``out`` (its folder is created; a probe file is opened and
+    removed again), so an unwritable path fails before the evaluation, not after it."""
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--output {out}: cannot write the report there ({exc.strerror or exc})") from None
+    if not existed:
+        out.unlink()
+
+
+def check_device(name: str) -> None:
+    """ValueError unless ``name`` is a device the model can be evaluated on here (checked before it loads)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"--device {name}: torch sees {count} CUDA device(s) here")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available here")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: cannot evaluate on a {device.type} device; use cpu, cuda[:N] or mps")
 
 
 def run_eval(argv: list[str] | None = None) -> int:
@@ -240,6 +307,8 @@ def run_eval(argv: list[str] | None = None) -> int:
         datasets, formats = {}, {}
         for spec in args.data:
             name, examples, fmt = parse_data_arg(spec, args.limit, fields, tiers)
+            if not examples:
+                raise ValueError(f"--data {spec}: no problems in it")
             while name in datasets:
                 name += "'"
             datasets[name] = examples
@@ -261,6 +330,9 @@ def run_eval(argv: list[str] | None = None) -> int:
 
     try:
         model, tokenizer = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    except KeyboardInterrupt:
+        print("\nprepo eval: interrupted while loading the model: nothing was evaluated", file=sys.stderr)
+        return 130
     except (OSError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _error(f"--model {args.model}: cannot load it: not a local folder, GGUF file or alias, and not a "
@@ -274,12 +346,19 @@ def run_eval(argv: list[str] | None = None) -> int:
                       prompt_template=pick(args.prompt_template, "prompt_template", MATH_PROMPT),
                       few_shot=pick(None, "few_shot", ()),
                       response_prefix=pick(None, "response_prefix", ""),
-                      rows_per_call=args.batch_size)
+                      rows_per_call=args.batch_size, partial_on_interrupt=True)
     report.settings.update(model=args.model, engine=args.engine, data=args.data, limit=args.limit,
                            seconds=round(time.time() - start, 1))
-    print(report.table())
+    partial = report.settings.get("partial", False)
+    if report.results:
+        print(report.table())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if partial:
+        done = sum(r.n for r in report.results.values())
+        print(f"\ninterrupted: partial report ({done} of {sum(map(len, datasets.values()))} problems scored, "
+              f"settings.partial = true) written to {out}", file=sys.stderr)
+        return 130
     print(f"report written to {out}")
     return 0
 

@@ -114,7 +114,7 @@ def _per_benchmark(value, name: str):
 def evaluate(engine, tokenizer, datasets: dict[str, list[Example]], *, k: int, max_new_tokens,
              temperature: float, top_p: float = 1.0, seed: int = 0, system_prompt=None, progress: bool = True,
              prompt_template="{question}", few_shot=(), response_prefix="", rows_per_call: int = 64,
-             verify_timeout: float = 5.0
+             verify_timeout: float = 5.0, partial_on_interrupt: bool = False
              ) -> EvalReport:
     """Sample ``k`` completions per problem of each dataset with ``engine`` and score them.
 
@@ -122,6 +122,8 @@ def evaluate(engine, tokenizer, datasets: dict[str, list[Example]], *, k: int, m
     ``response_prefix``: see ``prepo.data.encode_prompts``) are each either one value for every benchmark or a
     mapping from benchmark name to value. Generation goes ``rows_per_call`` samples (prompts × k) at a time, each call seeded
     from ``seed``, the benchmark and the call's position, so a report is reproducible for a seed.
+    ``partial_on_interrupt``: Ctrl-C returns the problems scored so far (settings ``partial: true``) instead of
+    raising KeyboardInterrupt.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k: expected a positive int, got {k!r}")
@@ -133,6 +135,7 @@ def evaluate(engine, tokenizer, datasets: dict[str, list[Example]], *, k: int, m
     bar = tqdm(total=total, desc="eval", unit="problem", disable=not progress)
     results: dict[str, BenchmarkResult] = {}
     per_call = max(1, rows_per_call // k)
+    name, scores, finished, tokens, interrupted = None, [], 0, 0, False
     try:
         for b_index, (name, examples) in enumerate(datasets.items()):
             if not examples:
@@ -150,18 +153,32 @@ def evaluate(engine, tokenizer, datasets: dict[str, list[Example]], *, k: int, m
                                            seed=(seed * 1_000_003 + b_index * 10_007 + start) % 2**63)
                 owners = [chunk[r.prompt_index] for r in rollouts]
                 rewards = score_rollouts(owners, [r.text for r in rollouts], timeout=verify_timeout)
+                chunk_scores = []
                 for i, ex in enumerate(chunk):
                     mine = [j for j, r in enumerate(rollouts) if r.prompt_index == i]
                     keys = [answer_key(rollouts[j].text, ex.verifier, timeout=verify_timeout) for j in mine]
-                    scores.append(problem_scores([rewards[j] for j in mine], keys))
-                finished += sum(r.finished for r in rollouts)
-                tokens += sum(len(r.completion_ids) for r in rollouts)
+                    chunk_scores.append(problem_scores([rewards[j] for j in mine], keys))
+                scores, finished, tokens = (scores + chunk_scores, finished + sum(r.finished for r in rollouts),
+                                            tokens + sum(len(r.completion_ids) for r in rollouts))
                 bar.update(len(chunk))
-            samples = len(examples) * k
-            avg, pas, maj = (math.fsum(s[i] for s in scores) / len(scores) for i in range(3))
-            results[name] = BenchmarkResult(n=len(examples), k=k, avg_at_k=avg, pass_at_k=pas, maj_at_k=maj,
-                                            finished=finished / samples, mean_tokens=tokens / samples)
+            results[name] = _result(scores, k, finished, tokens)
+    except KeyboardInterrupt:
+        if not partial_on_interrupt:
+            raise
+        interrupted = True
+        if scores and name not in results:  # the benchmark under way: the problems scored so far
+            results[name] = _result(scores, k, finished, tokens)
     finally:
         bar.close()
     settings = dict(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    if interrupted:
+        settings["partial"] = True
     return EvalReport(results=results, settings=settings)
+
+
+def _result(scores: Sequence[tuple[float, float, float]], k: int, finished: int, tokens: int) -> BenchmarkResult:
+    """One benchmark's result from its problems' (avg, pass, maj) scores and its samples' finished / token counts."""
+    samples = len(scores) * k
+    avg, pas, maj = (math.fsum(s[i] for s in scores) / len(scores) for i in range(3))
+    return BenchmarkResult(n=len(scores), k=k, avg_at_k=avg, pass_at_k=pas, maj_at_k=maj,
+                           finished=finished / samples, mean_tokens=tokens / samples)

@@ -34,27 +34,73 @@ def _clean(value):
     return value
 
 
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl. A last line cut off mid-write (no newline at its end) is left out with a note;
+    any other malformed line is a ValueError naming the file and line."""
+    path = Path(path)
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+            if lineno == len(lines):  # the unterminated last line: a write the run never finished
+                print(f"{path}:line {lineno}: left out a row whose write was cut off", file=sys.stderr)
+                break
+            detail = str(exc).splitlines()[0][:120]
+            raise ValueError(f"{path}:line {lineno}: malformed metrics row ({detail}); repair or delete that "
+                             "line") from None
+        rows.append(row)
+    return rows
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Replace ``path`` with ``rows`` atomically: a temporary file beside it, fsynced, then renamed over it (a write
+    error leaves the old file whole)."""
+    import tempfile
+
+    from prepo.checkpoint import _fsync_dir
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.writelines(json.dumps(row) + "\n" for row in rows)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 class MetricsLog:
-    """Append-only metrics.jsonl; on resume, rows after the checkpoint's step are dropped (they will be redone)."""
+    """Append-only metrics.jsonl; on resume, rows after the checkpoint's step are dropped (they will be redone) or,
+    with ``set_aside``, moved to ``set_aside/metrics.jsonl`` (a branch from an earlier checkpoint)."""
 
     def __init__(self, path: str | os.PathLike, *, resume_step: int | None = None, write: bool = True,
-                 reporters=()):
+                 reporters=(), set_aside: Path | None = None):
         """``reporters``: prepo.reporters destinations (TensorBoard, W&B) that get each new row too."""
         self.path, self.writes = Path(path), write  # write=False: rows kept in memory only (other ranks than 0)
         self.reporters = list(reporters)
         self.rows: list[dict] = []
+        self.dropped: list[dict] = []  # rows after resume_step
         if resume_step is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    if int(row.get("step", 0)) <= resume_step:
-                        self.rows.append(row)
+            for row in read_rows(self.path):
+                (self.rows if int(row.get("step", 0)) <= resume_step else self.dropped).append(row)
         if not write:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w") as fh:
-            for row in self.rows:
-                fh.write(json.dumps(row) + "\n")
+        if set_aside is not None and self.dropped:
+            set_aside.mkdir(parents=True, exist_ok=True)
+            write_rows(set_aside / self.path.name, self.dropped)
+        write_rows(self.path, self.rows)
 
     def write(self, row: dict) -> dict:
         row = _clean(row)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -17,17 +18,19 @@ import numpy as np
 import torch
 
 from prepo.algorithm import group_advantages
-from prepo.checkpoint import (find_checkpoint, load_sharded_checkpoint, load_weights, read_state, remove_unfinished,
-                              rng_state, run_dir_of, save_checkpoint, save_sharded_checkpoint, set_rng_state)
+from prepo.checkpoint import (find_checkpoint, list_checkpoints, load_sharded_checkpoint, load_weights, read_state,
+                              remove_unfinished, rng_state, run_dir_of, save_checkpoint, save_sharded_checkpoint,
+                              set_aside_later, set_rng_state)
 from prepo.config import TrainConfig, resume_changes, save_config
 from prepo.distributed import Dist, full_weights, setup as setup_distributed, shard_model
-from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, summary
+from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, read_rows, summary
 from prepo.reporters import check_installed, make_reporters
 from prepo.logprobs import prompt_perplexities
 from prepo.selection import Collected, Group, PromptSampler, Rewarded, collect_groups, make_strategy
-from prepo.update import Sample, UpdateSettings, make_sample, policy_update
+from prepo.update import NonFiniteError, Sample, UpdateSettings, make_sample, policy_update
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DIVERGENCE_FIX = "a lower optim.lr, optim.max_grad_norm > 0 or a wider model.dtype"
 
 
 # --- the stages of a step -----------------------------------------------------------------------------------------
@@ -85,8 +88,8 @@ def learning_rate(optim_cfg, step: int) -> float:
 
 def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
     """(training examples, {name: held-out examples}); a built-in task draws both from disjoint parts of its
-    question space."""
-    from prepo.data import BUILTIN_TASKS, load_examples, make_builtin
+    question space. A data.eval file is read like a data.train file: with data.preset and data.fields."""
+    from prepo.data import BUILTIN_TASKS, make_builtin
 
     if data_cfg.train in BUILTIN_TASKS:
         task = data_cfg.train
@@ -95,14 +98,26 @@ def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
         if not data_cfg.eval_size:
             evals = {}
     else:
-        train = load_examples(data_cfg.train, data_cfg.preset, limit=data_cfg.train_size or None,
-                              **(data_cfg.fields or {}))
+        train = _load_file(data_cfg, "train", data_cfg.train_size)
         evals = {}
     if data_cfg.eval is not None:
-        evals = {Path(data_cfg.eval).stem: load_examples(data_cfg.eval, limit=data_cfg.eval_size or None)}
+        evals = {Path(data_cfg.eval).stem: _load_file(data_cfg, "eval", data_cfg.eval_size)}
     if not train:
         raise ValueError(f"data.train: {data_cfg.train!r} gave no training examples")
     return train, evals
+
+
+def _load_file(data_cfg, which: str, size: int) -> list:
+    """data.train or data.eval (``which``) from its file, with data.preset and data.fields; a file whose format
+    cannot be told is refused naming those keys."""
+    from prepo.data import PRESETS, detect_preset, load_examples
+
+    path, fields = getattr(data_cfg, which), dict(data_cfg.fields or {})
+    if (data_cfg.preset is None and detect_preset(path) is None and Path(path).is_file()
+            and not {"prompt_field", "answer_field"} <= set(fields)):
+        raise ValueError(f"data.{which}: cannot tell the format of {path} from its folder name; set data.preset (one "
+                         f"of {', '.join(sorted(PRESETS))}) or data.fields={{prompt_field: ..., answer_field: ...}}")
+    return load_examples(path, data_cfg.preset, limit=size or None, **fields)
 
 
 def prompt_format(data_cfg, dataset: str) -> dict:
@@ -251,6 +266,8 @@ class Trainer:
             state = read_state(ckpt)
             self.config_changes = resume_changes(state.get("config", {}), cfg, allow_config_change)
         check_run_dir(self.run_dir, ckpt, overwrite)
+        if ckpt is not None and _same_run(self.run_dir, ckpt) and (self.run_dir / "metrics.jsonl").is_file():
+            read_rows(self.run_dir / "metrics.jsonl")  # a malformed row: its file:line now, not after the model loads
         check_installed(cfg.run.report_to)
         self.train_examples, self.eval_sets = load_datasets(cfg.data)
         self.strategy = make_strategy(cfg.selection, seed=cfg.run.seed)
@@ -295,6 +312,7 @@ class Trainer:
                                                    shared_prefix=not self.dist.fsdp)
 
         self.step, self.rollouts = 0, 0
+        aside, moved = None, []
         self._evaluated_step = -1  # the step whose evaluation last completed (a resumed run redoes a lost one)
         resume_step = None
         if ckpt is not None:
@@ -312,11 +330,20 @@ class Trainer:
             for change in self.config_changes:
                 print(f"resume: config changed (--allow-config-change): {change}", file=sys.stderr)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt is not None and _same_run(self.run_dir, ckpt):
+                # resuming an earlier checkpoint than the newest starts a branch: the later checkpoints and metrics
+                # rows move aside whole, so retention and a later --resume see this branch only
+                aside = self.run_dir / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                moved = set_aside_later(self.run_dir, resume_step, aside)
             save_config(cfg, self.run_dir / "config.yaml")
         reporters = (make_reporters(cfg.run.report_to, self.run_dir, cfg.run.name, cfg.to_dict())
                      if self.dist.is_main else [])
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main,
-                              reporters=reporters)
+                              reporters=reporters, set_aside=aside if moved else None)
+        if moved:
+            print(f"resume: branching from step {resume_step} ({ckpt.name}), older than the run's newest checkpoint: "
+                  f"moved {len(moved)} later checkpoint(s) and {len(self.log.dropped)} later metrics row(s) to "
+                  f"{aside}/", file=sys.stderr)
         self._snapshot = self._host_state()
         self._stop_requested = False
 
@@ -340,6 +367,9 @@ class Trainer:
         """Checkpoint as of the last completed step (host state from the end-of-step snapshot); rank 0 writes it
         (the replicas are equal), the other ranks wait until it is complete."""
         keep = self.cfg.run.keep_checkpoints
+        if not all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+                   for p in self.model.parameters()):
+            raise NonFiniteError(f"the weights after step {self.step} are not finite; not saved", weights=True)
         if self.dist.fsdp:
             state = {**self._snapshot, "config": self.cfg.to_dict()}
             return save_sharded_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, dist=self.dist,
@@ -352,15 +382,16 @@ class Trainer:
         return path
 
     @contextlib.contextmanager
-    def _commit_section(self):
-        """Ctrl-C / SIGTERM during the update is deferred to the end of the step, so weights never end half-updated."""
+    def _commit_section(self, message: str = "finishing this update, then saving a checkpoint"):
+        """Ctrl-C / SIGTERM during the update is deferred to the end of the step, so weights never end half-updated
+        (and during the save after an interruption, until the checkpoint is complete)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def on_signal(signum, frame):
             self._stop_requested = True
-            print("\ninterrupted: finishing this update, then saving a checkpoint", file=sys.stderr)
+            print(f"\ninterrupted: {message}", file=sys.stderr)
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -400,6 +431,7 @@ class Trainer:
         cfg = self.cfg
         t_start = time.perf_counter()
         self._stepped = False
+        self._stepping = self.step + 1  # the step under way (named if an error comes after its optimizer step)
 
         # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds);
         # FSDP: with the full weights gathered, so ranks may run different numbers of forwards
@@ -535,7 +567,8 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             bar.close()
-            path = self.save()
+            with self._commit_section("still saving the checkpoint; it is not cut short"):
+                path = self.save()
             if self.dist.is_main:
                 print(f"\ninterrupted: saved {path}; continue with `prepo train --resume {self.run_dir}`",
                       file=sys.stderr)
@@ -565,12 +598,22 @@ class Trainer:
         self._evaluated_step = self.step
         self._snapshot["eval_step"] = self.step  # evaluation leaves the RNG states alone: the snapshot stays valid
 
+    def _last_finite(self) -> str:
+        """Where the last finite weights are, for a run stopped by non-finite ones (never a --resume into those)."""
+        newest = list_checkpoints(self.run_dir)
+        if not newest:
+            return f"there is no earlier checkpoint: start over with {_DIVERGENCE_FIX}"
+        return (f"the newest checkpoint, {newest[-1]}, holds the last finite weights: resume it only with "
+                f"{_DIVERGENCE_FIX} (--allow-config-change)")
+
     def _save_after_error(self, exc: Exception) -> None:
         """An exception ends the run: save the last completed step's checkpoint (as Ctrl-C does) and say so, unless
         the error came after this step's optimizer step changed the weights (they belong to no step then)."""
         if self._stepped:
-            note = (f"no checkpoint saved: the error came after step {self.step + 1}'s optimizer step had changed "
+            note = (f"no checkpoint saved: the error came after step {self._stepping}'s optimizer step had changed "
                     f"the weights; resume from the newest checkpoint: `prepo train --resume {self.run_dir}`")
+        elif isinstance(exc, NonFiniteError) and exc.weights:
+            note = f"no checkpoint saved (a checkpoint never holds non-finite weights); {self._last_finite()}"
         elif self.dist.active and self.dist.world_size > 1:
             note = ("no checkpoint saved: under torchrun the other ranks may not reach the save; resume from the "
                     f"newest checkpoint: `prepo train --resume {self.run_dir}`")
@@ -579,6 +622,11 @@ class Trainer:
                 path = self.save()
                 note = (f"saved {path} (the last completed step, {self.step}); after fixing the cause, continue with "
                         f"`prepo train --resume {self.run_dir}`")
+                if isinstance(exc, NonFiniteError):
+                    note = (f"saved {path} (the last completed step, {self.step}; its weights are finite); resuming it "
+                            f"with the same settings diverges again: use {_DIVERGENCE_FIX} (--allow-config-change)")
+            except NonFiniteError:
+                note = f"no checkpoint saved: the weights are not finite; {self._last_finite()}"
             except Exception as save_exc:  # e.g. the disk is full: report the original error
                 note = f"could not save a checkpoint either ({type(save_exc).__name__}: {save_exc})"
         if self.dist.is_main:

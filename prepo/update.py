@@ -4,6 +4,7 @@ Weights w_i = H̄_i / H̄ cost no extra forward: gradients carry H̄_i and are d
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -218,12 +219,26 @@ def _reduce(dist: Dist, params, stats: dict, mean_entropy: torch.Tensor | None =
         stats[key] = value
 
 
-def _step(model, optimizer, max_grad_norm: float) -> float:
-    """Clip and step; every parameter has its (rank-summed) gradient from _reduce."""
+class NonFiniteError(RuntimeError):
+    """The loss, the gradients (the optimizer did not step) or, with ``weights``, the weights are not finite."""
+
+    def __init__(self, message: str, *, weights: bool = False):
+        super().__init__(message)
+        self.weights = weights
+
+
+def _step(model, optimizer, max_grad_norm: float, loss: float = 0.0) -> float:
+    """Clip and step; every parameter has its (rank-summed) gradient from _reduce. A non-finite loss or gradient
+    norm raises NonFiniteError before the step (the weights stay as they were)."""
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+    if not (math.isfinite(norm) and math.isfinite(loss)):
+        _zero_grad(params)
+        raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm}) is not finite; the optimizer did not "
+                             "step")
     optimizer.step()
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+    return norm
 
 
 def rollout_weights(samples: Sequence[Sample], mean_entropy: torch.Tensor, active: Sequence[int],
@@ -304,7 +319,7 @@ def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateS
     if settings.ppo_epochs == 1:
         stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings,
                                                                            ref_model=ref_model, dist=dist)
-        grad_norm = _step(model, optimizer, settings.max_grad_norm)
+        grad_norm = _step(model, optimizer, settings.max_grad_norm, stats["loss"])
     else:
         stats, mean_entropy, weights, h_bar, sweep, grad_norm = _multi_epoch(model, optimizer, samples, settings,
                                                                             ref_model, dist)
@@ -345,5 +360,5 @@ def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
             w = weights[chunk].to(lp.device)
             sweep.backward(lp, old_lp, batch, chunk, w, stats, real)
         _reduce(dist, params, stats)
-        grad_norm = _step(model, optimizer, settings.max_grad_norm)
+        grad_norm = _step(model, optimizer, settings.max_grad_norm, stats["loss"])
     return stats, mean_entropy, weights, h_bar, sweep, grad_norm

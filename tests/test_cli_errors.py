@@ -207,8 +207,14 @@ def test_a_prompt_longer_than_the_context_is_refused(model_dir, tmp_path, capsys
 
 @pytest.mark.parametrize("args, expected", [
     (["--limit", "0"], "--limit: expected a positive integer, got 0"),
-    (["--temperature", "-1"], "--temperature: expected a finite number >= 0"),
-    (["--temperature", "nan"], "--temperature: expected a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature: expected 0 (greedy) or a finite number >= 0.01, got -1.0"),
+    (["--temperature", "nan"], "--temperature: expected 0 (greedy) or a finite number >= 0.01"),
+    (["--temperature", "1e-38"], "--temperature: expected 0 (greedy) or a finite number >= 0.01, got 1e-38"),
+    (["--prompt-template", "Solve it."], "--prompt-template: must contain '{question}' exactly once"),
+    (["--device", "cuda:7"], "--device cuda:7: torch sees "),
+    (["--device", "meta"], "--device meta: cannot evaluate on a meta device"),
+    (["--device", "gpu0"], "--device gpu0: not a device name"),
+    (["--output", "/proc/prepo-report.json"], "--output /proc/prepo-report.json: cannot write the report there"),
     (["--max-new-tokens", "0"], "--max-new-tokens: expected a positive integer, got 0"),
     (["--engine", "nope"], "--engine: unknown engine 'nope'; known: hf"),
     (["--k", "0"], "--k: expected a positive integer, got 0"),
@@ -237,3 +243,61 @@ def test_eval_output_folder_and_plain_jsonl(model_dir, tmp_path, no_model, capsy
                           "--output", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
     assert [b["n"] for b in report["benchmarks"].values()] == [2] and report["settings"]["k"] == 1
+
+
+def test_eval_data_and_output_errors_before_the_model_loads(tmp_path, no_model, capsys):
+    (tmp_path / "notes.txt").write_text("a file")
+    under_a_file = tmp_path / "notes.txt" / "sub" / "r.json"
+    assert cli.run_eval(["--data", "arith:2", "--output", str(under_a_file)]) == 2
+    assert f"--output {under_a_file}: cannot write the report there" in _error_line(capsys, "eval")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert cli.run_eval(["--data", str(empty), "--prompt-field", "q", "--answer-field", "a",
+                         "--output", str(tmp_path / "r.json")]) == 2
+    assert f"--data {empty}: no problems in it" in _error_line(capsys, "eval")
+    assert not (tmp_path / "r.json").exists()  # the writability probe leaves nothing behind
+
+
+def test_ctrl_c_mid_eval_writes_the_partial_report(model_dir, tmp_path, monkeypatch, capsys):
+    import prepo.evaluate
+
+    real, calls = prepo.evaluate.score_rollouts, {"n": 0}
+
+    def score_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second call of the second benchmark
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepo.evaluate, "score_rollouts", score_then_interrupt)
+    out = tmp_path / "r.json"
+    assert cli.run_eval(["--model", str(model_dir), "--data", "arith:2", "--data", "arith:4", "--k", "1",
+                         "--batch-size", "2", "--max-new-tokens", "2", "--temperature", "0", "--output", str(out),
+                         "--no-progress"]) == 130
+    report = json.loads(out.read_text())
+    assert report["settings"]["partial"] is True
+    assert {name: b["n"] for name, b in report["benchmarks"].items()} == {"arith": 2, "arith'": 2}
+    assert "interrupted: partial report (4 of 6 problems scored" in capsys.readouterr().err
+
+
+def test_train_option_and_data_eval_errors(model_dir, tmp_path, no_model, capsys):
+    assert cli.run_train(["--output-dir", "", *_base(model_dir)]) == 2
+    assert "--output-dir: must not be empty" in _error_line(capsys)
+    plain = _file(tmp_path / "mine.jsonl", [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(5)])
+    assert cli.run_train(["--output-dir", str(tmp_path / "out"), *_base(model_dir, f"data.eval={plain}")]) == 2
+    line = _error_line(capsys)
+    assert f"data.eval: cannot tell the format of {plain} from its folder name; set data.preset" in line
+    assert "data.fields={prompt_field: ..., answer_field: ...}" in line
+
+
+def test_data_eval_is_read_with_data_fields(tmp_path):
+    from prepo.config import load_config
+    from prepo.trainer import load_datasets
+
+    rows = [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(6)]
+    train, held = _file(tmp_path / "train.jsonl", rows), _file(tmp_path / "held.jsonl", rows[:3])
+    cfg = load_config(None, [f"data.train={train}", f"data.eval={held}", "data.tiers=null", "data.train_size=0",
+                             "data.eval_size=0", "data.fields={prompt_field: q, answer_field: a, verifier: numeric}"])
+    examples, evals = load_datasets(cfg.data)
+    assert len(examples) == 6 and [(e.question, e.answer, e.verifier) for e in evals["held"]] == [
+        (r["q"], r["a"], "numeric") for r in rows[:3]]
