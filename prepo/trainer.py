@@ -335,6 +335,8 @@ class Trainer:
                 # rows move aside whole, so retention and a later --resume see this branch only
                 aside = self.run_dir / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
                 moved = set_aside_later(self.run_dir, resume_step, aside)
+                if moved and (self.run_dir / "config.yaml").is_file():  # the branch stays resumable on its own
+                    (aside / "config.yaml").write_bytes((self.run_dir / "config.yaml").read_bytes())
             save_config(cfg, self.run_dir / "config.yaml")
         reporters = (make_reporters(cfg.run.report_to, self.run_dir, cfg.run.name, cfg.to_dict())
                      if self.dist.is_main else [])

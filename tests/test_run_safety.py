@@ -75,7 +75,7 @@ def test_resuming_an_earlier_checkpoint_branches_and_retention_keeps_the_branch(
             f"checkpoint(s) and 3 later metrics row(s) to {aside}/") in err
     assert [p.name for p in list_checkpoints(out)] == ["step-000002"]  # this branch's own, kept
     assert [p.name for p in list_checkpoints(aside)] == ["step-000002", "step-000003", "step-000004"]
-    assert [r["step"] for r in _rows(aside)] == [2, 3, 4]
+    assert [r["step"] for r in _rows(aside)] == [2, 3, 4] and (aside / "config.yaml").is_file()
     assert [r["step"] for r in _rows(out)] == [1, 2]
 
     # the next --resume continues this branch (step 2), not the abandoned step 4; same config, so the same rows
