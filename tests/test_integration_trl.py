@@ -1,14 +1,20 @@
-"""PREPO inside the real TRL GRPOTrainer: window layout, perplexity order under the current policy, weights in the loss.
+"""PREPO inside the real TRL GRPOTrainer: the slot layout, the perplexity window under the current policy, weights in
+the loss, and the random / dynamic / GRESO strategies (accounting, resume, 2 processes under gloo).
 
 A tiny random Llama and a byte-level BPE tokenizer (tests/tiny_lm.py); no network. Skipped when ``trl`` is not installed.
 """
 from __future__ import annotations
 
 import copy
-import os
+import dataclasses
+import json
 import math
+import os
 import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +22,12 @@ import torch
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from prepo.integrations.trl import PREPOConfig, PREPOTrainer, SlotSampler, WindowSlot  # noqa: E402
+from prepo.integrations.trl import STATE_FILE, PREPOConfig, PREPOTrainer, SlotSampler, WindowSlot  # noqa: E402
 from prepo.integrations.prompts import encode_prompt  # noqa: E402
-from tiny_lm import build_model, build_tokenizer  # noqa: E402
+from prepo.integrations.trl_rounds import check_fields, regroup  # noqa: E402
+from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: E402,F401 (autouse fixture)
 
+HERE = Path(__file__).parent
 WORDS = "what is the sum of two and three plus seven minus one times four five six eight nine zero".split()
 
 
@@ -51,6 +59,44 @@ def test_bad_options_are_named():
                           ("prepo_greso_target_zero_variance", 1.0)]:
         with pytest.raises(ValueError, match=option):
             PREPOConfig(output_dir="unused", report_to="none", use_cpu=True, **{option: value})
+
+
+def test_regroup_pads_to_the_batch_and_masks_filler_rows():
+    """Rows of two rounds with different widths: the batch keeps each row's tokens, re-padded to the widest."""
+    def round_output(prompt_lens, completion_lens, base):
+        p, c = max(prompt_lens), max(completion_lens)
+        out = {"prompt_ids": torch.full((len(prompt_lens), p), 0), "prompt_mask": torch.zeros(len(prompt_lens), p),
+               "completion_ids": torch.full((len(prompt_lens), c), 0),
+               "completion_mask": torch.zeros(len(prompt_lens), c, dtype=torch.long),
+               "old_per_token_logps": torch.zeros(len(prompt_lens), c), "advantages": torch.randn(len(prompt_lens)),
+               "num_items_in_batch": torch.tensor(0)}
+        for i, (lp, lc) in enumerate(zip(prompt_lens, completion_lens)):
+            out["prompt_ids"][i, p - lp:] = torch.arange(lp) + base + 10 * i
+            out["prompt_mask"][i, p - lp:] = 1
+            out["completion_ids"][i, :lc] = torch.arange(lc) + base + 10 * i + 5
+            out["completion_mask"][i, :lc] = 1
+            out["old_per_token_logps"][i, :lc] = -torch.rand(lc)
+        return out
+
+    outputs = [round_output([2, 3], [1, 4], 100), round_output([5, 1], [2, 2], 200)]
+    wanted, masked = [(1, 0), (0, 1), (1, 1)], {(1, 1)}
+    batch = regroup(outputs, wanted, masked, rank=0, world=1, pad_id=0, device="cpu")
+    assert batch["prompt_ids"].shape == (3, 5) and batch["completion_ids"].shape == (3, 4)
+    for row, (rnd, i) in enumerate(wanted):
+        src = outputs[rnd]
+        for name in ("prompt_ids", "prompt_mask"):  # left-padded
+            n = int(src["prompt_mask"][i].sum())
+            assert torch.equal(batch[name][row, -n:], src[name][i, -n:]) and not batch["prompt_mask"][row, :-n].any()
+        n = int(src["completion_mask"][i].sum())
+        for name in ("completion_ids", "old_per_token_logps"):  # right-padded
+            assert torch.equal(batch[name][row, :n], src[name][i, :n])
+        assert batch["completion_mask"][row].sum() == (0 if (rnd, i) in masked else n)
+        assert batch["advantages"][row] == (0 if (rnd, i) in masked else src["advantages"][i])
+    assert "num_items_in_batch" not in batch
+    with pytest.raises(NotImplementedError, match="pixel_values"):
+        check_fields({**outputs[0], "pixel_values": torch.zeros(1)})
+    with pytest.raises(ValueError, match="equal shares"):
+        regroup(outputs, wanted, masked, rank=0, world=2, pad_id=0, device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,7 +275,8 @@ def qid_rows(n: int) -> list[dict]:
 
 
 def strategy_args(out, strategy, *, steps, seed, k=2, g=4, save_steps=None, **extra):
-    return PREPOConfig(output_dir=str(out), per_device_train_batch_size=k * g, num_generations=g,
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # K prompts a step under any layout
+    return PREPOConfig(output_dir=str(out), per_device_train_batch_size=k * g // world, num_generations=g,
                        max_completion_length=6, max_steps=steps, learning_rate=1e-2, logging_steps=1,
                        report_to="none", save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
                        use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, disable_tqdm=True,
@@ -291,3 +338,57 @@ def test_strategy_trains_and_counts_every_rollout(tmp_path, strategy):
         assert sorted(trained) == sorted(kept)
     else:
         assert all(informative(q) for q in trained) and sorted(trained) == sorted(kept)
+
+
+def _record_dicts(records):
+    return [dataclasses.asdict(r) for r in records]
+
+
+@pytest.mark.slow
+def test_greso_state_survives_resume_from_checkpoint(tmp_path):
+    seed = random.randrange(10_000)
+    whole, _ = _strategy_run(tmp_path / "whole", "greso", steps=3, seed=seed, save_steps=1)
+    checkpoint = tmp_path / "whole" / "checkpoint-1"
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    assert saved["strategy"]["history"] and saved["rollouts"] == whole.selection_records[0].rollouts
+
+    resumed, _ = _strategy_run(tmp_path / "resumed", "greso", steps=3, seed=seed, resume=str(checkpoint))
+    # the resumed run makes the same choices from step 1 on, ends in the same state, and trains the same weights
+    assert _record_dicts(resumed.selection_records) == _record_dicts(whole.selection_records[1:])
+    assert json.dumps(resumed.selection_state_dict(), sort_keys=True) == json.dumps(whole.selection_state_dict(), sort_keys=True)
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    with pytest.raises(ValueError, match="prepo_strategy"):
+        resumed.load_selection_state_dict({**saved, "strategy_name": "dynamic"})
+
+
+def selection_summary(trainer) -> dict:
+    """What a run selected and counted, for comparing process layouts (tests/dist_trl.py writes it)."""
+    return {"world": trainer.accelerator.num_processes, "records": _record_dicts(trainer.selection_records),
+            "state": trainer.selection_state_dict(),
+            "logged": [{k: v for k, v in h.items() if k.startswith("prepo/")} for h in trainer.state.log_history
+                       if "prepo/rollouts" in h]}
+
+
+def _launch(out: Path, nproc: int, strategy: str, steps: int, seed: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(HERE / "dist_trl.py"), str(out), strategy, str(steps), str(seed)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads((out / "selection.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_select_what_one_selects(tmp_path):
+    """Under accelerate with gloo, 2 ranks make the same choices and counts as 1 (rows are regrouped across ranks).
+
+    The sampled tokens differ (each rank draws its own random stream, as in TRL), so the weights are not compared;
+    the stand-in reward depends only on the prompt and the rollout's place in its group.
+    """
+    seed = random.randrange(10_000)
+    two = _launch(tmp_path / "two", 2, "greso", 2, seed)  # GRESO: rounds of varying size and a state to compare
+    one = json.loads(json.dumps(selection_summary(_strategy_run(tmp_path / "one", "greso", steps=2, seed=seed)[0]),
+                                sort_keys=True))
+    assert (one["world"], two["world"]) == (1, 2)
+    assert one["records"] == two["records"] and one["state"] == two["state"] and one["logged"] == two["logged"]
