@@ -64,6 +64,31 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return ids
 
 
+def stop_and_pad_ids(tokenizer, model, stop_ids: Sequence[int] | None) -> tuple[list[int], int]:
+    """The stop tokens (``stop_ids``, else ``stop_token_ids``) and the padding token (the tokenizer's, else the first
+    stop token)."""
+    stops = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
+    if not stops:
+        raise ValueError("stop_ids: the tokenizer has no EOS token; pass stop_ids=")
+    pad = tokenizer.pad_token_id
+    return stops, int(pad if pad is not None else stops[0])
+
+
+def in_chunks(prompts: Sequence[list[int]], n: int, size: int, seed: int | None, generate_chunk) -> list[Rollout]:
+    """The rows (prompt, sample), prompt-major, in chunks of ``size``: ``generate_chunk(chunk's prompts, chunk)``
+    returns each chunk's Rollouts. A seed: sampled in a forked RNG, leaving the caller's untouched; no seed: drawn
+    from (and advancing) the global RNG, so repeated calls give fresh samples."""
+    rows = [(p, s) for p in range(len(prompts)) for s in range(n)]
+    out: list[Rollout] = []
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            out += generate_chunk([prompts[p] for p, _ in chunk], chunk)
+    return out
+
+
 def _check_sampling(prompts, n, max_new_tokens, temperature, top_p):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
@@ -97,11 +122,7 @@ class HFEngine:
         # a prompt prefix of at least this many tokens common to a whole chunk (chat template, system prompt, worked
         # examples, or one prompt's n samples) is run once and its KV cache shared by the rows; 0 turns it off
         self.share_prefix = share_prefix
-        self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
-        if not self.stop_ids:
-            raise ValueError("stop_ids: the tokenizer has no EOS token; pass stop_ids=")
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self.stop_ids[0])
+        self.stop_ids, self.pad_id = stop_and_pad_ids(tokenizer, model, stop_ids)
 
     def sync_weights(self, model) -> None:
         if model is not self.model:
@@ -111,17 +132,8 @@ class HFEngine:
     def generate(self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None) -> list[Rollout]:
         _check_sampling(prompts, n, max_new_tokens, temperature, top_p)
-        rows = [(p, s) for p in range(len(prompts)) for s in range(n)]
-        out: list[Rollout] = []
-        # a seed: sample in a forked RNG, leaving the caller's untouched; no seed: draw from (and advance) the global
-        # RNG, so repeated calls give fresh samples
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start:start + self.batch_size]
-                out += self._generate_chunk([prompts[p] for p, _ in chunk], chunk, max_new_tokens, temperature, top_p)
-        return out
+        return in_chunks(prompts, n, self.batch_size, seed, lambda chunk_prompts, chunk: self._generate_chunk(
+            chunk_prompts, chunk, max_new_tokens, temperature, top_p))
 
     def _generate_chunk(self, prompts, chunk, max_new_tokens, temperature, top_p) -> list[Rollout]:
         from transformers import GenerationConfig
@@ -177,17 +189,24 @@ def _common_prefix_length(prompts) -> int:
 
 
 ENGINES = {"hf": HFEngine}
-# engines in their own modules (heavy optional dependencies), imported on first use: name -> (module, class)
-_LAZY_ENGINES = {"vllm": ("prepo.rollout_vllm", "VLLMEngine")}
+# engines in their own modules (heavy optional dependencies, or not needed by most callers), imported on first use:
+# name -> (module, class)
+_LAZY_ENGINES = {"fast": ("prepo.rollout_fast", "FastEngine"), "vllm": ("prepo.rollout_vllm", "VLLMEngine")}
 
 
 def engine_names() -> list[str]:
-    """The names ``make_engine`` accepts (``ENGINES`` and the lazily imported ones)."""
-    return sorted(ENGINES) + sorted(_LAZY_ENGINES)
+    """The names ``make_engine`` accepts (``ENGINES``, the lazily imported ones and ``"auto"``)."""
+    return sorted(ENGINES) + sorted(_LAZY_ENGINES) + ["auto"]
 
 
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
-    """Build a rollout engine by name: ``"hf"`` (transformers generate) or ``"vllm"``; ``kw`` go to its constructor."""
+    """Build a rollout engine by name: ``"hf"`` (transformers generate), ``"fast"`` (prepo.rollout_fast, Llama
+    models), ``"vllm"``, or ``"auto"`` (``"fast"`` where it runs the model, else ``"hf"``); ``kw`` go to its
+    constructor."""
+    if name == "auto":
+        from prepo.rollout_fast import fast_engine_supports
+
+        name = "fast" if fast_engine_supports(model)[0] else "hf"
     if name in ENGINES:
         return ENGINES[name](model, tokenizer, **kw)
     if name in _LAZY_ENGINES:
