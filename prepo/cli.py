@@ -58,7 +58,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue from a run folder's newest checkpoint (or a checkpoint)")
     p.add_argument("--overwrite", action="store_true",
                    help="the run folder may hold another run: delete it (config.yaml, metrics.jsonl, curves.png, "
-                        "checkpoints/) and start over")
+                        "checkpoints/, abandoned-*/ branches) and start over")
     p.add_argument("--allow-config-change", metavar="KEY[,KEY]", default="",
                    help="on --resume: config keys that may differ from the checkpoint's, e.g. run.steps")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides with dotted keys")

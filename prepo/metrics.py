@@ -97,6 +97,8 @@ class MetricsLog:
         if not write:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}-*.tmp"):  # a rewrite a killed process left
+            stale.unlink(missing_ok=True)
         if set_aside is not None and self.dropped:
             set_aside.mkdir(parents=True, exist_ok=True)
             write_rows(set_aside / self.path.name, self.dropped)

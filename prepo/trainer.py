@@ -192,8 +192,7 @@ def clear_run_dir(run_dir: Path) -> None:
     """Delete what a run wrote in ``run_dir`` (other files there are left alone)."""
     import shutil
 
-    for name in RUN_FILES:
-        path = run_dir / name
+    for path in [run_dir / name for name in RUN_FILES] + sorted(run_dir.glob("abandoned-*")):  # branches too
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():

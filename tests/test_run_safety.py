@@ -84,6 +84,8 @@ def test_resuming_an_earlier_checkpoint_branches_and_retention_keeps_the_branch(
     assert [_computed(r) for r in _rows(out)] == [_computed(r) for r in original]
     assert [p.name for p in list_checkpoints(out)] == ["step-000004"]
     assert "branching" not in capsys.readouterr().err  # resuming the newest checkpoint is no branch
+    prepo.trainer.clear_run_dir(out)  # --overwrite: the branches go with the run
+    assert list(out.iterdir()) == []
 
 
 # --- item 2: one process per run folder ------------------------------------------------------------------------------
@@ -124,7 +126,9 @@ def test_metrics_rewrite_survives_a_write_failure(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    (tmp_path / ".metrics.jsonl-k1ll3d.tmp").write_text("a rewrite cut short by kill -9")
     log = MetricsLog(path, resume_step=40)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
     assert [r["step"] for r in log.rows] == list(range(1, 41)) and read_rows(path) == rows[:40]
 
     path.write_bytes(before + b'{"kind": "train", "st')  # a write cut off: left out with a note
