@@ -61,6 +61,21 @@ timeout -k 10 "$TRAIN_TIMEOUT_S" "$PY" -u -m benchmarks.gpu_train --device "$DEV
 TRAIN_RC=${PIPESTATUS[0]}
 echo "== train exit code $TRAIN_RC ($(elapsed)s so far)"
 
+# 3a. TRL's Triton kernel (trl/kernels/logprob_entropy.py) is a peer row of the logits table when `trl` imports. The
+#     device image has no network: bring TRL's pure-Python wheel along (on a networked machine
+#     `pip download --no-deps trl==1.16.0 -d wheels/`; an untracked folder travels with the working tree, or set
+#     TRL_WHEEL_DIR); it is unpacked onto PYTHONPATH here. Without it the row says why it is absent.
+TRL_WHEEL_DIR="${TRL_WHEEL_DIR:-wheels}"
+if ! "$PY" -c "import trl.kernels.logprob_entropy" >/dev/null 2>&1; then
+    WHEEL=$(ls "$TRL_WHEEL_DIR"/trl-*.whl 2>/dev/null | tail -n 1)
+    if [ -n "$WHEEL" ]; then
+        TRL_DIR="$(mktemp -d)"
+        "$PY" -m zipfile -e "$WHEEL" "$TRL_DIR" && export PYTHONPATH="$PYTHONPATH:$TRL_DIR"
+    fi
+fi
+"$PY" -c "import trl, trl.kernels.logprob_entropy; print('TRL kernel peer row: trl', trl.__version__, 'from', trl.__file__)" \
+    2>/dev/null || echo "TRL kernel peer row: absent (trl not importable and no wheel in $TRL_WHEEL_DIR/)"
+
 # 3. the benchmark table at the --quick shapes; torch.compile with dynamic shapes compiles once per dtype
 NAME=$("$PY" -c "from benchmarks import harness; print(harness.results_filename('$DEVICE'))")
 TABLE="${TABLE:-benchmarks/results/$NAME}"

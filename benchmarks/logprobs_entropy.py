@@ -1,6 +1,6 @@
 """Benchmark suite of the ``logprobs_entropy`` op: per-token log-probs + entropy from logits [N, V], fwd and fwd+bwd.
 
-Providers: prepo backends, eager torch (log_softmax + gather + entropy), torch.compile of it, Liger/flash-attn CE (GPU).
+Providers: prepo backends, eager torch, torch.compile of it; on GPU TRL's own Triton kernel and Liger/flash-attn CE.
 """
 from __future__ import annotations
 
@@ -112,6 +112,14 @@ def _liger(case, op, inp):
     return _runner(op, inp["logits"], lambda x: (loss(x, t),))
 
 
+def _trl(case, op, inp):
+    """TRL 1.16's ``trl/kernels/logprob_entropy.py`` (what GRPOTrainer uses on CUDA): the same op, temperature 1."""
+    from trl.kernels.logprob_entropy import selective_log_softmax_and_entropy
+
+    t = inp["targets"]
+    return _runner(op, inp["logits"], lambda x: selective_log_softmax_and_entropy(x, t, 1.0))
+
+
 def _flash_attn(case, op, inp):
     from flash_attn.ops.triton.cross_entropy import cross_entropy_loss
 
@@ -131,6 +139,12 @@ def _triton_ok(device):
     from prepo_kernels import logprobs_entropy_triton
 
     return logprobs_entropy_triton.usable_on(torch.device(device))
+
+
+def _trl_ok(device):
+    if device != "cuda":  # a row on CPU too, so the table says why it is empty
+        return False, "GPU only: a Triton kernel, and TRL has no CPU path for it"
+    return _importable("trl.kernels.logprob_entropy")(device)
 
 
 def _importable(module: str):
@@ -156,6 +170,7 @@ PROVIDERS = (
     Provider("(new gradient buffer: empty_like + fill_)", _fresh_buffer, ops=("fwd+bwd",), devices=("cpu",)),
     Provider("eager torch", _eager, work_copies={"fwd": 3, "fwd+bwd": 6}),
     Provider("torch.compile", _compiled, work_copies={"fwd": 1, "fwd+bwd": 3}),
+    Provider("TRL logprob_entropy (Triton)", _trl, available=_trl_ok, work_copies={"fwd+bwd": 1}),
     Provider("liger-kernel CE (loss only)", _liger, devices=("cuda",), available=_importable("liger_kernel"),
              mutates_inputs=True, work_copies={"fwd+bwd": 1}),
     Provider("flash-attn CE (loss only)", _flash_attn, devices=("cuda",),
@@ -173,6 +188,7 @@ SUITE = harness.register(Suite(
     floor_multiple=lambda op: 1.0 if op == "fwd" else 3.0,  # fwd reads the logits; fwd+bwd reads twice, writes once
     baseline="eager torch",
     notes=("All targets valid, temperature 1. fwd+bwd = forward, then the gradient of sum(lp) + sum(entropy) w.r.t. "
-           "the logits (returned, not accumulated). Liger and flash-attn compute the CE loss only (no entropy). "
+           "the logits (returned, not accumulated). TRL's kernel (trl/kernels/logprob_entropy.py, TRL >= 1.16) computes the "
+           "same two outputs and gradient; Liger and flash-attn compute the CE loss only (no entropy). "
            "On GPU, % of copy BW = (1 read for fwd, 2 reads + 1 write for fwd+bwd) / time / measured copy bandwidth."),
 ))
