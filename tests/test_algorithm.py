@@ -125,3 +125,12 @@ def test_aggregate_loss_modes():
     assert aggregate_loss(tl, m, num_tokens=8).item() == pytest.approx(10 / 8)
     with pytest.raises(ValueError, match="aggregation"):
         aggregate_loss(tl, m, mode="sum")
+
+
+def test_ppl_window_breaks_ties_by_candidate_index():
+    """Equal perplexities (a repeated question, a saturated scorer) order by candidate index, so a run's choice does
+    not depend on the sort's stability or the scorer's batching."""
+    ppl = [2.0, 1.0, 2.0, 1.0, 2.0, 1.0]
+    assert ppl_window(ppl, 4, 0.0) == [1, 3, 5, 0]
+    assert ppl_window(ppl, 4, 1.0) == [5, 0, 2, 4]
+    assert ppl_window([7.0] * 5, 2, 0.5) == [1, 2]

@@ -372,3 +372,34 @@ def test_periodic_evaluation_schedule(tmp_path, monkeypatch, every, before, eval
     for kind, s in events:
         if kind == "eval" and s > 0:
             assert events.index((kind, s)) == events.index(("train", s)) + 1
+
+
+def test_train_row_known_answers():
+    """The metrics row of a step from a hand-made Collected and update: generated vs trained rewards, accuracy
+    (reward >= 1), zero-variance share of the trained groups, lengths, the weights of the rollouts in the update."""
+    from types import SimpleNamespace
+
+    from prepo.selection import Collected
+
+    def group(i, rewards, length):
+        return Group(i, [SimpleNamespace(completion_ids=[0] * length)] * len(rewards), rewards)
+
+    kept = [group(3, [1.0, 0.5, 0.0, 1.0], 2), group(8, [1.0, 1.0, 1.0, 1.0], 4)]
+    dropped = group(5, [0.0, 0.0, 0.0, 0.0], 9)
+    collected = Collected(kept, [kept[0], dropped, kept[1]], rounds=2, info={"rho": 0.25, "greso_skipped": 3},
+                          time_select=1.0, time_generate=2.0, time_reward=0.5)
+    stats = SimpleNamespace(loss=0.5, grad_norm=2.0, entropy_mean=1.5, weights=torch.tensor([0.5, 1.5, 1.0, 1.0,
+                            3.0, 0.25, 1.0, 1.0]), active=[0, 1, 2, 3, 4], kl_mean=0.01, clip_frac=0.1, tokens=40,
+                            optimizer_steps=1, clipped_steps=1)
+    t = prepo.trainer.Trainer.__new__(prepo.trainer.Trainer)
+    t.step, t.rollouts = 5, 100
+    t.optimizer = SimpleNamespace(param_groups=[{"lr": 1e-3}])
+    row = t._train_row(collected, stats, 10.0, 13.5, 14.0)
+    expected = {"step": 5, "rollouts": 100, "rollouts_step": 12, "discarded_step": 4, "rounds": 2, "prompts": 2,
+                "reward_mean": 6.5 / 12, "accuracy": 6 / 12, "reward_trained_mean": 6.5 / 8,
+                "zero_variance_frac": 0.5, "completion_len_mean": (4 * 2 + 4 * 9 + 4 * 4) / 12, "entropy_mean": 1.5,
+                "rollouts_in_update": 5, "weight_min": 0.5, "weight_max": 3.0, "loss": 0.5, "grad_norm": 2.0,
+                "kl_mean": 0.01, "clip_frac": 0.1, "lr": 1e-3, "tokens": 40, "greso_skipped": 3,
+                "time_update": 0.5, "time_step": 4.0}
+    assert {k: row[k] for k in expected} == pytest.approx(expected)
+    assert row["ppl_window_lo"] is None and row["kind"] == "train"

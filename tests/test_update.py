@@ -383,3 +383,28 @@ def test_entropy_mean_is_over_the_rollouts_trained_on(weighting):
     assert stats.entropy_mean == pytest.approx(float(h.mean()), rel=1e-5, abs=1e-5)
     everyone = _entropy_per_rollout(model64, [s for s in samples if s.num_tokens > 0], 0.1)
     assert abs(float(everyone.mean()) - float(h.mean())) > 1e-3, "the test needs skipped rollouts to matter"
+
+
+def test_reported_kl_grad_norm_and_the_clipped_step():
+    """kl_mean is the mean k3 over response tokens, grad_norm the norm before clipping, and the step applied is the
+    gradient scaled to max_grad_norm (plain SGD at lr 1 makes the step the gradient itself)."""
+    model, ref = tiny_llama(), tiny_llama()
+    model64, ref64 = copy.deepcopy(model).double(), copy.deepcopy(ref).double()
+    samples = _samples(6)
+    loss, _ = _reference_loss(model64, samples, weighting="none", aggregation="token-mean", temperature=1.0,
+                              kl_coef=0.2, ref_model=ref64)
+    loss.backward()
+    g_ref = _grads(model64)
+    norm = float(torch.sqrt(sum((g ** 2).sum() for g in g_ref)))
+    lp, mask = _token_logprobs(model64, samples)
+    ref_lp, _ = _token_logprobs(ref64, samples)
+    d = ref_lp - lp
+    kl = float(((torch.exp(d) - d - 1) * mask).sum() / mask.sum())
+    limit = norm / 4
+    settings = UpdateSettings(weighting="none", kl_coef=0.2, micro_batch_tokens=30, max_grad_norm=limit, pad_id=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = policy_update(model, torch.optim.SGD(model.parameters(), lr=1.0), samples, settings, ref_model=ref)
+    assert stats.kl_mean == pytest.approx(kl, rel=1e-3)
+    assert stats.grad_norm == pytest.approx(norm, rel=1e-3)
+    steps = [(b - p.detach()).double() for b, p in zip(before, model.parameters())]
+    _assert_grads_close(steps, [g * (limit / norm) for g in g_ref])
