@@ -94,6 +94,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, state: dict, *
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, final)
         _fsync_dir(root)
+    except Exception as exc:  # safetensors and torch.save report a full disk or a file-size limit as their own types
+        raise CheckpointWriteError(f"could not write the checkpoint {final} ({_detail(exc)})") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
@@ -190,13 +192,22 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated or corrupt (the message names it and the checkpoint before it)."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit, a read-only folder); nothing partial is
+    left in its place."""
+
+
+def _detail(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0][:200]
+
+
 def _corrupt(path: Path, name: str, exc: BaseException) -> CheckpointError:
     in_run = path.parent.name == "checkpoints"
     earlier = [p for p in list_checkpoints(run_dir_of(path)) if p.name < path.name] if in_run else []
     advice = (f"resume from the previous checkpoint instead: --resume {earlier[-1]}" if earlier
               else "no earlier checkpoint to fall back on")
-    detail = f"{type(exc).__name__}: {exc}".strip().rstrip(":").splitlines()[0][:200]
-    return CheckpointError(f"checkpoint file {path / name} is truncated or corrupt ({detail}); {advice}")
+    return CheckpointError(f"checkpoint file {path / name} is truncated or corrupt ({_detail(exc)}); {advice}")
 
 
 def read_state(path: str | os.PathLike, *, check_weights: bool = True) -> dict:

@@ -190,16 +190,25 @@ def test_a_non_finite_gradient_stops_before_the_optimizer_step(model_dir, tmp_pa
 
 # --- write errors, Ctrl-C ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("error", [OSError(27, "File too large"), PermissionError(1, "Operation not permitted")])
-def test_a_checkpoint_write_error_is_one_line(model_dir, tmp_path, monkeypatch, scored, capsys, error):
+@pytest.mark.parametrize("target, error, expected", [
+    # `ulimit -f`: torch.save (and safetensors) report EFBIG as their own error types
+    ("torch.save", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+     "could not write the checkpoint {ckpt} (RuntimeError: [enforce fail at inline_container.cc:672]"),
+    ("tempfile.mkdtemp", PermissionError(1, "Operation not permitted"), "[Errno 1] Operation not permitted"),
+])
+def test_a_checkpoint_write_error_is_one_line(model_dir, tmp_path, monkeypatch, scored, capsys, target, error,
+                                              expected):
     """As `ulimit -f` (EFBIG) or an immutable folder (EPERM) make the save fail."""
-    def failing_save(*args, **kwargs):
+    def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(prepo.trainer, "save_checkpoint", failing_save)
+    module, name = target.split(".")
+    monkeypatch.setattr(getattr(prepo.checkpoint, module), name, fail)
     out = tmp_path / "run"
     assert cli.run_train(["--output-dir", str(out), "--max-steps", "2", *_base(model_dir, "run.save_every=1")]) == 2
-    assert f"training stopped after step 1: [Errno {error.errno}] {error.strerror}" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "training stopped after step 1: " + expected.format(ckpt=out / "checkpoints" / "step-000001") in line
+    assert list((out / "checkpoints").iterdir()) == []  # nothing partial left
 
 
 def test_a_metrics_write_error_names_the_step_it_came_in(model_dir, tmp_path, monkeypatch, scored, capsys):
