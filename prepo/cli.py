@@ -352,8 +352,12 @@ def run_eval(argv: list[str] | None = None) -> int:
     partial = report.settings.get("partial", False)
     if report.results:
         print(report.table())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    except OSError as exc:  # e.g. the disk filled up during the evaluation: the table above still holds the results
+        return _error(f"--output {out}: could not write the report ({exc.strerror or exc}); the table above has "
+                      "its results")
     if partial:
         done = sum(r.n for r in report.results.values())
         print(f"\ninterrupted: partial report ({done} of {sum(map(len, datasets.values()))} problems scored, "

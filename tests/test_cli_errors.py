@@ -279,6 +279,18 @@ def test_ctrl_c_mid_eval_writes_the_partial_report(model_dir, tmp_path, monkeypa
     assert {name: b["n"] for name, b in report["benchmarks"].items()} == {"arith": 2, "arith'": 2}
     assert "interrupted: partial report (4 of 6 problems scored" in capsys.readouterr().err
 
+    # a write error after the evaluation (the disk filled up meanwhile): one line, the table printed above it
+    import pathlib
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    assert cli.run_eval(["--model", str(model_dir), "--data", "arith:2", "--k", "1", "--max-new-tokens", "2",
+                         "--temperature", "0", "--output", str(out), "--no-progress"]) == 2
+    assert (f"--output {out}: could not write the report (No space left on device); the table above has its "
+            "results") in _error_line(capsys, "eval")
+
 
 def test_train_option_and_data_eval_errors(model_dir, tmp_path, no_model, capsys):
     assert cli.run_train(["--output-dir", "", *_base(model_dir)]) == 2
