@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"prepo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    return int(COMMANDS[name][0](rest) or 0)
+    try:
+        return int(COMMANDS[name][0](rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C where no finer handler (start-up, the training's save, the eval's report) is
+        print(f"\nprepo {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _fail(command: str, message) -> int:

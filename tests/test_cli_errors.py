@@ -313,3 +313,13 @@ def test_data_eval_is_read_with_data_fields(tmp_path):
     examples, evals = load_datasets(cfg.data)
     assert len(examples) == 6 and [(e.question, e.answer, e.verifier) for e in evals["held"]] == [
         (r["q"], r["a"], "numeric") for r in rows[:3]]
+
+
+def test_ctrl_c_anywhere_else_is_one_line(monkeypatch, no_model, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_data_arg", interrupted)  # while the data loads, before the model
+    assert cli.main(["eval", "--data", "arith:2"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "prepo eval: interrupted" and "Traceback" not in err
