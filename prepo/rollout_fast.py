@@ -109,34 +109,43 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _attend(q, k, v, bias, scaling):
-    """Grouped-query attention: q (B, H, Tq, D), k / v (B, KV, Tk, D) (views of the cache), bias (B, 1, Tq, Tk)
-    additive (0 or -inf); scores and softmax in float32. Each key/value head serves its H/KV query heads unrepeated."""
-    b, h, tq, d = q.shape
+def _attend_step(q, k, v, bias, scaling):
+    """One new position a row: q (B, H, 1, D), k / v (B, KV, Tk, D) (views of the cache), bias (B, 1, 1, Tk)
+    additive (0 or -inf); scores and softmax in float32. Each key/value head serves its H/KV query heads unrepeated,
+    in two batched matrix products (faster here than scaled_dot_product_attention's kernel for one query)."""
+    b, h, _, d = q.shape
     kv, tk = k.shape[1], k.shape[2]
-    g = h // kv
-    scores = torch.bmm(q.reshape(b * kv, g * tq, d), k.flatten(0, 1).transpose(1, 2)).float()
-    probs = (scores.view(b, kv, g, tq, tk) * scaling + bias[:, None]).softmax(dim=-1).to(v.dtype)
-    return torch.bmm(probs.view(b * kv, g * tq, tk), v.flatten(0, 1)).view(b, h, tq, d).transpose(1, 2).reshape(
-        b, tq, h * d)
+    scores = torch.bmm(q.reshape(b * kv, h // kv, d), k.flatten(0, 1).transpose(1, 2)).float()
+    probs = (scores.view(b, kv, h // kv, tk) * scaling + bias).softmax(dim=-1).to(v.dtype)
+    return torch.bmm(probs.view(b * kv, h // kv, tk), v.flatten(0, 1)).view(b, 1, h * d)
 
 
-def _forward(w: _Weights, ids, positions, caches, start: int, bias):
+def _attend_prefill(q, k, v, mask, scaling):
+    """Whole prompts: q (B, H, T, D), k / v (B, KV, T, D), mask (B, 1, T, T) boolean (True: attend), through
+    scaled_dot_product_attention (memory-bounded, the kernel transformers' sdpa attention calls too)."""
+    b, h, t, d = q.shape
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).reshape(b, t, h * d)
+
+
+def _forward(w: _Weights, ids, positions, caches, start: int, mask):
     """Logits (float32) of the last position of each row. ``ids``/``positions`` (B, T); the keys and values are
     written to columns [start, start + T) of ``caches`` (one (keys, values) pair of (B, KV, columns, D) per layer)
-    and attention reads columns [0, start + T) under ``bias`` (B, 1, T, start + T)."""
+    and attention reads columns [0, start + T) under ``mask``: a boolean (B, 1, T, T) for a prefill from column 0,
+    else (T = 1, a decode step) an additive bias (B, 1, 1, start + 1)."""
     b, t = ids.shape
     x = F.embedding(ids, w.embed)
     cos, sin = w.rotary(x, positions)
     cos, sin = cos[:, None], sin[:, None]
     hq, hkv, d = w.heads * w.head_dim, w.kv_heads * w.head_dim, w.head_dim
     end = start + t
+    attend = _attend_prefill if mask.dtype == torch.bool else _attend_step
     for (norm1, qkv_proj, o_proj, norm2, gate_up_proj, act, down_proj), (kc, vc) in zip(w.layers, caches):
         qkv = qkv_proj(_rms_norm(norm1, x))
         q = _rotate(qkv[..., :hq].view(b, t, -1, d).transpose(1, 2), cos, sin)
         kc[:, :, start:end] = _rotate(qkv[..., hq:hq + hkv].view(b, t, -1, d).transpose(1, 2), cos, sin)
         vc[:, :, start:end] = qkv[..., hq + hkv:].view(b, t, -1, d).transpose(1, 2)
-        x = x + o_proj(_attend(q, kc[:, :, :end], vc[:, :, :end], bias, w.scaling))
+        x = x + o_proj(attend(q, kc[:, :, :end], vc[:, :, :end], mask, w.scaling))
         gate, up = gate_up_proj(_rms_norm(norm2, x)).chunk(2, dim=-1)
         x = x + down_proj(act(gate) * up)
     return w.lm_head(_rms_norm(w.final_norm, x[:, -1])).float()
@@ -223,12 +232,11 @@ class FastEngine:
         positions = (valid.long().cumsum(-1) - 1).clamp_(min=0)
         # a query sees valid keys at or before it; a padding query sees itself (its output is never read)
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril_()
-        seen = (valid[:, None, :] & causal) | torch.eye(width, dtype=torch.bool, device=device)
-        bias = torch.zeros(seen.shape, device=device).masked_fill_(~seen, float("-inf"))[:, None]
+        seen = ((valid[:, None, :] & causal) | torch.eye(width, dtype=torch.bool, device=device))[:, None]
         columns = width + max_new
         shape = (len(distinct), w.kv_heads, columns, w.head_dim)
         caches = [(w.embed.new_empty(shape), w.embed.new_empty(shape)) for _ in w.layers]
-        logits = _forward(w, ids, positions, caches, 0, bias)[source]
+        logits = _forward(w, ids, positions, caches, 0, seen)[source]
         caches = [(k.index_select(0, source), v.index_select(0, source)) for k, v in caches]
         # decode: the rows still computed (``alive``, indices into the chunk) and their key bias over all columns
         rows = len(prompts)

@@ -42,7 +42,7 @@ def _ids(rollouts):
 def test_same_rollouts_as_hf(model, tok, prompts, onednn):
     """Greedy and seeded sampling give HFEngine's rollouts: same logits up to float rounding, and the RNG drawn in
     the same order (one multinomial over the whole chunk a step), also when chunks split a prompt's samples."""
-    mixed = prompts + [prompts[1]]                                     # a prompt twice: prefilled once per chunk
+    mixed = prompts + [prompts[1], prompts[0][-1:]]                   # a prompt twice (prefilled once), a 1-token one
     for batch_size in (random.choice([3, 5, 7]), 64):
         hf = HFEngine(model, tok, batch_size=batch_size)
         fast = FastEngine(model, tok, batch_size=batch_size, onednn=onednn)
@@ -50,6 +50,8 @@ def test_same_rollouts_as_hf(model, tok, prompts, onednn):
             seed = random.randrange(10**6)
             kw = dict(n=3, max_new_tokens=8, temperature=temperature, top_p=top_p, seed=seed)
             assert _ids(fast.generate(mixed, **kw)) == _ids(hf.generate(mixed, **kw)), (batch_size, temperature)
+    alone = dict(n=2, max_new_tokens=4, temperature=1.0, seed=5)                 # a chunk of 1-token prompts only
+    assert _ids(fast.generate([[7], [9]], **alone)) == _ids(hf.generate([[7], [9]], **alone))
 
 
 def test_unseeded_draws_the_global_rng_like_hf(model, tok, prompts):
