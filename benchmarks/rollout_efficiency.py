@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report,
 _VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
                   ("run", "report_to"), ("model", "cache_dir")}
 _TOP_KEYS = {"name", "train", "variants", "seeds", "reference", "runs_root", "results_root", "eval_dataset",
-             "keep_checkpoints_after", "notes", "base", "metric", "gate_min_gain", "gate_min_share"}
+             "keep_checkpoints_after", "notes", "base", "metric", "gate_min_gain", "gate_min_share", "models",
+             "transfer_benchmark"}
 
 
 class BenchmarkConfigError(ValueError):
@@ -62,14 +64,21 @@ class EfficiencyConfig:
     metric: str = "avg@k"                       # the report's primary held-out metric (METRIC_KEYS)
     gate_min_gain: float = 0.15                 # validity gate: the reference's held-out gain over the run …
     gate_min_share: float = 0.8                 # … on at least this share of its seeds
+    models: list[str] = field(default_factory=list)  # several models (e.g. build seeds): every run on each, reported
+                                                # per model (<results>/<model>/) and pooled; [] = train.model's own
+    model: str | None = None                    # set on the per-model configs (per_model) only
+    transfer_benchmark: str | None = None       # the benchmark whose runs measure transfer (its name), for the
+                                                # pre-registered conditions (benchmarks.efficiency_conditions)
 
     @property
     def runs_dir(self) -> Path:
-        return Path(self.runs_root) / f"efficiency-{self.name}"
+        base = Path(self.runs_root) / f"efficiency-{self.name}"
+        return base / model_slug(self.model) if self.model else base
 
     @property
     def results_dir(self) -> Path:
-        return Path(self.results_root) / f"efficiency-{self.name}"
+        base = Path(self.results_root) / f"efficiency-{self.name}"
+        return base / model_slug(self.model) if self.model else base
 
     def plan(self) -> list[tuple[Variant, int]]:
         """(variant, seed) in run order: every variant's first seed, then the second seeds, … (partial results
@@ -81,16 +90,40 @@ class EfficiencyConfig:
         return order
 
 
+def model_slug(model: str) -> str:
+    """A folder name for a model: ``tiny-chain@1`` → ``tiny-chain-b1`` (build seed 1), a path → its last part."""
+    return Path(str(model).rstrip("/")).name.replace("@", "-b")
+
+
+def per_model(cfg: EfficiencyConfig) -> list[EfficiencyConfig]:
+    """One configuration per model of ``cfg.models`` (train.model.name_or_path set, outputs in a subfolder), or
+    ``[cfg]`` when it names none."""
+    if not cfg.models:
+        return [cfg]
+    out = []
+    for name in cfg.models:
+        train = copy.deepcopy(cfg.train)
+        train.setdefault("model", {})["name_or_path"] = name
+        out.append(dataclasses.replace(cfg, train=train, models=[], model=name))
+    return out
+
+
+def full_plan(cfg: EfficiencyConfig) -> list[tuple[EfficiencyConfig, Variant, int]]:
+    """(per-model config, variant, seed) in run order: each model's plan, interleaved run by run."""
+    plans = [[(sub, v, s) for v, s in sub.plan()] for sub in per_model(cfg)]
+    return [p[i] for i in range(max(map(len, plans))) for p in plans if i < len(p)]
+
+
 def train_config(cfg: EfficiencyConfig, variant: Variant, seed: int):
     """The TrainConfig of one run: base + the variant's dotted overrides + the seed (validated by prepo.config)."""
     from prepo.config import config_from, dotted_mapping
 
-    overrides = {**variant.overrides, "run.seed": seed, "run.name": run_name(variant, seed)}
+    overrides = {**variant.overrides, "run.seed": seed, "run.name": run_name(variant, seed, cfg.model)}
     return config_from(cfg.train, *(dotted_mapping(key, value) for key, value in overrides.items()))
 
 
-def run_name(variant: Variant, seed: int) -> str:
-    return f"{variant.name}-s{seed}"
+def run_name(variant: Variant, seed: int, model: str | None = None) -> str:
+    return f"{variant.name}-s{seed}" if model is None else f"{variant.name}-{model_slug(model)}-s{seed}"
 
 
 def _read_with_base(path: Path) -> dict:
@@ -147,7 +180,15 @@ def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
     reference = raw.get("reference", "random")
     if reference not in names:
         raise BenchmarkConfigError(f"reference: {reference!r} is not one of the variants {names}")
-    cfg = EfficiencyConfig(name=name, train=raw["train"], variants=variants, reference=reference,
+    models = raw.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models) or \
+            len({model_slug(m) for m in models}) != len(models):
+        raise BenchmarkConfigError(f"models: expected a list of distinct model names, got {models!r}")
+    transfer = raw.get("transfer_benchmark")
+    if transfer is not None and (not isinstance(transfer, str) or not transfer or "/" in transfer):
+        raise BenchmarkConfigError(f"transfer_benchmark: expected a benchmark name, got {transfer!r}")
+    cfg = EfficiencyConfig(name=name, train=raw["train"], variants=variants, reference=reference, models=models,
+                           transfer_benchmark=transfer,
                            runs_root=str(raw.get("runs_root", "runs")),
                            results_root=str(raw.get("results_root", "benchmarks/results")),
                            eval_dataset=raw.get("eval_dataset"),
@@ -155,11 +196,12 @@ def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
                            notes=str(raw.get("notes") or ""), **_report_keys(raw))
     from prepo.config import ConfigError
 
-    for variant in variants:
-        try:
-            train_config(cfg, variant, variant.seeds[0])
-        except ConfigError as exc:
-            raise BenchmarkConfigError(f"variant {variant.name!r}: {exc}") from None
+    for sub in per_model(cfg):
+        for variant in variants:
+            try:
+                train_config(sub, variant, variant.seeds[0])
+            except ConfigError as exc:
+                raise BenchmarkConfigError(f"variant {variant.name!r}: {exc}") from None
     return cfg
 
 
@@ -313,15 +355,36 @@ def _eval_size(records: list[RunRecord], dataset: str | None, cfg: EfficiencyCon
 
 
 def summarize(cfg: EfficiencyConfig, command: str) -> Path:
-    """Rebuild summary.md and curves.png in the results folder from whatever runs exist."""
-    records, status_lines = collect_runs(cfg)
+    """Rebuild summary.md and curves.png in the results folder from whatever runs exist: with several models, each
+    model's own (in its subfolder) and the pooled one (paired by model and seed) at the top."""
+    from benchmarks.efficiency_conditions import condition_lines, model_lines
+
+    subs = per_model(cfg)
+    parts = [(sub, *collect_runs(sub)) for sub in subs]
+    if cfg.models:
+        for sub, records, status_lines in parts:
+            _write_summary(sub, records, status_lines, command + f"  (model {sub.model})", header=[])
+    # pooled: model m's seed s is paired as seed 1000·m + s
+    pooled = [dataclasses.replace(r, seed=1000 * m + r.seed) for m, (_, records, _) in enumerate(parts)
+              for r in records]
+    status = [(f"{model_slug(sub.model)}/{run}" if sub.model else run, line) for sub, _, lines in parts
+              for run, line in lines]
+    header = condition_lines(cfg, [(sub.model, records) for sub, records, _ in parts])
+    if cfg.models:
+        header += model_lines(cfg) + ["", "Pooled below over the models (model m's seed s is paired as seed "
+                                      "1000·m + s); each model's own summary is in its folder.", ""]
+    return _write_summary(cfg, pooled, status, command, header=header)
+
+
+def _write_summary(cfg: EfficiencyConfig, records: list[RunRecord], status_lines, command: str,
+                   header: list[str]) -> Path:
     dataset = cfg.eval_dataset
     if dataset is None:
         names = sorted({row.get("dataset") for r in records for row in r.evals(None) if row.get("dataset")})
         dataset = names[0] if names else None
-    planned = {v.name: len(v.seeds) for v in cfg.variants}
-    first = cfg.variants[0]
-    ev = train_config(cfg, first, first.seeds[0]).eval
+    planned = {v.name: len(v.seeds) * max(1, len(cfg.models)) for v in cfg.variants}
+    first = per_model(cfg)[0]
+    ev = train_config(first, first.variants[0], first.variants[0].seeds[0]).eval
     decoding = ("greedy decoding" if ev.temperature == 0 else
                 f"avg@{ev.k} at temperature {ev.temperature:g} (the bound below is for one sample per problem; "
                 f"{ev.k} samples make it somewhat smaller)")
@@ -330,12 +393,16 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
                           gate=(float(cfg.gate_min_gain), float(cfg.gate_min_share)))
     out = cfg.results_dir
     out.mkdir(parents=True, exist_ok=True)
-    plot(report, out / "curves.png", f"rollout efficiency: {cfg.name}")
+    plot(report, out / "curves.png", f"rollout efficiency: {cfg.name}" + (f" ({cfg.model})" if cfg.model else ""))
     notes = cfg.notes
     for extra in ("notes.md", "diagnostics.md"):  # hand-written notes; the task diagnostics, when measured
         if (out / extra).is_file():
             notes = (notes + "\n\n" + ("\n" + (out / extra).read_text()).replace("\n# ", "\n### ")).strip()
-    text = summary_markdown(report, name=cfg.name, command=command, run_status=status_lines, notes=notes)
+    text = summary_markdown(report, name=cfg.name + (f" ({cfg.model})" if cfg.model else ""), command=command,
+                            run_status=status_lines, notes=notes)
+    if header:
+        title, rest = text.split("\n", 1)
+        text = title + "\n\n" + "\n".join(header).rstrip() + "\n" + rest
     tmp = out / f".summary.md.{os.getpid()}"  # --jobs workers rebuild it concurrently: replace, never interleave
     tmp.write_text(text)
     os.replace(tmp, out / "summary.md")
@@ -353,14 +420,14 @@ def run_all(cfg: EfficiencyConfig, command: str, log=print, shard: tuple[int, in
     """Every planned run in order (those of shard ``i`` of ``n``: plan positions ≡ i mod n), the report rebuilt after
     each; stops (re-raising Interrupted) on an interrupt."""
     outcomes = []
-    plan = cfg.plan()
+    plan = full_plan(cfg)
     index, count = shard
-    for i, (variant, seed) in enumerate(plan, 1):
+    for i, (sub, variant, seed) in enumerate(plan, 1):
         if (i - 1) % count != index:
             continue
-        log(f"[{i}/{len(plan)}] {run_name(variant, seed)}")
+        log(f"[{i}/{len(plan)}] {run_name(variant, seed, sub.model)}")
         try:
-            outcome = run_one(cfg, variant, seed, log)
+            outcome = run_one(sub, variant, seed, log)
         except Interrupted:
             summarize(cfg, command)
             raise
@@ -371,11 +438,22 @@ def run_all(cfg: EfficiencyConfig, command: str, log=print, shard: tuple[int, in
     return outcomes
 
 
+def prepare_models(cfg: EfficiencyConfig) -> None:
+    """Build the testbed models the runs need (once, before workers start: two workers would build one twice)."""
+    from prepo.tiny_model import is_tiny_name, tiny_model_dir
+
+    for sub in per_model(cfg):
+        name = (sub.train.get("model") or {}).get("name_or_path")
+        if name and is_tiny_name(name):
+            tiny_model_dir(name, cache_dir=(sub.train.get("model") or {}).get("cache_dir"))
+
+
 def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) -> int:
     """``jobs`` worker processes, each taking every jobs-th run of the plan; SIGTERM/Ctrl-C reach all of them (each
     checkpoints and stops); the report is rebuilt once they are done."""
     import subprocess
 
+    prepare_models(cfg)
     workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rollout_efficiency", "--config", config_path,
                                  "--shard", f"{i}/{jobs}"]) for i in range(jobs)]
     signal.signal(signal.SIGTERM, lambda signum, frame: [w.send_signal(signal.SIGINT) for w in workers])

@@ -1,7 +1,8 @@
-"""Where the ``tiny-arith`` testbed policy starts: pass rate per tier at a temperature and greedy, and the Spearman
-correlation between each question's perplexity (question tokens only) and its pass rate.
+"""Where a testbed policy (``tiny-arith``, ``tiny-chain``) starts: pass rate per tier at a temperature and greedy, and
+the Spearman correlation between each question's perplexity (question tokens only) and its pass rate.
 
-usage: python -m benchmarks.testbed_report [--model tiny-arith] [--per-tier 64] [--k 8] [--temperature 1.0] [--save]
+usage: python -m benchmarks.testbed_report [--model tiny-chain[@seed]] [--per-tier 64] [--k 8] [--temperature 1.0]
+       [--max-new-tokens N] [--save]   (the task is the model's: tiny-chain@1 is scored on tiny-chain problems)
 """
 from __future__ import annotations
 
@@ -50,16 +51,15 @@ def pass_rates(engine, prompts, examples, *, k: int, temperature: float, max_new
 
 
 def testbed_report(model, tokenizer, *, per_tier: int = 64, k: int = 8, temperature: float = 1.0,
-                   max_new_tokens: int = 6, seed: int = 0, tiers=None) -> tuple[str, dict]:
-    """A markdown table (tier, ppl, pass@T, greedy) and its numbers, on held-out problems of ``tiers`` (default all);
-    Spearman's correlation over all those problems and within each tier (where the wording sets familiarity)."""
-    from prepo.data import encode_prompts
+                   max_new_tokens: int = 6, seed: int = 0, tiers=None, task: str = "tiny-arith") -> tuple[str, dict]:
+    """A markdown table (tier, ppl, pass@T, greedy) and its numbers, on held-out problems of ``task``'s ``tiers``
+    (default all); Spearman's correlation over all those problems and within each tier."""
+    from prepo.data import builtin_tiers, encode_prompts, make_builtin
     from prepo.rollout import HFEngine
     from prepo.logprobs import prompt_perplexities
-    from prepo.tiny_arith import TIERS, make_tiny_arith
 
-    tiers = list(TIERS) if tiers is None else list(tiers)
-    examples = make_tiny_arith(per_tier * len(tiers), seed, tiers, split="eval")
+    tiers = builtin_tiers(task) if tiers is None else list(tiers)
+    examples = make_builtin(task, per_tier * len(tiers), seed, tiers, split="eval")
     prompts = encode_prompts(tokenizer, examples, score_span="question")
     engine = HFEngine(model, tokenizer)
     ppl = prompt_perplexities(model, prompts, pad_id=tokenizer.pad_token_id).numpy()
@@ -83,38 +83,54 @@ def testbed_report(model, tokenizer, *, per_tier: int = 64, k: int = 8, temperat
                  f"within a tier (mean over the {len(within)} tiers with both varying): {rho_within:+.3f} "
                  "(paper, DAPO-Math-17K: -0.17 to -0.23). ppl: median per tier; perplexity of the question tokens "
                  "under the policy, pass rate over k samples.")
-    return "\n".join(lines), {"tiers": table, "spearman": rho, "spearman_within": rho_within, "n": len(examples)}
+    return "\n".join(lines), {"tiers": table, "spearman": rho, "spearman_within": rho_within, "n": len(examples),
+                              "ppl": ppl.tolist(), "pass": sampled.tolist(), "greedy": greedy.tolist(),
+                              "tier_of": tier_of.tolist()}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny-arith")
+    p.add_argument("--model", default="tiny-arith", help="tiny-arith | tiny-chain, optionally @<build seed>")
     p.add_argument("--per-tier", type=int, default=64)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=6)
     p.add_argument("--tiers", default=None, help="comma-separated tiers (default: all)")
-    p.add_argument("--save", action="store_true", help="write benchmarks/results/testbed-tiny-arith.md (all tiers, "
-                   "then the training tiers of configs/efficiency-tiny.yaml)")
+    p.add_argument("--config", default=None, help="the efficiency config whose training tiers get their own table "
+                   "(default: configs/efficiency-tiny.yaml or configs/efficiency-chain.yaml by task)")
+    p.add_argument("--save", action="store_true", help="write benchmarks/results/testbed-<model>.md (all tiers, "
+                   "then the training tiers of the efficiency config) and its numbers as JSON beside it")
     args = p.parse_args(argv)
     from prepo.models import load_model_and_tokenizer
+    from prepo.tiny_model import recipe_for, tiny_model_dir, weights_sha256
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    task = recipe_for(args.model).task
     model, tokenizer = load_model_and_tokenizer(args.model)
-    kw = dict(per_tier=args.per_tier, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    text, _ = testbed_report(model, tokenizer, tiers=args.tiers.split(",") if args.tiers else None, **kw)
+    sha = weights_sha256(tiny_model_dir(args.model))
+    kw = dict(per_tier=args.per_tier, k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+              task=task)
+    text, numbers = testbed_report(model, tokenizer, tiers=args.tiers.split(",") if args.tiers else None, **kw)
     print(text)
     if args.save:
+        import json
+
         import yaml
 
-        train_tiers = yaml.safe_load(open("configs/efficiency-tiny.yaml"))["train"]["data"]["tiers"]
-        trained, _ = testbed_report(model, tokenizer, tiers=train_tiers, **kw)
+        config = args.config or ("configs/efficiency-tiny.yaml" if task == "tiny-arith" else
+                                 "configs/efficiency-chain.yaml")
+        train_tiers = yaml.safe_load(open(config))["train"]["data"]["tiers"]
+        trained, trained_numbers = testbed_report(model, tokenizer, tiers=train_tiers, **kw)
         print(trained)
-        out = Path("benchmarks/results/testbed-tiny-arith.md")
-        out.write_text(f"# The tiny-arith testbed policy before RL (model: {args.model})\n\n"
-                       f"`python -m benchmarks.testbed_report --save`: held-out problems ({args.per_tier} a tier), "
-                       f"{args.k} samples each at T = {args.temperature:g}, and greedy.\n\n## Every tier\n\n{text}\n\n"
-                       f"## The training tiers of configs/efficiency-tiny.yaml\n\n{trained}\n")
+        slug = args.model.replace("@", "-b")
+        out = Path(f"benchmarks/results/testbed-{slug}.md")
+        out.write_text(f"# The {task} testbed policy before RL (model: {args.model}, weights sha256 {sha})\n\n"
+                       f"`python -m benchmarks.testbed_report --model {args.model} --max-new-tokens "
+                       f"{args.max_new_tokens} --save`: held-out problems ({args.per_tier} a tier), {args.k} samples "
+                       f"each at T = {args.temperature:g}, and greedy.\n\n## Every tier\n\n{text}\n\n"
+                       f"## The training tiers of {config}\n\n{trained}\n")
+        out.with_suffix(".json").write_text(json.dumps({"model": args.model, "sha256": sha, "all": numbers,
+                                                        "train_tiers": trained_numbers}) + "\n")
         print(f"wrote {out}")
     return 0
 

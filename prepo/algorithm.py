@@ -14,6 +14,18 @@ LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 
 # --- which prompts: the perplexity window ------------------------------------------------------------------------
 
+def progress(step: int, total_steps: int) -> float:
+    """ρ for the 0-based ``step`` of ``total_steps``: step / (total_steps − 1), so the first step is 0 and the last 1.
+
+    The paper's ρ = step / total_steps never reaches 1 with 0-based steps (never 0 with 1-based ones): one end of
+    the candidate order would never be trained on. A one-step run has ρ = 0.
+
+    >>> progress(0, 240), progress(239, 240), progress(0, 1)
+    (0.0, 1.0, 0.0)
+    """
+    return step / (total_steps - 1) if total_steps > 1 else 0.0
+
+
 def window_start(num_candidates: int, k: int, rho: float) -> int:
     """l(ρ) = ⌊ρ·(|B| − K)⌋ with ρ clipped to [0, 1].
 

@@ -63,6 +63,17 @@ def after_hashes(text: str) -> str | None:
     return rest[0].strip() if rest else ""
 
 
+def marked_number(text: str) -> str | None:
+    """The first number after the last ``####``, and nothing else (a completion without the marker gives None).
+
+    >>> marked_number("3+5=8-2=6####6"), marked_number("3+5=8-2=6")
+    ('6', None)
+    """
+    part = after_hashes(text)
+    found = numbers(part) if part is not None else []
+    return found[0] if found else None
+
+
 def _normalise(text: str) -> str:
     text = text.replace("\u2212", "-").replace("\\!", "").replace("\\,", "")
     return _FRAC_RE.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)

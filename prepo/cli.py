@@ -159,7 +159,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias, GGUF file, local folder or hub name")
     p.add_argument("--data", action="append", required=True, metavar="FILE",
                    help="a dataset file (preset detected from its folder), PRESET=FILE, or a built-in task "
-                   "arith[:N] / tiny-arith[:N] (held-out problems); repeatable")
+                   "arith[:N] / tiny-arith[:N] / tiny-chain[:N] (held-out problems); repeatable")
     p.add_argument("--tiers", default=None, help="comma-separated tiers of a built-in task (default: all)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="field preset for --data files whose folder does not name one")

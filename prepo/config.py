@@ -54,11 +54,13 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Training and held-out prompts, and how they become token ids."""
-    train: str = "arith"                    # a built-in task ("arith", "tiny-arith") or a file (jsonl/json/parquet)
+    train: str = "arith"                    # a built-in task (prepo.data.BUILTIN_TASKS) or a file (jsonl/json/parquet)
     preset: str | None = None               # field preset for a file (see prepo.data.load_examples)
     fields: dict[str, str] | None = None    # file field mapping, e.g. {prompt_field: problem, answer_field: answer}
     train_size: int = 2000                  # arith: number of training problems; file: cap (0 = all)
     tiers: list[str] | None = None          # arith: difficulty tiers (None = the task's default tiers)
+    eval_tiers: list[str] | None = None     # built-in task: the held-out set's tiers (None = data.tiers), e.g. to
+                                            # measure transfer from short chains to long ones
     eval: str | None = None                 # held-out set: None = arith with eval_seed, or a file path
     eval_size: int = 64                     # number of held-out problems (0 = all for a file)
     seed: int = 0                           # arith training split seed
@@ -72,9 +74,10 @@ class DataConfig:
         _require(bool(self.train), "data.train", "must be 'arith' or a file path")
         _require(self.train_size >= 0, "data.train_size", f"must be >= 0, got {self.train_size}")
         _require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
-        _require(self.train not in ("arith", "tiny-arith") or self.train_size > 0, "data.train_size",
-                 f"must be > 0 for the built-in task {self.train!r}")
         from prepo.data import BUILTIN_TASKS, SCORE_SPANS, builtin_tiers
+
+        _require(self.train not in BUILTIN_TASKS or self.train_size > 0, "data.train_size",
+                 f"must be > 0 for the built-in task {self.train!r}")
 
         _require(self.score_span in SCORE_SPANS, "data.score_span",
                  f"must be one of {SCORE_SPANS}, got {self.score_span!r}")
@@ -83,11 +86,15 @@ class DataConfig:
 
         _require(self.train in BUILTIN_TASKS or self.tiers is None, "data.tiers",
                  f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
-        if self.tiers is not None:
-            known = builtin_tiers(self.train)
-            unknown_tiers = [t for t in self.tiers if t not in known]
-            _require(bool(self.tiers), "data.tiers", f"must not be empty; known tiers: {known}")
-            _require(not unknown_tiers, "data.tiers", f"unknown tier(s) {unknown_tiers}; known: {known}")
+        _require(self.train in BUILTIN_TASKS or self.eval_tiers is None, "data.eval_tiers",
+                 f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
+        for key in ("tiers", "eval_tiers"):
+            value = getattr(self, key)
+            if value is not None:
+                known = builtin_tiers(self.train)
+                unknown_tiers = [t for t in value if t not in known]
+                _require(bool(value), f"data.{key}", f"must not be empty; known tiers: {known}")
+                _require(not unknown_tiers, f"data.{key}", f"unknown tier(s) {unknown_tiers}; known: {known}")
         unknown = sorted(set(self.fields or {}) - set(FILE_FIELDS))
         _require(not unknown, "data.fields", f"unknown key(s) {unknown}; valid: {list(FILE_FIELDS)}")
 
@@ -99,6 +106,9 @@ class SelectionConfig:
     num_candidates: int = 20        # |B|: prompts drawn per step (per round for greso)
     k: int = 4                      # K: prompts trained on per step (the paper uses K = |B| / 5)
     score_batch_tokens: int = 4096  # ppl: padded tokens per scoring forward
+    pace: str = "linear"            # ppl: how the window moves: linear (rho = step / (steps - 1), the paper) |
+                                    # adaptive (with the window's all-correct vs all-wrong groups; prepo.selection)
+    pace_gain: float = 4.0          # ppl, adaptive: rho moves by pace_gain / (steps - 1) * (solved - failed share)
     max_rounds: int = 4             # dynamic / greso: generation rounds per step before training on what is kept
     greso_p_easy: float = 0.5       # greso: initial exploration probability for all-correct prompts
     greso_p_hard: float = 0.5       # greso: initial exploration probability for all-wrong prompts
@@ -117,6 +127,10 @@ class SelectionConfig:
         _require(self.k <= self.num_candidates, "selection.k",
                  f"K={self.k} is larger than the candidate batch |B|={self.num_candidates}")
         _require(self.score_batch_tokens >= 1, "selection.score_batch_tokens", "must be >= 1")
+        from prepo.selection import PACES
+
+        _require(self.pace in PACES, "selection.pace", f"must be one of {PACES}, got {self.pace!r}")
+        _require(self.pace_gain > 0, "selection.pace_gain", f"must be > 0, got {self.pace_gain}")
         _require(self.max_rounds >= 1, "selection.max_rounds", f"must be >= 1, got {self.max_rounds}")
         for name in ("greso_p_easy", "greso_p_hard", "greso_p_min"):
             value = getattr(self, name)
@@ -161,7 +175,10 @@ class AlgorithmConfig:
     eps_high: float = 0.28                # clip-higher upper bound: ratio <= 1 + eps_high
     loss_aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean
     kl_coef: float = 0.0                  # k3 KL to the initial model (0 = off, no reference model kept)
-    ppo_epochs: int = 1                   # updates per batch (1 = on-policy, no old-log-prob pass)
+    ppo_epochs: int = 1                   # passes over each rollout batch (1 = on-policy, no old-log-prob pass)
+    mini_batches: int = 1                 # optimizer steps per pass, each over its part of the groups (verl's
+                                          # ppo_mini_batch_size = groups / mini_batches): > 1 moves the policy
+                                          # between them, so the ratio departs from 1 and clip-higher acts
     skip_zero_advantage: bool = False     # leave zero-advantage rollouts out of the update forward (see update.py)
 
     def __post_init__(self):
@@ -176,6 +193,7 @@ class AlgorithmConfig:
         _require(self.eps_high >= 0, "algorithm.eps_high", f"must be >= 0, got {self.eps_high}")
         _require(self.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {self.kl_coef}")
         _require(self.ppo_epochs >= 1, "algorithm.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        _require(self.mini_batches >= 1, "algorithm.mini_batches", f"must be >= 1, got {self.mini_batches}")
         _require(not (self.skip_zero_advantage and self.kl_coef > 0), "algorithm.skip_zero_advantage",
                  "cannot skip zero-advantage rollouts while kl_coef > 0 (their KL term still has a gradient)")
 
@@ -231,7 +249,7 @@ class RunConfig:
     """Run length, seeds, outputs and logging."""
     name: str = "prepo"             # runs/<name>/ unless --output-dir is given
     output_root: str = "runs"
-    steps: int = 20                 # training steps (the perplexity schedule spans them: rho = step / steps)
+    steps: int = 20                 # training steps (the perplexity schedule spans them: rho = step / (steps - 1))
     seed: int = 0
     save_every: int = 0             # checkpoint every N steps (0 = only at the end and on Ctrl-C)
     keep_checkpoints: int = 2       # newest checkpoints kept (0 = all)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from prepo.answers import after_hashes, last_boxed
 from prepo.batching import TokenSeq
 
-VERIFIERS = ("numeric", "math")
+VERIFIERS = ("numeric", "marked", "math")  # prepo.rewards.REWARDS
 
 
 @dataclass(frozen=True)
@@ -355,7 +355,7 @@ def arith_split_of(question: str) -> str:
 
 def draw_examples(task: str, n: int, seed: int, tiers: Sequence[str] | None, known: Sequence[str],
                   draw: Callable[[str, random.Random], tuple[str, str, dict]], *, split: str | None = None,
-                  weights: Sequence[float] | None = None) -> list[Example]:
+                  weights: Sequence[float] | None = None, verifier: str = "numeric") -> list[Example]:
     """``n`` examples of a synthetic task: tier names round robin over ``tiers`` (default ``known``), or drawn by
     ``weights``; ``draw(tier, rng)`` gives (question, answer, meta) and is retried until the question lies in
     ``split`` (see arith_split_of). Deterministic for a seed; ids ``<task>-<tier>-<i>``, meta gains ``tier``."""
@@ -383,7 +383,7 @@ def draw_examples(task: str, n: int, seed: int, tiers: Sequence[str] | None, kno
         else:  # pragma: no cover - every tier has hundreds of questions in each split
             raise RuntimeError(f"tier {name!r} has no {split} questions")
         out.append(Example(id=f"{task}-{name}-{counts[name]}", question=question, answer=answer,
-                           verifier="numeric", meta={"tier": name, **meta}))
+                           verifier=verifier, meta={"tier": name, **meta}))
         counts[name] += 1
     return out
 
@@ -402,7 +402,8 @@ def make_arith(n: int, seed: int, tiers: Sequence[str] | None = None, *, split: 
     return draw_examples("arith", n, seed, tiers, list(ARITH_TIERS), _arith_example, split=split)
 
 
-BUILTIN_TASKS = ("arith", "tiny-arith")  # synthetic tasks named by data.train / --data (tiny-arith: prepo.tiny_arith)
+# synthetic tasks named by data.train / --data (tiny-arith: prepo.tiny_arith, tiny-chain: prepo.tiny_chain)
+BUILTIN_TASKS = ("arith", "tiny-arith", "tiny-chain")
 
 
 def builtin_tiers(task: str) -> list[str]:
@@ -413,18 +414,27 @@ def builtin_tiers(task: str) -> list[str]:
         from prepo.tiny_arith import TIERS
 
         return list(TIERS)
+    if task == "tiny-chain":
+        from prepo.tiny_chain import TIERS as CHAIN_TIERS
+
+        return list(CHAIN_TIERS)
     raise ValueError(f"task: unknown built-in task {task!r}; known: {list(BUILTIN_TASKS)}")
 
 
 def make_builtin(task: str, n: int, seed: int, tiers: Sequence[str] | None = None, *,
                  split: str | None = None) -> list[Example]:
-    """``n`` problems of a built-in task (see ``make_arith`` / ``prepo.tiny_arith.make_tiny_arith``)."""
+    """``n`` problems of a built-in task (``make_arith``, ``prepo.tiny_arith.make_tiny_arith``,
+    ``prepo.tiny_chain.make_tiny_chain``)."""
     if task == "arith":
         return make_arith(n, seed, tiers, split=split)
     if task == "tiny-arith":
         from prepo.tiny_arith import make_tiny_arith
 
         return make_tiny_arith(n, seed, tiers, split=split)
+    if task == "tiny-chain":
+        from prepo.tiny_chain import make_tiny_chain
+
+        return make_tiny_chain(n, seed, tiers, split=split)
     raise ValueError(f"task: unknown built-in task {task!r}; known: {list(BUILTIN_TASKS)}")
 
 

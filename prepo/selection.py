@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prepo.algorithm import ppl_window
+from prepo.algorithm import ppl_window, progress
 
 
 @dataclass
@@ -39,8 +39,8 @@ class SelectionContext:
 
     @property
     def rho(self) -> float:
-        """Training progress ρ = step / total_steps in [0, 1)."""
-        return self.step / self.total_steps
+        """Training progress ρ (prepo.algorithm.progress): 0 at the first step, 1 at the last."""
+        return progress(self.step, self.total_steps)
 
 
 @dataclass
@@ -122,19 +122,64 @@ class Strategy:
         self.rng.bit_generator.state = state["rng"]
 
 
+PACES = ("linear", "adaptive")
+
+
 class PerplexityWindow(Strategy):
-    """PREPO: score the |B| candidates' prompt perplexity, sort ascending, take K at l(ρ) = ⌊ρ·(|B|−K)⌋."""
+    """PREPO: score the |B| candidates' prompt perplexity, sort ascending, take K at l(ρ) = ⌊ρ·(|B|−K)⌋.
+
+    ``selection.pace``: ``linear`` (the paper) moves ρ with training progress (SelectionContext.rho). ``adaptive``
+    (ours) moves ρ with what the window's own groups show, with no extra rollouts: after each step
+    ρ ← clip(ρ + gain/(T−1) · (share of all-correct groups − share of all-wrong groups), 0, 1), starting at 0.
+    A window of solved prompts moves on to less familiar ones, a window nobody solves moves back, and a window
+    whose groups carry signal stays; ``gain`` = ``selection.pace_gain`` (4: a sustained surplus of a quarter of the
+    window's groups moves ρ as fast as the linear pace).
+    """
+
+    def __init__(self, config, seed: int = 0):
+        super().__init__(config, seed)
+        self.pace = getattr(config, "pace", "linear")
+        if self.pace not in PACES:
+            raise ValueError(f"selection.pace: expected one of {PACES}, got {self.pace!r}")
+        self.gain = float(getattr(config, "pace_gain", 4.0))
+        self.rho = 0.0             # the adaptive pace's position
+        self.total_steps = 1
 
     def choose(self, candidates, ctx):
         if ctx.score is None:
             raise ValueError("strategy 'ppl' needs a prompt scorer (SelectionContext.score)")
         ppl = [float(v) for v in ctx.score(candidates)]
-        window = ppl_window(ppl, ctx.k, ctx.rho)
+        self.total_steps = ctx.total_steps
+        rho = ctx.rho if self.pace == "linear" else self.rho
+        window = ppl_window(ppl, ctx.k, rho)
         chosen = [ppl[i] for i in window]
         return Choice([candidates[i] for i in window],
                       {"ppl_window_lo": min(chosen), "ppl_window_hi": max(chosen),
                        "ppl_selected_mean": sum(chosen) / len(chosen),
-                       "ppl_candidates_lo": min(ppl), "ppl_candidates_hi": max(ppl)})
+                       "ppl_candidates_lo": min(ppl), "ppl_candidates_hi": max(ppl), "rho": rho})
+
+    def keep(self, groups):
+        if self.pace == "adaptive" and groups:
+            solved = sum(g.zero_variance and g.rewards[0] > 0 for g in groups) / len(groups)
+            failed = sum(g.zero_variance and g.rewards[0] <= 0 for g in groups) / len(groups)
+            self.rho = pace_update(self.rho, solved, failed, self.gain, self.total_steps)
+        return groups
+
+    def state_dict(self):
+        return {**super().state_dict(), "rho": self.rho}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.rho = float(state.get("rho", 0.0))
+
+
+def pace_update(rho: float, solved: float, failed: float, gain: float, total_steps: int) -> float:
+    """The adaptive pace's step: ρ + gain/(T−1)·(solved − failed), clipped to [0, 1].
+
+    >>> pace_update(0.5, 0.5, 0.0, 4.0, 101), pace_update(0.01, 0.0, 1.0, 4.0, 101), pace_update(0.3, 0.2, 0.2, 4.0, 11)
+    (0.52, 0.0, 0.3)
+    """
+    return min(1.0, max(0.0, rho + gain / max(total_steps - 1, 1) * (solved - failed)))
 
 
 class RandomSubset(Strategy):

@@ -1,5 +1,9 @@
-"""The built-in testbed model ``tiny-arith``: a ~1 M-parameter Llama with a digit-level tokenizer, made here by a short
-supervised stage on the ``tiny-arith`` task, deterministic for its recipe and cached under ~/.cache/prepo/.
+"""The built-in testbed models ``tiny-arith`` and ``tiny-chain``: ~1 M-parameter Llamas with a word-level tokenizer, made
+here by a short supervised stage on their task, bit-identical for a recipe on any x86-64 CPU, cached under ~/.cache/prepo/.
+
+A name may carry a build seed: ``tiny-chain@1`` is the same recipe with ``seed=1`` (a second model for the benchmark).
+The build runs in a child process with its kernels pinned (one thread, ATen's portable kernels, MKL's conditional
+numerical reproducibility, eager attention), so the same recipe gives the same weights whatever the CPU's vector unit.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,20 +23,28 @@ from pathlib import Path
 
 import torch
 
-from prepo import tiny_arith
+from prepo import tiny_arith, tiny_chain
 
+TASKS = {tiny_arith.TASK: tiny_arith, tiny_chain.TASK: tiny_chain}
+NAMES = tuple(TASKS)
 NAME = tiny_arith.TASK
-_BUILD_VERSION = 1  # bump when the build procedure changes what a recipe produces
+_BUILD_VERSION = 2  # bump when the build procedure changes what a recipe produces (2: pinned kernels, task field)
 SPECIALS = ["<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+# The environment of the build's child process: the kernels every x86-64 CPU runs the same way. ATen's DEFAULT
+# capability compiles its vector code without AVX (the same instructions everywhere); MKL_CBWR=COMPATIBLE makes MKL's
+# GEMM take one code path on every CPU; one thread fixes the order of every reduction.
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
 class TinyRecipe:
     """Everything that determines the built weights (the cache key)."""
 
+    task: str = "tiny-arith"
     hidden: int = 128
     layers: int = 4
     heads: int = 4
@@ -42,31 +55,65 @@ class TinyRecipe:
     warmup: int = 100
     question_weight: float = 0.1    # loss weight of prompt tokens: the policy models its questions (PREPO scores them)
                                     # without spending its capacity on their random digits
-    digit_noise: float = 0.15       # each supervised answer digit is replaced by another with this probability:
-                                    # the policy's answers are right in its mode but spread, which RL can sharpen
-    # supervised mix (familiarity): sums frequent, differences rare, 3-digit sums rarer, three-term sums absent
+    digit_noise: float = 0.15       # tiny-arith: each supervised answer digit is replaced by another with this
+                                    # probability: the policy's answers are right in its mode but spread (sharpening)
+    slip: float = 0.0               # tiny-chain: probability that a step crossing 10 is written with the consistent
+                                    # slip (dropped carry, missed borrow): a procedure RL can correct (teaching)
+    # supervised mix (familiarity), (tier, weight) pairs
     mix: tuple[tuple[str, float], ...] = (("add1", 0.12), ("add2", 0.20), ("add22", 0.30), ("add32", 0.08),
                                           ("add33", 0.04), ("sub1", 0.06), ("sub2", 0.08), ("sub22", 0.12))
+    max_positions: int = 128
     seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task: expected one of {NAMES}, got {self.task!r}")
 
     def key(self) -> str:
         blob = json.dumps({"version": _BUILD_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-DEFAULT_RECIPE = TinyRecipe()
+# tiny-chain: short chains dominate the mix (long ones rare and so unfamiliar), 60% of crossing steps slipped
+RECIPES: dict[str, TinyRecipe] = {
+    "tiny-arith": TinyRecipe(),
+    "tiny-chain": TinyRecipe(task="tiny-chain", digit_noise=0.0, slip=0.6, max_positions=160,
+                             mix=(("k1", 0.30), ("k2", 0.25), ("k3", 0.18), ("k4", 0.12), ("k5", 0.07),
+                                  ("k6", 0.04), ("k7", 0.025), ("k8", 0.015))),
+}
 
 
-def build_tokenizer():
-    """Word-level tokenizer: one token per digit, operator, punctuation mark and template word; a chat template."""
+def is_tiny_name(name: str) -> bool:
+    """Whether ``name`` names a built-in testbed model (``tiny-arith``, ``tiny-chain``, optionally ``@<build seed>``)."""
+    return str(name).lower().split("@", 1)[0] in RECIPES
+
+
+def recipe_for(name: str) -> TinyRecipe:
+    """The recipe a model name stands for: ``tiny-chain`` or ``tiny-chain@<seed>`` (another build seed)."""
+    base, _, seed = str(name).lower().partition("@")
+    if base not in RECIPES:
+        raise ValueError(f"name: unknown testbed model {name!r}; known: {sorted(RECIPES)} (optionally @<seed>)")
+    recipe = RECIPES[base]
+    if seed:
+        if not seed.isdigit():
+            raise ValueError(f"name: the build seed after '@' must be a non-negative integer, got {name!r}")
+        recipe = dataclasses.replace(recipe, seed=int(seed))
+    return recipe
+
+
+def build_tokenizer(task: str = NAME):
+    """Word-level tokenizer for ``task``: one token per digit, punctuation mark and wording word; a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + [str(d) for d in range(10)] + ["?", "."] + tiny_arith.WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {NAMES}, got {task!r}")
+    words = list(dict.fromkeys(SPECIALS + [str(d) for d in range(10)] + ["?", "."] + TASKS[task].WORDS))
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                 pre_tokenizers.Punctuation(behavior="isolated"),
                                                  pre_tokenizers.Digits(individual_digits=True)])
-    tok.decoder = decoders.Fuse()  # completions are digits: "1", "9" decode to "19"
+    tok.decoder = decoders.Fuse()  # completions are digits and signs: "1", "9" decode to "19"
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>",
                                    additional_special_tokens=SPECIALS[2:5])
     fast.chat_template = CHAT_TEMPLATE
@@ -79,8 +126,9 @@ def _model_config(recipe: TinyRecipe, tokenizer):
 
     return LlamaConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden, intermediate_size=4 * recipe.hidden,
                        num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
-                       num_key_value_heads=recipe.kv_heads, max_position_embeddings=128, tie_word_embeddings=True,
-                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+                       num_key_value_heads=recipe.kv_heads, max_position_embeddings=recipe.max_positions,
+                       tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
 
 
 def _noisy(answer: str, p: float, rng: random.Random) -> str:
@@ -94,19 +142,29 @@ def _noisy(answer: str, p: float, rng: random.Random) -> str:
     return "".join(out)
 
 
-def supervised_batches(recipe: TinyRecipe, tokenizer):
-    """The supervised stage's batches: (input_ids, labels, loss weights), right-padded, one tuple per step."""
+def supervised_targets(recipe: TinyRecipe) -> list[tuple[str, str]]:
+    """The supervised stage's (question, target answer) pairs, ``steps * batch`` of them, from the task's train split
+    only (a held-out question never reaches the model): tiny-arith's answers with digit noise, tiny-chain's
+    scratchpads with the slip."""
     tiers, weights = zip(*recipe.mix)
-    examples = tiny_arith.make_tiny_arith(recipe.steps * recipe.batch, recipe.seed, tiers, split="train",
-                                          weights=weights)
-    rng = random.Random(f"{NAME}/noise/{recipe.seed}")
+    task = TASKS[recipe.task]
+    make = tiny_arith.make_tiny_arith if recipe.task == tiny_arith.TASK else tiny_chain.make_tiny_chain
+    examples = make(recipe.steps * recipe.batch, recipe.seed, tiers, split="train", weights=weights)
+    rng = random.Random(f"{task.TASK}/noise/{recipe.seed}")
+    if recipe.task == tiny_arith.TASK:
+        return [(ex.question, _noisy(ex.answer, recipe.digit_noise, rng)) for ex in examples]
+    return [(ex.question, tiny_chain.scratchpad(ex.meta["start"], tiny_chain.parse_steps(ex.meta["steps"]),
+                                                slip=recipe.slip, rng=rng)[0]) for ex in examples]
+
+
+def supervised_batches(recipe: TinyRecipe, tokenizer):
+    """The supervised stage's batches: (input_ids, loss weights), right-padded, one tuple per step."""
+    pairs = supervised_targets(recipe)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "{q}"}], tokenize=False,
                                            add_generation_prompt=True)
     pre, post = prompt.split("{q}")
-    prompts = [pre + ex.question + post for ex in examples]
-    answers = [_noisy(ex.answer, recipe.digit_noise, rng) + " <|end|>" for ex in examples]
-    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    p_ids = tokenizer([pre + q + post for q, _ in pairs], add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([a + " <|end|>" for _, a in pairs], add_special_tokens=False)["input_ids"]
     for s in range(recipe.steps):
         rows = range(s * recipe.batch, (s + 1) * recipe.batch)
         width = max(len(p_ids[i]) + len(a_ids[i]) for i in rows)
@@ -121,15 +179,19 @@ def supervised_batches(recipe: TinyRecipe, tokenizer):
 
 
 def train_tiny_model(recipe: TinyRecipe | None = None, *, log=None):
-    """(model, tokenizer) after the supervised stage; same recipe, same weights (on the same torch build)."""
+    """(model, tokenizer) after the supervised stage; same recipe, same weights on the same kernels (``build_model``
+    pins them, so that holds across CPUs too)."""
     from transformers import LlamaForCausalLM
 
-    recipe = DEFAULT_RECIPE if recipe is None else recipe
-    tokenizer = build_tokenizer()
+    recipe = RECIPES[NAME] if recipe is None else recipe
+    tokenizer = build_tokenizer(recipe.task)
     torch.manual_seed(recipe.seed)
-    model = LlamaForCausalLM(_model_config(recipe, tokenizer))
+    # eager attention: plain matmul + softmax, the same kernels on every CPU (sdpa picks per-CPU fused kernels)
+    config = _model_config(recipe, tokenizer)
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.01, foreach=False)
     model.train()
     t0 = time.perf_counter()
     for step, (ids, w) in enumerate(supervised_batches(recipe, tokenizer)):
@@ -147,28 +209,65 @@ def train_tiny_model(recipe: TinyRecipe | None = None, *, log=None):
         opt.step()
         if log is not None and (step + 1) % 250 == 0:
             log(f"  step {step + 1}/{recipe.steps}  loss {loss.item():.3f}  {time.perf_counter() - t0:.0f} s")
+    model.config._attn_implementation = "sdpa"  # what loading uses; the weights do not depend on it
     return model.eval(), tokenizer
 
 
-def tiny_model_dir(recipe: TinyRecipe | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cached model folder for ``recipe`` (default: DEFAULT_RECIPE), built (once, atomically) when missing."""
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """sha256 of the folder's model.safetensors: the fingerprint of a build recorded beside results."""
+    h = hashlib.sha256()
+    with open(Path(folder) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save(recipe: TinyRecipe, out: Path, log=None) -> None:
+    """Train ``recipe`` and write model, tokenizer and recipe.json into the existing folder ``out``."""
+    model, tokenizer = train_tiny_model(recipe, log=log)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    build = {"recipe": dataclasses.asdict(recipe), "key": recipe.key(), "torch": torch.__version__,
+             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+             "sha256": weights_sha256(out)}
+    (out / "recipe.json").write_text(json.dumps(build, indent=1))
+
+
+def build_model(recipe: TinyRecipe, out: str | os.PathLike, *, pinned: bool = True, env: dict | None = None,
+                log=None) -> str:
+    """Build ``recipe`` into the existing folder ``out`` in a child process (kernels pinned by PINNED_ENV unless
+    ``pinned=False``; ``env`` adds variables on top); returns the weights' sha256."""
+    child_env = {**os.environ, **(PINNED_ENV if pinned else {}), **(env or {})}
+    cmd = [sys.executable, "-m", "prepo.tiny_model", "--out", str(out), "--recipe",
+           json.dumps(dataclasses.asdict(recipe))]
+    proc = subprocess.run(cmd, env=child_env, stdout=subprocess.PIPE, stderr=None if log else subprocess.PIPE,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the {recipe.task} model failed (exit {proc.returncode}): "
+                           f"{(proc.stderr or '').strip()[-2000:]}")
+    return json.loads((Path(out) / "recipe.json").read_text())["sha256"]
+
+
+def tiny_model_dir(recipe: TinyRecipe | str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached model folder for ``recipe`` (a TinyRecipe or a name such as ``tiny-chain@1``; default: the
+    tiny-arith recipe), built (once, atomically, kernels pinned) when missing."""
     from prepo.models import cache_root
 
-    recipe = DEFAULT_RECIPE if recipe is None else recipe
+    if recipe is None:
+        recipe = RECIPES[NAME]
+    elif isinstance(recipe, str):
+        recipe = recipe_for(recipe)
     root = cache_root(cache_dir)
-    target = root / f"{NAME}-{recipe.key()}"
+    target = root / f"{recipe.task}-{recipe.key()}"
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"building the {NAME} model into {target} (once; a few minutes on 2 cores)")
+    log(f"building the {recipe.task} model (seed {recipe.seed}) into {target} (once; minutes on one core)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     os.chmod(tmp, 0o755)
     try:
-        model, tokenizer = train_tiny_model(recipe, log=log)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+        build_model(recipe, tmp, log=log)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -177,3 +276,23 @@ def tiny_model_dir(recipe: TinyRecipe | None = None, cache_dir: str | os.PathLik
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _main(argv=None) -> int:
+    """The build's child process: ``python -m prepo.tiny_model --out DIR --recipe JSON``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m prepo.tiny_model", description=_main.__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--recipe", required=True, help="the TinyRecipe's fields as JSON")
+    args = p.parse_args(argv)
+    fields = json.loads(args.recipe)
+    fields["mix"] = tuple(tuple(m) for m in fields.get("mix", ()))
+    if os.environ.get("OMP_NUM_THREADS") == "1":
+        torch.set_num_threads(1)
+    _save(TinyRecipe(**fields), Path(args.out), log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -94,7 +94,8 @@ def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
     if data_cfg.train in BUILTIN_TASKS:
         task = data_cfg.train
         train = make_builtin(task, data_cfg.train_size, data_cfg.seed, data_cfg.tiers, split="train")
-        evals = {task: make_builtin(task, data_cfg.eval_size, data_cfg.eval_seed, data_cfg.tiers, split="eval")}
+        eval_tiers = data_cfg.eval_tiers if data_cfg.eval_tiers is not None else data_cfg.tiers
+        evals = {task: make_builtin(task, data_cfg.eval_size, data_cfg.eval_seed, eval_tiers, split="eval")}
         if not data_cfg.eval_size:
             evals = {}
     else:
@@ -478,6 +479,8 @@ class Trainer:
             "reward_trained_mean": float(np.mean(trained)) if trained else None,
             "zero_variance_frac": (float(np.mean([g.zero_variance for g in collected.groups]))
                                    if collected.groups else None),
+            "all_wrong_frac": (float(np.mean([max(g.rewards) <= 0 for g in collected.groups]))
+                               if collected.groups else None),
             "completion_len_mean": float(np.mean(lengths)) if lengths else None,
             "entropy_mean": stats.entropy_mean if stats else None,
             "rollouts_in_update": len(stats.active) if stats else 0,
@@ -489,6 +492,8 @@ class Trainer:
             "ppl_candidates_hi": collected.info.get("ppl_candidates_hi"),
             **{k: v for k, v in collected.info.items() if k.startswith("greso_")},
             "loss": stats.loss if stats else None, "grad_norm": stats.grad_norm if stats else None,
+            "optimizer_steps": stats.optimizer_steps if stats else 0,
+            "clipped_steps": stats.clipped_steps if stats else 0, "rho": collected.info.get("rho"),
             "kl_mean": stats.kl_mean if stats else None, "clip_frac": stats.clip_frac if stats else None,
             "lr": self.optimizer.param_groups[0]["lr"], "tokens": stats.tokens if stats else 0,
             "time_select": collected.time_select, "time_generate": collected.time_generate,

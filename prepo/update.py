@@ -46,6 +46,7 @@ class UpdateSettings:
     loss_aggregation: str = "token-mean"
     kl_coef: float = 0.0
     ppo_epochs: int = 1
+    mini_batches: int = 1               # optimizer steps per epoch, each over its part of the groups
     skip_zero_advantage: bool = False
     temperature: float = 1.0            # the sampling temperature: log-probs and entropies of π_θ(·)/T
     micro_batch_tokens: int = 4096
@@ -68,7 +69,7 @@ class UpdateSettings:
 @dataclass
 class UpdateStats:
     loss: float
-    grad_norm: float
+    grad_norm: float                    # before clipping; the mean over the optimizer steps
     entropy_mean: float | None          # mean over the rollouts in the update of H̄_i (None if none took part)
     entropy_baseline: float             # H̄ the weights are divided by (1.0 when weighting is none)
     weights: torch.Tensor               # (n,) w_i actually applied, in sample order (1 for skipped samples)
@@ -77,6 +78,8 @@ class UpdateStats:
     clip_frac: float
     micro_batches: int
     tokens: int
+    optimizer_steps: int = 1            # ppo_epochs × mini-batches
+    clipped_steps: int = 0              # optimizer steps whose gradient norm exceeded max_grad_norm (was clipped)
 
 
 def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -308,57 +311,90 @@ def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateS
                   ref_model=None, dist: Dist = Dist()) -> UpdateStats:
     """Gradient(s) of the clipped surrogate over ``samples`` and the optimizer step(s); the model ends in train mode.
 
-    ``ppo_epochs == 1``: on-policy, see accumulate_gradients. ``ppo_epochs > 1``: one no-grad pass gives the old
-    log-probs and the old policy's H̄_i; the weights w_i = H̄_i/H̄ from that pass stay constant for every epoch (the
-    rule when a batch is reused), and each epoch is one optimizer step over the whole batch.
+    ``ppo_epochs == 1`` and ``mini_batches == 1``: on-policy, one optimizer step (see accumulate_gradients).
+    Otherwise (the paper's regime, verl's ppo_mini_batch_size): one no-grad pass gives the old log-probs and the old
+    policy's H̄_i; the weights w_i = H̄_i/H̄ (H̄ over the whole batch) stay constant; each epoch splits the batch into
+    ``mini_batches`` parts of whole groups and takes one optimizer step per part, so the policy moves between
+    them and the ratio's clip acts. Each part's loss is normalised over its own tokens.
     ``dist``: data-parallel job (prepo.distributed); every rank passes all samples and trains on its own groups.
     """
     if not samples:
         raise ValueError("samples: nothing to train on")
     model.train()
-    if settings.ppo_epochs == 1:
+    if settings.ppo_epochs == 1 and settings.mini_batches == 1:
         stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings,
                                                                            ref_model=ref_model, dist=dist)
-        grad_norm = _step(model, optimizer, settings.max_grad_norm, stats["loss"])
+        norms = [_step(model, optimizer, settings.max_grad_norm, stats["loss"])]
+        active, chunks, tokens = sweep.active, len(sweep.chunks), sweep.num_tokens
     else:
-        stats, mean_entropy, weights, h_bar, sweep, grad_norm = _multi_epoch(model, optimizer, samples, settings,
-                                                                            ref_model, dist)
-    active = sweep.active
-    tokens = max(sweep.num_tokens, 1)
+        stats, mean_entropy, weights, h_bar, active, chunks, tokens, norms = _multi_step(
+            model, optimizer, samples, settings, ref_model, dist)
+    limit = settings.max_grad_norm
     return UpdateStats(
-        loss=stats["loss"], grad_norm=grad_norm,
+        loss=stats["loss"], grad_norm=float(sum(norms) / len(norms)),
         entropy_mean=float(mean_entropy[active].mean()) if active else None,
         entropy_baseline=h_bar, weights=weights, active=active,
-        kl_mean=stats["kl"] / tokens, clip_frac=stats["clipped"] / tokens,
-        micro_batches=len(sweep.chunks), tokens=sweep.num_tokens)
+        kl_mean=stats["kl"] / max(tokens, 1), clip_frac=stats["clipped"] / max(tokens, 1),
+        micro_batches=chunks, tokens=tokens, optimizer_steps=len(norms),
+        clipped_steps=sum(limit > 0 and n > limit for n in norms))
 
 
-def _multi_epoch(model, optimizer, samples, settings, ref_model, dist: Dist):
-    sweep = _Pass(model, samples, settings, ref_model, dist)
+def mini_batch_parts(samples: Sequence[Sample], parts: int) -> list[list[int]]:
+    """Sample indices split into at most ``parts`` contiguous runs of whole groups (group ids; a sample without one is
+    its own group), as even as the groups allow.
+
+    >>> mini_batch_parts([make_sample([1], [2], 0.0, g) for g in (0, 0, 1, 1, 2, 2)], 2)
+    [[0, 1, 2, 3], [4, 5]]
+    """
+    keys, groups = [], {}
+    for i, smp in enumerate(samples):
+        key = ("g", smp.group) if smp.group is not None else ("s", i)
+        if key not in groups:
+            keys.append(key)
+            groups[key] = []
+        groups[key].append(i)
+    per = -(-len(keys) // max(1, min(parts, len(keys))))
+    return [[i for key in keys[j:j + per] for i in groups[key]] for j in range(0, len(keys), per)]
+
+
+def _multi_step(model, optimizer, samples, settings, ref_model, dist: Dist):
+    """Old log-probs and H̄_i in one no-grad pass, then ``ppo_epochs`` × (one optimizer step per mini-batch)."""
+    parts = mini_batch_parts(samples, settings.mini_batches)
+    sweeps = [_Pass(model, [samples[i] for i in part], settings, ref_model, dist) for part in parts]
     params = [p for p in model.parameters() if p.requires_grad]
     mean_entropy = torch.zeros(len(samples), dtype=torch.float64)
-    old: list[torch.Tensor] = []
+    old: list[list[torch.Tensor]] = []
     with torch.no_grad():
         model.eval()
-        for chunk, real in sweep.steps():
-            batch = sweep.batch(chunk)
-            lp, ent = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
-            old.append(lp)
-            if real:
-                mean_entropy[chunk] = _seq_mean(ent, batch.mask).double().cpu()
+        for part, sweep in zip(parts, sweeps):
+            old.append([])
+            for chunk, real in sweep.steps():
+                batch = sweep.batch(chunk)
+                lp, ent = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
+                old[-1].append(lp)
+                if real:
+                    mean_entropy[[part[i] for i in chunk]] = _seq_mean(ent, batch.mask).double().cpu()
         model.train()
     dist.all_reduce_sum_(mean_entropy)
-    weights, h_bar = rollout_weights(samples, mean_entropy, sweep.active, settings.weighting)
-    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-    grad_norm = 0.0
+    active = sorted(part[i] for part, sweep in zip(parts, sweeps) for i in sweep.active)
+    weights, h_bar = rollout_weights(samples, mean_entropy, active, settings.weighting)
+    totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    norms: list[float] = []
     for _ in range(settings.ppo_epochs):
-        _zero_grad(params)
-        stats.update(loss=0.0, kl=0.0, clipped=0.0)
-        for (chunk, real), old_lp in zip(sweep.steps(), old):
-            batch = sweep.batch(chunk)
-            lp, _ = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
-            w = weights[chunk].to(lp.device)
-            sweep.backward(lp, old_lp, batch, chunk, w, stats, real)
-        _reduce(dist, params, stats)
-        grad_norm = _step(model, optimizer, settings.max_grad_norm, stats["loss"])
-    return stats, mean_entropy, weights, h_bar, sweep, grad_norm
+        totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}   # the last epoch's statistics are reported
+        for part, sweep, part_old in zip(parts, sweeps, old):
+            _zero_grad(params)
+            stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+            part_weights = weights[part]
+            for (chunk, real), old_lp in zip(sweep.steps(), part_old):
+                batch = sweep.batch(chunk)
+                lp, _ = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
+                sweep.backward(lp, old_lp, batch, chunk, part_weights[chunk].to(lp.device), stats, real)
+            _reduce(dist, params, stats)
+            norms.append(_step(model, optimizer, settings.max_grad_norm, stats["loss"]))
+            for key in totals:
+                totals[key] += stats[key]
+    totals["loss"] /= len(parts)   # the mean of the mini-batches' (each token-normalised) losses
+    chunks = sum(len(sweep.chunks) for sweep in sweeps)
+    tokens = sum(sweep.num_tokens for sweep in sweeps)
+    return totals, mean_entropy, weights, h_bar, active, chunks, tokens, norms

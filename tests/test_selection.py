@@ -49,9 +49,9 @@ def test_ppl_takes_the_window_of_sorted_scores(num_candidates, k):
     total = 17
     for step in (0, random.randrange(1, total), total - 1):
         choice = strategy.choose(candidates, _ctx(step, total, k, score=lambda idx: [ppl[i] for i in idx]))
-        # independent reference: argsort + l = floor(step / total * (|B| - K))
+        # independent reference: argsort + l = floor(step / (total - 1) * (|B| - K))
         order = [candidates[i] for i in np.argsort([ppl[c] for c in candidates], kind="stable")]
-        start = math.floor(step / total * (num_candidates - k))
+        start = math.floor(step / (total - 1) * (num_candidates - k) + 1e-9)
         assert choice.indices == order[start:start + k]
         chosen = [ppl[c] for c in choice.indices]
         assert choice.info["ppl_window_lo"] == min(chosen) and choice.info["ppl_window_hi"] == max(chosen)
@@ -62,9 +62,69 @@ def test_ppl_window_moves_up_with_progress():
     strategy = make_strategy(_cfg(num_candidates=10, k=2))
     candidates = list(range(10))
     score = lambda idx: [float(10 - i) for i in idx]  # noqa: E731  (candidate 9 has the lowest perplexity)
-    assert strategy.choose(candidates, _ctx(0, 4, 2, score=score)).indices == [9, 8]
-    assert strategy.choose(candidates, _ctx(2, 4, 2, score=score)).indices == [5, 4]   # l = floor(0.5 * 8) = 4
-    assert strategy.choose(candidates, _ctx(3, 4, 2, score=score)).indices == [3, 2]   # l = floor(0.75 * 8) = 6
+    assert strategy.choose(candidates, _ctx(0, 5, 2, score=score)).indices == [9, 8]
+    assert strategy.choose(candidates, _ctx(2, 5, 2, score=score)).indices == [5, 4]   # l = floor(0.5 * 8) = 4
+    assert strategy.choose(candidates, _ctx(3, 5, 2, score=score)).indices == [3, 2]   # l = floor(0.75 * 8) = 6
+
+
+@pytest.mark.parametrize("total", [2, 7, 240])
+def test_ppl_window_covers_both_ends_of_the_candidate_order(total):
+    """The first step trains on the K lowest-perplexity candidates, the last on the K highest (rho 0 and 1)."""
+    num_candidates, k = 10, 2
+    strategy = make_strategy(_cfg(num_candidates=num_candidates, k=k))
+    ppl = [random.uniform(1, 30) for _ in range(num_candidates)]
+    order = sorted(range(num_candidates), key=ppl.__getitem__)
+    first = strategy.choose(list(range(num_candidates)), _ctx(0, total, k, score=lambda idx: [ppl[i] for i in idx]))
+    last = strategy.choose(list(range(num_candidates)), _ctx(total - 1, total, k,
+                                                             score=lambda idx: [ppl[i] for i in idx]))
+    assert first.indices == order[:k] and first.info["rho"] == 0.0
+    assert last.indices == order[-k:] and last.info["rho"] == 1.0
+    assert _ctx(0, 1, k).rho == 0.0  # a one-step run
+
+
+def _groups(pattern):
+    """Groups from a string: c = all-correct, w = all-wrong, m = mixed."""
+    rewards = {"c": [1.0] * 4, "w": [0.0] * 4, "m": [1.0, 0.0, 0.0, 1.0]}
+    return [Group(i, [object()] * 4, rewards[p]) for i, p in enumerate(pattern)]
+
+
+def test_adaptive_pace_moves_with_the_windows_groups_and_saves_its_position():
+    from prepo.selection import pace_update
+
+    strategy = make_strategy(_cfg(num_candidates=10, k=4, pace="adaptive", pace_gain=4.0))
+    score = lambda idx: [float(i) for i in idx]  # noqa: E731  (candidate i has perplexity i)
+    total = 11
+    first = strategy.choose(list(range(10)), _ctx(0, total, 4, score=score))
+    assert first.indices == [0, 1, 2, 3] and first.info["rho"] == 0.0   # starts at the easy end
+    strategy.keep(_groups("cccw"))          # solved 3/4, failed 1/4: rho += 4/10 * 0.5 = 0.2
+    assert strategy.rho == pytest.approx(0.2)
+    assert strategy.choose(list(range(10)), _ctx(1, total, 4, score=score)).indices == [1, 2, 3, 4]  # floor(0.2*6)
+    strategy.keep(_groups("mmmm"))          # all informative: stays
+    assert strategy.rho == pytest.approx(0.2)
+    strategy.keep(_groups("wwww"))          # nobody solves the window: moves back, clipped at 0
+    assert strategy.rho == 0.0
+    for _ in range(10):
+        strategy.keep(_groups("cccc"))
+    assert strategy.rho == 1.0              # clipped at 1
+    state = strategy.state_dict()
+    fresh = make_strategy(_cfg(num_candidates=10, k=4, pace="adaptive"))
+    fresh.load_state_dict(state)
+    assert fresh.rho == 1.0
+    # the linear pace ignores the groups
+    linear = make_strategy(_cfg(num_candidates=10, k=4))
+    linear.choose(list(range(10)), _ctx(0, total, 4, score=score))
+    linear.keep(_groups("cccc"))
+    assert linear.choose(list(range(10)), _ctx(0, total, 4, score=score)).info["rho"] == 0.0
+    assert pace_update(0.5, 0.25, 0.0, 4.0, 101) == pytest.approx(0.51)
+
+
+def test_pace_option_is_checked():
+    from prepo.config import SelectionConfig
+
+    with pytest.raises(ValueError, match="selection.pace"):
+        SelectionConfig(pace="exponential")
+    with pytest.raises(ValueError, match="selection.pace_gain"):
+        SelectionConfig(pace="adaptive", pace_gain=0.0)
 
 
 def test_ppl_needs_a_scorer():

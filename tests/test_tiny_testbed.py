@@ -99,7 +99,7 @@ def test_loads_by_name_builds_once_and_generates(tmp_path, monkeypatch):
     from prepo.models import load_model_and_tokenizer
     from prepo.rollout import HFEngine
 
-    monkeypatch.setattr(tiny_model, "DEFAULT_RECIPE", SMALL)
+    monkeypatch.setitem(tiny_model.RECIPES, "tiny-arith", SMALL)
     model, tok = load_model_and_tokenizer("tiny-arith", cache_dir=tmp_path)
     folder = tmp_path / f"tiny-arith-{SMALL.key()}"
     assert (folder / "config.json").is_file() and (folder / "recipe.json").is_file()
@@ -133,7 +133,7 @@ def test_efficiency_benchmark_runs_on_the_testbed(tmp_path, monkeypatch):
 
     from benchmarks import rollout_efficiency as rex
 
-    monkeypatch.setattr(tiny_model, "DEFAULT_RECIPE", SMALL)
+    monkeypatch.setitem(tiny_model.RECIPES, "tiny-arith", SMALL)
     monkeypatch.setenv("PREPO_CACHE", str(tmp_path / "cache"))
     raw = yaml.safe_load(open("configs/efficiency-tiny.yaml"))
     raw.update(runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), seeds=[0])
@@ -171,7 +171,7 @@ def test_prepo_eval_on_the_testbed_scores_the_training_held_out_set(tmp_path, mo
     name, examples, fmt = cli.parse_data_arg("tiny-arith:24", None, tiers=["add2", "sub22"])
     _, held = load_datasets(DataConfig(train="tiny-arith", tiers=["add2", "sub22"], eval_size=24))
     assert name == "tiny-arith" and examples == held["tiny-arith"] and fmt.prompt_template == "{question}"
-    monkeypatch.setattr(tiny_model, "DEFAULT_RECIPE", SMALL)
+    monkeypatch.setitem(tiny_model.RECIPES, "tiny-arith", SMALL)
     monkeypatch.setenv("PREPO_CACHE", str(tmp_path))
     out = tmp_path / "report.json"
     assert cli.run_eval(["--model", "tiny-arith", "--data", "tiny-arith:6", "--k", "2", "--output", str(out),

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from prepo.algorithm import WEIGHTINGS, entropy_weights, group_advantages, ppl_window
+from prepo.algorithm import WEIGHTINGS, entropy_weights, group_advantages, ppl_window, progress
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
 
 NAME = "prepo"  # both the advantage estimator and the v1 trainer
@@ -181,7 +181,7 @@ def make_trainer_class(base: type) -> type:
             fetch = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
             candidates = super()._next_train_batch(math.ceil(k / ratio / fetch) * fetch)
             ppl = self.score_prompts(candidates)
-            rho = self.global_steps / max(self.total_training_steps, 1)
+            rho = progress(self.global_steps - 1, self.total_training_steps)  # verl counts steps from 1
             keep = ppl_window(ppl, k, rho)
             self.prepo_window_metrics = {"prepo/ppl_window_lo": min(ppl[i] for i in keep),
                                          "prepo/ppl_window_hi": max(ppl[i] for i in keep), "prepo/rho": rho}
