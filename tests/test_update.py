@@ -408,3 +408,69 @@ def test_reported_kl_grad_norm_and_the_clipped_step():
     assert stats.grad_norm == pytest.approx(norm, rel=1e-3)
     steps = [(b - p.detach()).double() for b, p in zip(before, model.parameters())]
     _assert_grads_close(steps, [g * (limit / norm) for g in g_ref])
+
+
+def _sgd_reference_step(model, samples, old_lp, weights, lr, eps_low, eps_high):
+    """One plain-SGD step on the token-mean clipped surrogate of ``samples`` (float64 loss, ratio against
+    ``old_lp``), written out in plain torch."""
+    batch = collate_padded([s.seq for s in samples], 0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double()
+    lp = torch.log_softmax(logits, -1).gather(-1, batch.targets.clamp_min(0)[..., None])[..., 0]
+    adv = torch.tensor([s.advantage for s in samples], dtype=torch.float64)[:, None]
+    ratio = torch.exp(lp - old_lp)
+    token = -torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv) * weights[:, None]
+    m = batch.mask.double()
+    loss = (token * m).sum() / m.sum()
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+
+
+@pytest.mark.parametrize("weighting", ["none", "entropy"])
+def test_mini_batches_step_once_per_part_against_the_old_policy(weighting):
+    """algorithm.mini_batches=2: the batch splits into two halves of whole groups; the first is an on-policy step,
+    the second's ratio is against the policy before the first (its log-probs and entropy weights come from one pass
+    before any step, H̄ over the whole batch). Checked against two plain-SGD steps written out in float64."""
+    torch.manual_seed(random.randrange(1000))
+    model = tiny_llama()
+    samples = _samples(8, zero_adv=0, group_size=2)
+    lr, eps_low, eps_high = 0.5, 0.2, 0.28
+    ref = copy.deepcopy(model)
+    old_lp, mask = _token_logprobs(model, samples)
+    with torch.no_grad():
+        batch = collate_padded([s.seq for s in samples], 0)
+        logp = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.double(),
+                                 -1)
+        h = (-(logp.exp() * logp).sum(-1) * mask).sum(1) / mask.sum(1)
+    w = torch.ones(8, dtype=torch.float64) if weighting == "none" else h / h.mean()
+    settings = UpdateSettings(weighting=weighting, mini_batches=2, micro_batch_tokens=30, max_grad_norm=0.0, pad_id=0,
+                              eps_low=eps_low, eps_high=eps_high)
+    stats = policy_update(model, torch.optim.SGD(model.parameters(), lr=lr), samples, settings)
+    assert stats.optimizer_steps == 2 and stats.clipped_steps == 0
+    torch.testing.assert_close(stats.weights.double(), w, rtol=1e-4, atol=1e-5)
+    first, second = samples[:4], samples[4:]       # two groups each, in order
+    start = copy.deepcopy(ref)
+    _sgd_reference_step(ref, first, old_lp[:4, :_width(first)], w[:4], lr, eps_low, eps_high)
+    _sgd_reference_step(ref, second, old_lp[4:, :_width(second)], w[4:], lr, eps_low, eps_high)
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(ref.parameters(), start.parameters()))
+    assert moved > 1e-3   # the first step moved the policy, so the second part's ratio is not 1
+    for ours, theirs in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-3, atol=2e-3 * moved)
+
+
+def _width(samples) -> int:
+    return max(len(s.seq.input_ids) for s in samples)
+
+
+def test_mini_batch_parts_keep_groups_whole():
+    from prepo.update import mini_batch_parts
+
+    samples = _samples(12, zero_adv=0, group_size=3)       # 4 groups
+    assert mini_batch_parts(samples, 2) == [list(range(6)), list(range(6, 12))]
+    assert mini_batch_parts(samples, 3) == [list(range(6)), list(range(6, 12))]  # 4 groups: parts of 2, 2
+    assert mini_batch_parts(samples, 10) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert mini_batch_parts(samples, 1) == [list(range(12))]
+    loose = [make_sample([1, 2], [3], 1.0) for _ in range(5)]
+    assert mini_batch_parts(loose, 2) == [[0, 1, 2], [3, 4]]
