@@ -18,8 +18,9 @@ if sources and os.environ.get("PREPO_NO_NATIVE", "0") != "1":
             CppExtension(
                 "prepo_kernels._C",
                 sources,
-                # no -march=native / -ffast-math: the AVX2 loops are chosen at run time (csrc/vec_avx2.h), so the
-                # build runs on any x86-64 CPU, and IEEE semantics keep the -inf / NaN handling exact; no contraction
+                # no -march=native / -ffast-math: the AVX-512 and AVX2 loops carry their own targets and are chosen at
+                # run time (csrc/cpu_capability.cpp), so the build runs on any x86-64 CPU, and IEEE semantics keep the
+                # -inf / NaN handling exact; no contraction
                 # of a*b-c into one fma where the kernels round z = x/T on purpose (csrc/rows.h)
                 extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
                 extra_link_args=["-fopenmp"],

@@ -11,27 +11,17 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include "cpu_capability.h"
 #include "rows.h"
 
 namespace pk {
 namespace {
-
-std::atomic<bool> g_force_scalar{false};
-
-bool use_avx2() {
-#ifdef PK_HAVE_AVX2
-  static const bool supported = avx2::cpu_supported();
-  return supported && !g_force_scalar.load(std::memory_order_relaxed);
-#else
-  return false;
-#endif
-}
 
 // Rows per task: enough elements per task that the scheduling cost vanishes, one row when rows are long.
 int64_t grain_rows(int64_t V) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(V, 1)); }
@@ -109,7 +99,7 @@ void for_each_row(int64_t N, int64_t V, const F& fn) {
 
 template <typename T, typename C = typename Acc<T>::type>
 void forward_rows(const at::Tensor& logits, const at::Tensor& targets, double temperature, int64_t ignore_index,
-                  std::vector<at::Tensor>& outs) {
+                  Capability cap, std::vector<at::Tensor>& outs) {
   const C inv_t = checked_inv_temperature<C>(temperature);
   const int64_t V = logits.size(1), rs = logits.stride(0), ts = targets.stride(0);
   const T* base = logits.const_data_ptr<T>();
@@ -118,11 +108,10 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& targets, double te
   C* ent = outs[1].mutable_data_ptr<C>();
   C* lse = outs[2].mutable_data_ptr<C>();
   C* ez = outs[3].mutable_data_ptr<C>();
-  const bool vec = use_avx2();
   for_each_row(logits.size(0), V, [&](int64_t i) {
     const T* row = base + i * rs;  // int64 offsets: N * V exceeds 2^31 at 32k x 152k
     Online<C> st;
-    forward_row<T>(row, V, inv_t, st, vec);
+    forward_row<T>(row, V, inv_t, st, cap);
     const int64_t y = tg[i * ts];
     const bool ignored = y == ignore_index;
     const C z_t = ignored ? C(0) : static_cast<C>(row[y]) * inv_t;  // never gather at ignore_index
@@ -137,7 +126,7 @@ void forward_rows(const at::Tensor& logits, const at::Tensor& targets, double te
 template <typename T, typename C = typename Acc<T>::type>
 void backward_rows(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const at::Tensor& logits,
                    const at::Tensor& targets, const at::Tensor& lse_t, const at::Tensor& ez_t, double temperature,
-                   int64_t ignore_index, at::Tensor& out) {
+                   int64_t ignore_index, Capability cap, at::Tensor& out) {
   const C inv_t = checked_inv_temperature<C>(temperature);
   const C* g_lp = grad_lp.const_data_ptr<C>();
   const C* g_ent = grad_ent.const_data_ptr<C>();
@@ -147,7 +136,6 @@ void backward_rows(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const 
   const T* base = logits.const_data_ptr<T>();
   T* obase = out.mutable_data_ptr<T>();
   const int64_t* tg = targets.const_data_ptr<int64_t>();
-  const bool vec = use_avx2();
   for_each_row(logits.size(0), V, [&](int64_t i) {
     const T* x = base + i * rs;
     T* o = obase + i * os;
@@ -163,7 +151,7 @@ void backward_rows(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const 
     const RowGrad<C> g(g_lp[i], g_ent[i], lse[i], ez[i], inv_t);
     // read the target logit before the row is overwritten (out may be logits itself)
     const double d_target = g.target_value(static_cast<C>(x[y]));
-    backward_row<T>(x, o, V, g, vec);
+    backward_row<T>(x, o, V, g, cap);
     o[y] = static_cast<T>(static_cast<C>(d_target));
   });
 }
@@ -171,7 +159,8 @@ void backward_rows(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const 
 }  // namespace
 
 std::vector<at::Tensor> logprobs_entropy_fwd(const at::Tensor& logits, const at::Tensor& targets, double temperature,
-                                             int64_t ignore_index) {
+                                             int64_t ignore_index, const std::string& capability) {
+  const Capability cap = resolve_capability(capability);
   check_logits(logits, "logits", false);
   const int64_t N = logits.size(0), V = logits.size(1);
   check_targets(targets, N, V, ignore_index);
@@ -180,14 +169,15 @@ std::vector<at::Tensor> logprobs_entropy_fwd(const at::Tensor& logits, const at:
   std::vector<at::Tensor> outs;
   for (int k = 0; k < 4; ++k) outs.push_back(at::empty({N}, opts));
   with_dtype(logits.scalar_type(), [&](auto tag) {
-    forward_rows<decltype(tag)>(logits, targets, temperature, ignore_index, outs);
+    forward_rows<decltype(tag)>(logits, targets, temperature, ignore_index, cap, outs);
   });
   return outs;
 }
 
 void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent, const at::Tensor& logits,
                           const at::Tensor& targets, const at::Tensor& lse, const at::Tensor& ez, double temperature,
-                          int64_t ignore_index, at::Tensor out) {
+                          int64_t ignore_index, at::Tensor out, const std::string& capability) {
+  const Capability cap = resolve_capability(capability);
   check_logits(logits, "logits", false);
   check_logits(out, "out", true);
   const int64_t N = logits.size(0), V = logits.size(1);
@@ -208,12 +198,10 @@ void logprobs_entropy_bwd(const at::Tensor& grad_lp, const at::Tensor& grad_ent,
   }
   checked_inv_temperature<double>(temperature);
   with_dtype(logits.scalar_type(), [&](auto tag) {
-    backward_rows<decltype(tag)>(grad_lp, grad_ent, logits, targets, lse, ez, temperature, ignore_index, out);
+    backward_rows<decltype(tag)>(grad_lp, grad_ent, logits, targets, lse, ez, temperature, ignore_index, cap, out);
   });
 }
 
-std::string cpu_isa() { return use_avx2() ? "avx2" : "scalar"; }
-
-void set_force_scalar(bool on) { g_force_scalar.store(on); }
+std::string cpu_capability(const std::string& capability) { return capability_name(resolve_capability(capability)); }
 
 }  // namespace pk

@@ -1,5 +1,5 @@
-// Per-row kernels of the logits-path ops (log-prob, entropy and their gradient), AVX2 and portable scalar versions.
-// Pure C++ over raw pointers: the tensor checks, dtype dispatch and threading live in logprobs_entropy.cpp.
+// Per-row kernels of the logits-path ops (log-prob, entropy and their gradient): portable scalar and AVX2 versions
+// here, AVX-512 in rows_avx512.h. Pure C++ over raw pointers: checks, dtypes and threads live in logprobs_entropy.cpp.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "cpu_capability.h"
 #include "vec_avx2.h"
 
 namespace pk {
@@ -196,27 +197,62 @@ PK_AVX2_KERNEL void bwd_row(const T* x, T* out, int64_t V, const RowGrad<float>&
 }  // namespace avx2
 #endif
 
-// The loops for this CPU: AVX2 where `vec` (available and not disabled), else the portable ones; double data always
-// takes the portable loops, in double.
-template <typename T, typename C = typename Acc<T>::type>
-void forward_row(const T* row, int64_t V, C inv_t, Online<C>& st, bool vec) {
-#ifdef PK_HAVE_AVX2
-  if constexpr (std::is_same_v<C, float>) {
-    if (vec) return avx2::fwd_row<T>(row, V, inv_t, st);
-  }
+#ifdef PK_HAVE_AVX512
+// The AVX-512 loops (rows_avx512.h), compiled in rows_avx512.cpp for float, c10::BFloat16 and c10::Half; the
+// avx512_bf16 variant differs only in how bf16 results are rounded, so it has only the bf16 backward.
+namespace avx512 {
+template <typename T>
+void fwd_row(const T* row, int64_t V, float inv_t, Online<float>& st);
+template <typename T>
+void bwd_row(const T* x, T* out, int64_t V, const RowGrad<float>& g);
+}  // namespace avx512
+namespace avx512_bf16 {
+template <typename T>
+void bwd_row(const T* x, T* out, int64_t V, const RowGrad<float>& g);
+}  // namespace avx512_bf16
 #endif
-  (void)vec;
+
+// The loops of capability `cap` (resolved by cpu_capability.cpp: the CPU has it); double data always takes the
+// portable loops, in double.
+template <typename T, typename C = typename Acc<T>::type>
+void forward_row(const T* row, int64_t V, C inv_t, Online<C>& st, Capability cap) {
+  if constexpr (std::is_same_v<C, float>) {
+    switch (cap) {
+#ifdef PK_HAVE_AVX512
+      case Capability::kAvx512Bf16:
+      case Capability::kAvx512:
+        return avx512::fwd_row<T>(row, V, inv_t, st);
+#endif
+#ifdef PK_HAVE_AVX2
+      case Capability::kAvx2:
+        return avx2::fwd_row<T>(row, V, inv_t, st);
+#endif
+      default:
+        break;
+    }
+  }
   fwd_row_scalar<T>(row, V, inv_t, st);
 }
 
 template <typename T, typename C = typename Acc<T>::type>
-void backward_row(const T* x, T* out, int64_t V, const RowGrad<C>& g, bool vec) {
-#ifdef PK_HAVE_AVX2
+void backward_row(const T* x, T* out, int64_t V, const RowGrad<C>& g, Capability cap) {
   if constexpr (std::is_same_v<C, float>) {
-    if (vec) return avx2::bwd_row<T>(x, out, V, g);
-  }
+    switch (cap) {
+#ifdef PK_HAVE_AVX512
+      case Capability::kAvx512Bf16:
+        if constexpr (std::is_same_v<T, c10::BFloat16>) return avx512_bf16::bwd_row<T>(x, out, V, g);
+        [[fallthrough]];
+      case Capability::kAvx512:
+        return avx512::bwd_row<T>(x, out, V, g);
 #endif
-  (void)vec;
+#ifdef PK_HAVE_AVX2
+      case Capability::kAvx2:
+        return avx2::bwd_row<T>(x, out, V, g);
+#endif
+      default:
+        break;
+    }
+  }
   bwd_row_scalar<T>(x, out, V, g);
 }
 

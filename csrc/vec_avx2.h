@@ -6,8 +6,9 @@
 #include <cstring>
 #include <limits>
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define PK_HAVE_AVX2 1
+#include "cpu_capability.h"
+
+#ifdef PK_HAVE_AVX2
 #include <immintrin.h>
 
 #include <c10/util/BFloat16.h>
@@ -20,11 +21,6 @@
 
 namespace pk {
 namespace avx2 {
-
-inline bool cpu_supported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
 
 constexpr int kLanes = 8;
 

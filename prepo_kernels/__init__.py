@@ -4,7 +4,7 @@ Drop-in torch functions with autograd; Triton on CUDA, C++ on CPU, plain torch e
 """
 IGNORE_INDEX = -100  # a target that is not scored (prompt, padding): the ops' default ignore_index; before the imports
 from prepo_kernels.logprobs_entropy import logprobs_and_entropy, token_entropy, token_logprobs
-from prepo_kernels.logprobs_entropy_native import native_available
+from prepo_kernels.logprobs_entropy_native import cpu_capability, native_available
 from prepo_kernels.sequence_perplexity import sequence_perplexity
 from prepo_kernels.dispatch import BACKENDS
 from prepo_kernels.linear_logprobs_entropy import linear_logprobs_and_entropy, linear_sequence_perplexity
@@ -13,6 +13,7 @@ from prepo_kernels import hf  # noqa: E402  (Hugging Face glue; imports no trans
 __all__ = [
     "BACKENDS",
     "IGNORE_INDEX",
+    "cpu_capability",
     "hf",
     "linear_logprobs_and_entropy",
     "linear_sequence_perplexity",
