@@ -201,12 +201,12 @@ def engine_names() -> list[str]:
 
 def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     """Build a rollout engine by name: ``"hf"`` (transformers generate), ``"fast"`` (prepo.rollout_fast, Llama
-    models), ``"vllm"``, or ``"auto"`` (``"fast"`` where it runs the model, else ``"hf"``); ``kw`` go to its
+    models), ``"vllm"``, or ``"auto"`` (``"fast"`` for a Llama model on the CPU, else ``"hf"``); ``kw`` go to its
     constructor."""
     if name == "auto":
-        from prepo.rollout_fast import fast_engine_supports
+        from prepo.rollout_fast import prefer_fast_engine
 
-        name = "fast" if fast_engine_supports(model)[0] else "hf"
+        name = "fast" if prefer_fast_engine(model) else "hf"
     if name in ENGINES:
         return ENGINES[name](model, tokenizer, **kw)
     if name in _LAZY_ENGINES:

@@ -33,7 +33,18 @@ def fast_engine_supports(model) -> tuple[bool, str]:
     body = getattr(model, "model", None)
     if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb") or not hasattr(model, "lm_head"):
         return False, f"engine 'fast': {type(model).__name__} lacks Llama's model.layers / rotary_emb / lm_head"
+    from prepo.distributed import is_sharded
+
+    if is_sharded(model):
+        return False, "engine 'fast' does not read FSDP-sharded weights"
     return True, ""
+
+
+def prefer_fast_engine(model) -> bool:
+    """The choice of engine "auto": the fast engine for a model it runs that lives on the CPU (where it is tested and
+    measured: benchmarks/results/rollout-speed.md), transformers generate otherwise."""
+    first = next(model.parameters(), None)
+    return first is not None and first.device.type == "cpu" and fast_engine_supports(model)[0]
 
 
 def onednn_available() -> bool:

@@ -202,3 +202,23 @@ def test_registry_and_errors(model, tok, prompts):
     with pytest.raises(ValueError, match="model: engine 'fast' runs"):
         FastEngine(gpt2, tok)
     assert isinstance(make_engine("auto", gpt2, tok), HFEngine)
+
+
+def test_training_with_the_fast_engine_matches_hf(tmp_path, monkeypatch):
+    """`prepo train` with rollout.engine=fast logs the same steps and evaluations as with hf: same rollouts from
+    the policy as the update changes it (the engine rereads the weights after every optimizer step)."""
+    import prepo.rewards
+    from prepo import cli
+    from test_trainer import _TIMING, _fake_scores, _overrides, _rows
+    from tiny_lm import save_model_folder
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    folder = save_model_folder(tmp_path / "model")
+    runs = {}
+    for engine in ("hf", "fast"):
+        out = tmp_path / engine
+        assert cli.run_train(["--output-dir", str(out), "--max-steps", "3", *_overrides(folder), "eval.every=3",
+                              f"rollout.engine={engine}", "run.seed=11"]) == 0
+        runs[engine] = [{k: v for k, v in r.items() if k not in _TIMING}
+                        for r in _rows(out, "train") + _rows(out, "eval")]
+    assert runs["fast"] == runs["hf"] and len(runs["hf"]) >= 5
