@@ -189,7 +189,7 @@ def test_trl_trainer_window_follows_current_perplexity_and_weights_reach_loss(tm
     weighting = "entropy_token"  # the mode that also needs the lengths; "entropy" differs only inside entropy_weights
     trainer, generated, tokenizer = _run(tmp_path, weighting)
     records, k, g = trainer.selection_records, 2, 4
-    assert [r.rho for r in records] == [0.0, 0.5]
+    assert [r.rho for r in records] == [0.0, 1.0]  # ρ = step / (max_steps − 1): both ends of the order
     assert len(trainer.generations) == 2 and trainer.num_rollouts == 2 * k * g
     logged = [h for h in trainer.state.log_history if "prepo/rollouts" in h]
     assert [h["prepo/rollouts"] for h in logged] == [k * g, 2 * k * g]

@@ -57,6 +57,11 @@ class PREPOConfig(GRPOConfig):
     prepo_selection_ratio: float = field(default=0.2, metadata={
         "help": "K/|B|: each generation batch's K prompts come from |B| = K / ratio candidates (ppl, random; greso "
                 "draws |B| per round)."})
+    prepo_pace: str = field(default=SelectionConfig.pace, metadata={
+        "help": "ppl: how the window moves: 'linear' (ρ = step / (max_steps − 1), the paper) or 'adaptive' (by the "
+                "solved/failed share of the window's groups, prepo.selection.pace_update)."})
+    prepo_pace_gain: float = field(default=SelectionConfig.pace_gain, metadata={
+        "help": "ppl, adaptive pace: ρ moves by gain / (max_steps − 1) × (solved − failed share)."})
     prepo_max_rounds: int = field(default=4, metadata={
         "help": "dynamic/greso: generation rounds per step before training on what was kept."})
     prepo_greso_p_easy: float = field(default=SelectionConfig.greso_p_easy, metadata={
@@ -270,6 +275,7 @@ class PREPOTrainer(GRPOTrainer):
         output = self._batch_of(collected, outputs, record)
         record.rollouts, record.discarded = collected.rollouts, collected.discarded
         record.info = dict(collected.info)
+        record.rho = float(collected.info.get("rho", record.rho))  # the adaptive pace keeps its own ρ
         self.num_rollouts += collected.rollouts
         metrics = self._metrics["train"]
         metrics["prepo/rollouts"] = [float(self.num_rollouts)]  # a running total, not a mean
