@@ -382,3 +382,21 @@ def test_sampler_epochs_use_different_permutations_seeded_by_run_and_epoch():
     d = crossing.draw(8)
     assert d[:3] == epochs[0][-3:] and d[3:] == [i for i in epochs[1] if i not in d[:3]][:5]
     assert crossing.state_dict()["epoch"] == 1
+
+
+def test_greso_easy_and_hard_targets_are_one_and_two_thirds_of_the_target():
+    """Zero-variance shares between target/3 and 2·target/3 move p_easy down (above its third) and p_hard up (below
+    its two thirds)."""
+    s = _greso(greso_target_zero_variance=0.3, greso_step=0.05)
+    groups = ([Group(i, [0] * 2, [1, 1]) for i in range(3)] + [Group(10 + i, [0] * 2, [0, 0]) for i in range(3)]
+              + [Group(20 + i, [0] * 2, [1, 0]) for i in range(14)])   # 0.15 easy, 0.15 hard
+    kept = s.keep(groups)
+    assert len(kept) == 14
+    assert s.p_easy == pytest.approx(0.45) and s.p_hard == pytest.approx(0.55)
+
+
+def test_dynamic_stops_in_the_round_that_reaches_k():
+    strategy = make_strategy(_cfg(strategy="dynamic", k=3, max_rounds=5))
+    roll_out, calls = _fake_roll_out(lambda i: [1, 0, 0, 1])          # every group informative
+    got = collect_groups(strategy, PromptSampler(40, seed=2), step=0, total_steps=5, k=3, roll_out=roll_out)
+    assert len(calls) == 1 and got.rounds == 1 and len(got.groups) == 3 and got.discarded == 0

@@ -474,3 +474,25 @@ def test_mini_batch_parts_keep_groups_whole():
     assert mini_batch_parts(samples, 1) == [list(range(12))]
     loose = [make_sample([1, 2], [3], 1.0) for _ in range(5)]
     assert mini_batch_parts(loose, 2) == [[0, 1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["padded", "shared-prefix"])
+def test_an_empty_completion_takes_no_part(aggregation, grouped):
+    """A rollout with no completion token is in no micro-batch (padded rows; a shared-prefix group keeps its row),
+    is not among the rollouts in the update and counts in neither denominator: the gradient is the one of the other
+    rollouts alone."""
+    model = tiny_llama()
+    model64 = copy.deepcopy(model).double()
+    samples = _samples(6, zero_adv=0, group_size=3 if grouped else None)
+    empty = samples[2]
+    samples[2] = make_sample(empty.seq.input_ids[:empty.seq.score_mask.index(1)], [], 0.9, empty.group)
+    settings = UpdateSettings(weighting="none", loss_aggregation=aggregation, micro_batch_tokens=30, pad_id=0)
+    _, _, _, _, sweep = accumulate_gradients(model, samples, settings)
+    assert sweep.group_size == (3 if grouped else None) and sweep.active == [0, 1, 3, 4, 5]
+    if not grouped:
+        assert sorted(i for c in sweep.chunks for i in c) == [0, 1, 3, 4, 5]
+    loss, _ = _reference_loss(model64, [s for s in samples if s.num_tokens], weighting="none",
+                              aggregation=aggregation, temperature=1.0)
+    loss.backward()
+    _assert_grads_close(_grads(model), _grads(model64))
