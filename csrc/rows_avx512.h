@@ -104,11 +104,11 @@ __m512 load_tail(const T* p, int64_t n, float pad) {
 constexpr float kExpFloor = -110.0f;
 
 // e^d for d <= 0 (d may be -inf; NaN gives NaN); dc receives max(d, kExpFloor), finite, for the e * d terms.
-// d = (16 k + j) ln2/16 + r, |r| <= ln2/32: e^d = 2^k 2^(j/16) e^r, 2^(j/16) from a 16-entry table held in a register
+// d = (k + j/16) ln2 + r, |r| <= ln2/32: e^d = 2^k 2^(j/16) e^r, 2^(j/16) from a 16-entry table held in a register
 // (vpermps) as a float plus its rounding error, e^r - 1 by a degree-3 polynomial (least-max-error coefficients on
-// that interval, error 1.6e-9), 2^k by vscalefps (which floors its exponent operand). Max error 0.57 ulp over every
-// float in [-87.3, 0] (checked against double exp), where the AVX2 exp (vec_avx2.h) has 1.01; e^0 = 1 exactly.
-// 8 FMA-unit operations per 16 lanes where that one takes 11.
+// that interval, error 1.6e-9), 2^k by vscalefps. Max error 0.57 ulp over every float in [-87.3, 0] (checked against
+// double exp), where the AVX2 exp (vec_avx2.h) has 1.01; e^0 = 1 exactly. 7 FMA-unit operations per 16 lanes where
+// that one takes 11.
 inline __m512 exp_nonpos(__m512 d, __m512& dc) {
   const __m512 hi = _mm512_setr_ps(0x1.000000p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f,
                                    0x1.3dea64p+0f, 0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f,
@@ -119,18 +119,19 @@ inline __m512 exp_nonpos(__m512 d, __m512& dc) {
                                    -0x1.829fd0p-25f, 0x1.15506ep-27f, 0x1.51f848p-27f, -0x1.a94b14p-26f,
                                    -0x1.3d56b2p-27f, -0x1.822dbcp-27f, 0x1.52486cp-27f);
   dc = _mm512_max_ps(_mm512_set1_ps(kExpFloor), d);  // NaN in d: the second operand, NaN
-  // n = 16 k + j = round(d 16 / ln2) by the 1.5 * 2^23 shifter: j sits in the low 4 bits of t
-  const __m512 shifter = _mm512_set1_ps(12582912.0f);
-  const __m512 t = _mm512_fmadd_ps(dc, _mm512_set1_ps(23.0831206542234f), shifter);
-  const __m512 n = _mm512_sub_ps(t, shifter);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.63p-5f), dc);  // ln2/16 in two parts: n * hi is exact
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-0x1.bd0106p-17f), r);
+  // v = k + j/16 = d / ln2 rounded to a multiple of 1/16 by the 1.5 * 2^19 shifter (whose ulp is 1/16): j sits in
+  // the low 4 bits of t; vscalefps takes floor(v) = k itself
+  const __m512 shifter = _mm512_set1_ps(786432.0f);
+  const __m512 t = _mm512_fmadd_ps(dc, _mm512_set1_ps(1.44269504088896341f), shifter);
+  const __m512 v = _mm512_sub_ps(t, shifter);
+  __m512 r = _mm512_fnmadd_ps(v, _mm512_set1_ps(0x1.63p-1f), dc);  // ln2 in two parts: v * hi is exact
+  r = _mm512_fnmadd_ps(v, _mm512_set1_ps(-0x1.bd0106p-13f), r);
   __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(0x1.55573ep-3f), r, _mm512_set1_ps(0x1.00022p-1f));
   q = _mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r);  // e^r - 1
   const __m512i j = _mm512_castps_si512(t);
   const __m512 sh = _mm512_permutexvar_ps(j, hi), sl = _mm512_permutexvar_ps(j, lo);
   const __m512 y = _mm512_add_ps(sh, _mm512_fmadd_ps(sh, q, sl));  // 2^(j/16) e^r
-  return _mm512_scalef_ps(y, _mm512_mul_ps(n, _mm512_set1_ps(0.0625f)));
+  return _mm512_scalef_ps(y, v);
 }
 
 // ---- the row loops -------------------------------------------------------------------------------------------
@@ -227,6 +228,7 @@ void bwd_loop(const T* x, T* out, int64_t V, const RowGrad<float>& g) {
   };
   int64_t j = 0;
   for (; j + 2 * kLanes <= full; j += 2 * kLanes) {
+    prefetch<2 * kLanes * sizeof(T)>(x + j + kPrefetchBytes / sizeof(T));
     __m512 a, b;
     Io<T>::load2(x + j, a, b);
     Io<T>::store2(out + j, grad(a), grad(b));
