@@ -97,11 +97,6 @@ def expand_grid(grid: dict) -> list[dict]:
 
 # --- timing -----------------------------------------------------------------------------------------------------
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def median_seconds(fn: Callable[[], Any], device: str, budget_s: float = CPU_BUDGET_S) -> tuple[float, int]:
     """(median seconds of one call, number of timed calls). GPU: do_bench's median; CPU: after one warm-up call."""
     if device == "cuda":

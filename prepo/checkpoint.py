@@ -249,13 +249,6 @@ def load_weights(path: str | os.PathLike, model) -> None:
         raise ValueError(f"checkpoint {path}: missing weights {untied_missing[:5]}")
 
 
-def load_checkpoint(path: str | os.PathLike, model) -> dict:
-    """Load weights into ``model`` (in place) and return the saved state (torch.load with weights_only=True)."""
-    state = read_state(path)
-    load_weights(path, model)
-    return state
-
-
 def _tied_names(model) -> set[str]:
     """Parameter names that share storage with another parameter (saved once, e.g. a tied lm_head)."""
     seen: dict[int, str] = {}

@@ -13,7 +13,6 @@ from prepo.answers import final_number, marked_number, parse_number
 from prepo.data import Example, encode_prompts
 from prepo.rewards import prepare_verifier, run_with_deadline, score_rollouts
 
-METRICS = ("avg", "pass", "maj")
 
 
 @dataclass

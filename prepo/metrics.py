@@ -122,9 +122,6 @@ class MetricsLog:
             reporter.close()
         self.reporters = []
 
-    def of_kind(self, kind: str) -> list[dict]:
-        return [r for r in self.rows if r.get("kind") == kind]
-
 
 def plot_curves(rows: list[dict], path: str | os.PathLike) -> Path:
     """curves.png: training reward and held-out accuracy against rollouts generated."""

@@ -2,7 +2,7 @@
 
 Drop-in torch functions with autograd; Triton on CUDA, C++ on CPU, plain torch everywhere (see ``dispatch``).
 """
-IGNORE_INDEX = -100  # a target that is not scored (prompt, padding): the ops' default ignore_index; before the imports
+from prepo_kernels._checks import IGNORE_INDEX  # a target that is not scored: every op's default ignore_index
 from prepo_kernels.logprobs_entropy import logprobs_and_entropy, token_entropy, token_logprobs
 from prepo_kernels.logprobs_entropy_native import cpu_capability, native_available
 from prepo_kernels.sequence_perplexity import sequence_perplexity

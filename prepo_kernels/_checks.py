@@ -9,6 +9,7 @@ import numbers
 
 import torch
 
+IGNORE_INDEX = -100  # a target that is not scored (prompt, padding): every op's default ignore_index
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 INT_DTYPES = (torch.int64, torch.int32)
 

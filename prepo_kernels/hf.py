@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from prepo_kernels import IGNORE_INDEX
+from prepo_kernels._checks import IGNORE_INDEX
 from prepo_kernels.linear_logprobs_entropy import linear_logprobs_and_entropy
 
 

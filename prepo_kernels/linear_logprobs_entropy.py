@@ -145,7 +145,7 @@ def _check_head(hidden, weight, bias) -> tuple[int, int]:
 
 def linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                                 bias: torch.Tensor | None = None, temperature: float = 1.0,
-                                ignore_index: int = -100, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                                ignore_index: int = _checks.IGNORE_INDEX, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-prob of ``targets`` and entropy of softmax((hidden @ weight.T + bias) / temperature).
 
     The same numbers as ``logprobs_and_entropy`` on the full logits, without ever holding them: only positions whose
@@ -178,7 +178,7 @@ def linear_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, targ
 
 def linear_sequence_perplexity(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                mask: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
-                               temperature: float = 1.0, ignore_index: int = -100,
+                               temperature: float = 1.0, ignore_index: int = _checks.IGNORE_INDEX,
                                backend: str = "auto") -> torch.Tensor:
     """Perplexity per sequence from hidden states (B, T, H) and the head; same rules as ``sequence_perplexity``.
 

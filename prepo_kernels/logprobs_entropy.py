@@ -124,7 +124,7 @@ def _run(logits, targets, temperature, ignore_index, backend, inplace_backward):
 
 
 def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
-                         ignore_index: int = -100, backend: str = "auto",
+                         ignore_index: int = _checks.IGNORE_INDEX, backend: str = "auto",
                          inplace_backward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-prob of ``targets`` and entropy of softmax(logits / temperature), in one pass.
 
@@ -145,7 +145,7 @@ def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor, *, tempera
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
-                   ignore_index: int = -100, backend: str = "auto", inplace_backward: bool = False) -> torch.Tensor:
+                   ignore_index: int = _checks.IGNORE_INDEX, backend: str = "auto", inplace_backward: bool = False) -> torch.Tensor:
     """Per-token log-probs log softmax(logits / T)[target] of shape (...). See ``logprobs_and_entropy``."""
     return _run(logits, targets, temperature, ignore_index, backend, inplace_backward)[0]
 
@@ -155,4 +155,4 @@ def token_entropy(logits: torch.Tensor, *, temperature: float = 1.0, backend: st
     """Per-position entropy of softmax(logits / T) of shape (...). See ``logprobs_and_entropy``."""
     _checks.check_logits(logits)
     targets = torch.zeros(logits.shape[:-1], dtype=torch.int64, device=logits.device)
-    return _run(logits, targets, temperature, -100, backend, inplace_backward)[1]
+    return _run(logits, targets, temperature, _checks.IGNORE_INDEX, backend, inplace_backward)[1]

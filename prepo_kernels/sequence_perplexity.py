@@ -27,7 +27,7 @@ def reduce_perplexity(lp: torch.Tensor, targets: torch.Tensor, mask, ignore_inde
 
 
 def sequence_perplexity(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None, *,
-                        temperature: float = 1.0, ignore_index: int = -100, backend: str = "auto") -> torch.Tensor:
+                        temperature: float = 1.0, ignore_index: int = _checks.IGNORE_INDEX, backend: str = "auto") -> torch.Tensor:
     """Perplexity per sequence from logits (B, T, V), targets (B, T) and an optional 0/1 mask (B, T).
 
     Returns float32 (B,) (float64 for float64 logits) = exp(sum(mask * -logprob) / sum(mask)); a row whose mask
