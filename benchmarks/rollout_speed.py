@@ -1,15 +1,14 @@
-"""Rollout tokens/s on the CPU: transformers ``generate`` (HFEngine) against the fast engine (prepo.rollout_fast), on
-a tiny random Llama shaped like the tiny-chain testbed, same machine, same run, interleaved.
-
-The model: LlamaForCausalLM (hidden 128, 4 layers, 4 heads, 2 key/value heads, vocabulary 64, tied embeddings), 16
-prompts of 15-25 tokens × 8 samples = 128 rows × up to 40 new tokens at temperature 1, torch threads 1 and 2. Two
-cases: ``fixed`` (no stop token can be drawn: every row runs 40 tokens) and ``ragged`` (the EOS token stops rows, mean
-length about 27). Each timing is the fastest of ``--repeats`` calls after a warm-up; engines alternate call by call so
-they share the machine's load. ``--smollm2`` adds a SmolLM2-135M-shaped random model (32 rows × 32 tokens);
-``--vllm`` the vLLM engine (start-up time reported apart); ``--compile`` the fast engine's decode step under
-``torch.compile`` (compile time reported apart). Run: ``python -m benchmarks.rollout_speed [--save]``; ``--save``
-writes benchmarks/results/rollout-speed.md.
+"""Rollout tokens/s on the CPU, transformers ``generate`` (HFEngine) against the fast engine (prepo.rollout_fast),
+and where a training step's time goes. Run: ``python -m benchmarks.rollout_speed [--save]``.
 """
+# The model: a random LlamaForCausalLM shaped like the tiny-chain testbed's (hidden 128, 4 layers, 4 heads, 2 key/value
+# heads, vocabulary 64, tied embeddings); 16 prompts of 15-25 tokens x 8 samples = 128 rows x up to 40 new tokens at
+# temperature 1, torch threads 1 and 2. Cases: `fixed` (no stop token can be drawn: every row runs 40 tokens) and
+# `ragged` (EOS stops rows). Each timing is the fastest of --repeats calls after a warm-up, engines alternating call
+# by call so they share the machine's load. --smollm2 adds a SmolLM2-135M-shaped random model (32 rows x 32 tokens),
+# --vllm the vLLM engine (start-up reported apart), --compile the fast engine's forward under torch.compile
+# (compilation reported apart); --breakdown RUN_DIR... tabulates runs' metrics.jsonl by stage. --save writes
+# benchmarks/results/rollout-speed.md.
 from __future__ import annotations
 
 import argparse
@@ -84,14 +83,18 @@ def run_case(engines: dict, prompts, *, n: int, max_new: int, repeats: int, same
                    "same_as_hf": ids[name] == ids[same_as[name]] if name in same_as else None} for name in calls}
 
 
-def engines_for(model, tokenizer, *, stop_ids, rows: int) -> tuple[dict, dict]:
+def engines_for(model, tokenizer, *, stop_ids, rows: int, main_only: bool = False) -> tuple[dict, dict]:
     """HFEngine at its default 64 rows a call and at ``rows`` (all rows, as the fast engine runs them here), the fast
-    engine with and without oneDNN; and which HF engine each fast one's rollouts should equal."""
+    engine with and without oneDNN (``main_only``: the default HFEngine and FastEngine alone); and which HF engine
+    each fast one's rollouts should equal."""
     from prepo.rollout import HFEngine
     from prepo.rollout_fast import FastEngine
 
     out = {"hf": HFEngine(model, tokenizer, stop_ids=stop_ids)}
     whole = "hf"
+    if main_only:
+        out["fast"] = FastEngine(model, tokenizer, stop_ids=stop_ids)
+        return out, ({"fast": "hf"} if rows <= out["hf"].batch_size else {})
     if rows > out["hf"].batch_size:
         whole = f"hf (batch {rows})"
         out[whole] = HFEngine(model, tokenizer, batch_size=rows, stop_ids=stop_ids)
@@ -100,14 +103,15 @@ def engines_for(model, tokenizer, *, stop_ids, rows: int) -> tuple[dict, dict]:
     return out, {"fast": whole, "fast (MKL matmul)": whole}
 
 
-def tiny_rows(threads: int, repeats: int) -> list[dict]:
+def tiny_rows(threads: int, repeats: int, cases=("fixed", "ragged"), main_only: bool = False) -> list[dict]:
     torch.set_num_threads(threads)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     prompts = make_prompts(K, VOCAB)
     rows = []
-    for case, stops in (("fixed", [VOCAB]), ("ragged", [tokenizer.eos_token_id])):   # id 64 is never drawn
-        engines, same_as = engines_for(model, tokenizer, stop_ids=stops, rows=K * G)
+    for case in cases:
+        stops = [VOCAB] if case == "fixed" else [tokenizer.eos_token_id]   # id 64 is never drawn
+        engines, same_as = engines_for(model, tokenizer, stop_ids=stops, rows=K * G, main_only=main_only)
         result = run_case(engines, prompts, n=G, max_new=NEW_TOKENS, repeats=repeats, same_as=same_as)
         rows += [dict(model="tiny (1M)", case=case, threads=threads, engine=name, **r) for name, r in result.items()]
     return rows
@@ -167,6 +171,31 @@ def compile_rows(threads: int, repeats: int) -> tuple[list[dict], float]:
     return [row], first
 
 
+STAGES = (("select (scoring)", "time_select"), ("generate", "time_generate"), ("reward", "time_reward"),
+          ("update", "time_update"))
+
+
+def step_breakdown(run_dirs: list[Path]) -> str:
+    """Where a training step's time goes, from runs' metrics.jsonl: per run, each stage's total share of the step
+    time and its median seconds a step, and the evaluations' seconds beside the training steps'."""
+    import json
+    import statistics
+
+    lines = ["| run | steps | " + " | ".join(name for name, _ in STAGES) + " | step (median s) | evaluations |",
+             "|---|---|" + "---|" * len(STAGES) + "---|---|"]
+    for run in run_dirs:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        train = [r for r in rows if r["kind"] == "train"]
+        evals = [r for r in rows if r["kind"] == "eval" and r.get("time_eval") is not None]
+        total = sum(r["time_step"] for r in train)
+        cells = [f"{sum(r[key] for r in train) / total:.0%} ({statistics.median(r[key] for r in train):.3f} s)"
+                 for _, key in STAGES]
+        eval_s = sum(r["time_eval"] for r in evals)
+        lines.append(f"| {run.name} | {len(train)} | " + " | ".join(cells) +
+                     f" | {statistics.median(r['time_step'] for r in train):.3f} | {len(evals)} rows, {eval_s:.1f} s |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     base = {(r["model"], r["case"], r["threads"]): r for r in rows if r["engine"] == "hf"}
     lines = ["| model | case | threads | engine | tokens | seconds | tokens/s | × hf | same rollouts |",
@@ -194,14 +223,21 @@ def main(argv=None) -> None:
     parser.add_argument("--smollm2", action="store_true", help="add a SmolLM2-135M-shaped random model")
     parser.add_argument("--vllm", action="store_true", help="add the vLLM engine (tiny model, ragged case)")
     parser.add_argument("--compile", action="store_true", help="add the fast engine under torch.compile")
-    parser.add_argument("--save", action="store_true", help="write benchmarks/results/rollout-speed.md")
+    parser.add_argument("--breakdown", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                        help="training runs (folders with metrics.jsonl) whose step time to break down by stage")
+    parser.add_argument("--cases", nargs="+", choices=["fixed", "ragged"], default=["fixed", "ragged"])
+    parser.add_argument("--main-only", action="store_true",
+                        help="time HFEngine and FastEngine at their defaults only (not HF at 128 rows, not MKL)")
+    parser.add_argument("--save", action="store_true", help="write the report (--out)")
+    parser.add_argument("--out", type=Path, default=RESULT, help=f"the report's path (default {RESULT.name} in "
+                        "benchmarks/results/)")
     args = parser.parse_args(argv)
     if any(t < 1 for t in args.threads) or args.repeats < 1:
         parser.error("--threads and --repeats: expected positive ints")
     loads = [_uptime()]
     rows, notes = [], []
     for threads in args.threads:
-        rows += tiny_rows(threads, args.repeats)
+        rows += tiny_rows(threads, args.repeats, args.cases, args.main_only)
         if args.vllm:
             more, startup = vllm_rows(threads, args.repeats)
             rows += more
@@ -228,10 +264,12 @@ def main(argv=None) -> None:
         "of HFEngine with the same rows a call (`hf (batch 128)` for the tiny model; seeded samples depend on it).",
         "",
         table(rows), "", *[f"- {note}" for note in notes]]) + "\n"
+    if args.breakdown:
+        text += "\n## Where a training step's time goes\n\n" + step_breakdown(args.breakdown) + "\n"
     print(text)
     if args.save:
-        RESULT.write_text(text)
-        print(f"wrote {RESULT}")
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
