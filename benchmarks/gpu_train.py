@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         problems.append(f"{len(steps)} training steps logged, expected {args.steps}")
     if any(r.get("loss") is not None and not math.isfinite(r["loss"]) for r in steps):
         problems.append("a non-finite loss")
-    if args.device == "cuda" and not counts.get("_linear_fwd_kernel"):
+    if args.device == "cuda" and not (counts.get("_linear_fwd_kernel") or counts.get("_linear_fwd_kernel_unaligned")):
         problems.append("the fused linear path never launched its Triton kernel on CUDA")
     for p in problems:
         print("gpu_train: " + p, file=sys.stderr)

@@ -21,8 +21,11 @@ from dataclasses import asdict, dataclass, field
 # launchers pick from, autotuning candidates included) is compiled with it. Registers and spills come from the log of
 # Triton's own ptxas invocation, shared memory from the compiled metadata. --check exits 1 when a compilation fails,
 # spills, needs more shared memory than the family allows (triton_tiles.SMEM_LIMIT), or when a launch uses a
-# configuration the table does not list. The expected time of each kernel at the shapes benchmarks/gpu_suite.sh
-# benchmarks (the suites' --quick CUDA grid) is its bytes and FLOPs per call against H100 SXM peaks.
+# configuration the table does not list. Both specialisations Triton makes are compiled: hinted (16-byte aligned
+# pointers, strides and sizes divisible by 16) and unhinted (the fused linear kernels' _unaligned variants; the
+# logits-path kernels' jobs with their divisibility attributes dropped). The expected time of each kernel at the
+# shapes benchmarks/gpu_suite.sh benchmarks (the suites' --quick CUDA grid) is its bytes and FLOPs per call against
+# H100 SXM peaks.
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "triton-resources.md")
 # H100 SXM: HBM3 bandwidth and dense bf16 tensor-core rate (TF32: half; fp32 without tensor cores: 67 TFLOP/s).
 H100_BYTES_PER_S = 3.35e12
@@ -51,12 +54,14 @@ def _meta(shape, dtype):
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
-def _record_linear(N, H, V, dtype, bias: bool, ignored: bool):
+def _record_linear(N, H, V, dtype, bias: bool, ignored: bool, aligned: bool = True):
     import torch
 
     from prepo_kernels import linear_logprobs_entropy_triton
 
-    hidden, weight = _meta((N, H), dtype), _meta((V, H), dtype)
+    # unaligned: hidden rows H + 1 apart (a view), which the launchers send to the kernels' unhinted variant
+    hidden = _meta((N, H), dtype) if aligned else _meta((N, H + 1), dtype)[:, :H]
+    weight = _meta((V, H), dtype)
     b = _meta((V,), dtype) if bias else None
     rows = _meta((N - N // 4,), torch.int64) if ignored else None
     nk = N if rows is None else rows.shape[0]
@@ -88,7 +93,8 @@ def suite_shapes() -> dict:
 
 def record(fam: int, shapes: dict | None = None) -> list:
     """Every launch the launchers make for GPU family ``fam``: all dtypes, both fp32 precisions, with and without
-    bias and ignored positions, forward and backward (``triton_tiles.Launch`` records, in call order)."""
+    bias and ignored positions, aligned and unaligned hidden states, forward and backward (``triton_tiles.Launch``
+    records, in call order)."""
     import torch
 
     from prepo_kernels import triton_tiles
@@ -104,7 +110,8 @@ def record(fam: int, shapes: dict | None = None) -> list:
                 for allow in ((True, False) if dtype == torch.float32 else (tf32,)):
                     torch.backends.cuda.matmul.allow_tf32 = allow
                     for bias in (False, True):
-                        _record_linear(ln["N"], ln["H"], ln["V"], dtype, bias, ignored=bias)
+                        for aligned in (True, False):
+                            _record_linear(ln["N"], ln["H"], ln["V"], dtype, bias, ignored=bias, aligned=aligned)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
     return launches
@@ -120,6 +127,7 @@ class Result:
     variant: str               # fixed constexprs (precision, bias)
     tiles: str
     num_warps: int
+    hints: str = "aligned"     # "aligned": Triton's divisibility hints on the tensors / strides; "unaligned": none
     registers: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
@@ -252,11 +260,21 @@ def jobs_for(fam: int, launches) -> tuple[list[dict], list[Result], list[str]]:
             if key in seen:
                 continue
             seen.add(key)
-            jobs.append({"module": kernel.__module__, "name": name, "arch": fam, "signature": signature,
-                         "constexprs": [[list(k), v] for k, v in constexprs.items()],
-                         "attrs": [[list(k), v] for k, v in attrs.items()], "options": dict(options.__dict__)})
-            results.append(Result(name, fam, dtype, _variant(launch.fixed), t.label(), t.num_warps))
+            forms = [attrs]
+            if _hinted(attrs) and not hasattr(sys.modules[kernel.__module__], name + "_unaligned"):
+                forms.append({k: [a for a in v if a[0] != "tt.divisibility"] for k, v in attrs.items()})
+            for form in forms:  # a kernel without an unhinted variant runs unhinted on unaligned inputs
+                jobs.append({"module": kernel.__module__, "name": name, "arch": fam, "signature": signature,
+                             "constexprs": [[list(k), v] for k, v in constexprs.items()],
+                             "attrs": [[list(k), v] for k, v in form.items()], "options": dict(options.__dict__)})
+                results.append(Result(name, fam, dtype, _variant(launch.fixed), t.label(), t.num_warps,
+                                      hints="aligned" if _hinted(form) else "unaligned"))
     return jobs, results, drift
+
+
+def _hinted(attrs: dict) -> bool:
+    """Whether a specialisation carries any of Triton's divisibility hints."""
+    return any(a[0] == "tt.divisibility" for v in attrs.values() for a in v)
 
 
 def blocks_per_sm(fam: int, registers: int, num_warps: int, shared: int) -> int:
@@ -409,8 +427,11 @@ def report(results: list[Result], drift: list[str], times: list[dict], wall: flo
              f"- command: `python -m benchmarks.triton_resources` ({len(results)} compilations, {wall:.0f} s wall, "
              f"{cpu:.0f} s CPU in the worker processes; cached compilations are faster)",
              "- what: every launch the launchers make (`triton_tiles.recording`: each dtype, fp32 precision, bias, "
-             "forward and backward) compiled at every configuration `triton_tiles.choices` lists for it "
-             "(autotuning candidates included), for sm_80, sm_90a and sm_100a",
+             "aligned and unaligned hidden states, forward and backward) compiled at every configuration "
+             "`triton_tiles.choices` lists for it (autotuning candidates included), for sm_80, sm_90a and sm_100a; "
+             "hints: `aligned` is Triton's specialisation with divisibility hints, `unaligned` the one without "
+             "(the fused linear kernels' `_unaligned` variants, which unaligned launches run with their own tiles; "
+             "the logits-path kernels compiled both ways)",
              "- registers / spills: the log of Triton's own ptxas invocation (on a cache hit: that step rerun, checked "
              "against Triton's cubin: byte-identical, or the same registers and stack frame in `cuobjdump -res-usage`: "
              f"{'yes' if all(r.same_cubin for r in results) else 'NO, see problems'}); shared memory from the "
@@ -419,18 +440,20 @@ def report(results: list[Result], drift: list[str], times: list[dict], wall: flo
              "per block <= " + ", ".join(f"sm_{a} {v // 1024} KiB" for a, v in triton_tiles.SMEM_LIMIT.items()) +
              " (family 80 at sm_86/89/120's 99 KiB; A100 itself allows 163 KiB)",
              "- other Triton versions and the tiles used before: `benchmarks/results/triton-resources-*.md`", ""]
-    problems = [f"sm_{r.arch} {r.kernel} {r.dtype} {r.variant} {r.tiles}: {p}" for r in results for p in r.problems]
+    problems = [f"sm_{r.arch} {r.kernel} {r.dtype} {r.variant} {r.hints} {r.tiles}: {p}" for r in results
+                for p in r.problems]
     problems += drift
     lines += ["## Problems", ""] + ([f"- {p}" for p in problems] or ["none"]) + [""]
     for fam in sorted({r.arch for r in results}):
         lines += [f"## sm_{fam} ({GPU_NAMES.get(fam, '')})", "",
-                  "| kernel | dtype | variant | tiles | regs | spill st/ld B | stack B | shared KiB | blocks/SM |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+                  "| kernel | dtype | variant | hints | tiles | regs | spill st/ld B | stack B | shared KiB "
+                  "| blocks/SM |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
         for r in (r for r in results if r.arch == fam):
             if r.error:
-                lines.append(f"| {r.kernel} | {r.dtype} | {r.variant} | {r.tiles} | failed | | | | |")
+                lines.append(f"| {r.kernel} | {r.dtype} | {r.variant} | {r.hints} | {r.tiles} | failed | | | | |")
                 continue
-            lines.append(f"| {r.kernel} | {r.dtype} | {r.variant} | {r.tiles} | {r.registers} | "
+            lines.append(f"| {r.kernel} | {r.dtype} | {r.variant} | {r.hints} | {r.tiles} | {r.registers} | "
                          f"{r.spill_stores}/{r.spill_loads} | {r.stack} | {r.shared / 1024:.1f} | {r.blocks_per_sm} |")
         lines.append("")
     shapes = suite_shapes()
@@ -488,7 +511,7 @@ def main(argv=None) -> int:
     bad = [p for r in results for p in r.problems] + drift
     for r in results:
         for p in r.problems:
-            print(f"PROBLEM sm_{r.arch} {r.kernel} {r.dtype} {r.variant} {r.tiles}: {p}", file=sys.stderr)
+            print(f"PROBLEM sm_{r.arch} {r.kernel} {r.dtype} {r.variant} {r.hints} {r.tiles}: {p}", file=sys.stderr)
     for d in drift:
         print(f"PROBLEM {d}", file=sys.stderr)
     print(f"{len(results)} compilations, {len(bad)} problems, {wall:.0f} s")

@@ -36,12 +36,13 @@ BWD_SLICE_ELEMENTS = 1 << 26
 _BWD_SLICE_ELEMENTS_INTERPRET = 1 << 12
 
 
-def _options(kernel: str, hidden: torch.Tensor, precision: str) -> tuple:
+def _options(kernel: str, hidden: torch.Tensor, precision: str, is_aligned: bool) -> tuple:
     """The tile configurations this launch may use: the interpreter's, or the GPU family's (see triton_tiles)."""
     if logprobs_entropy_triton.interpret_mode():
         t = dict(_INTERPRET_TILES)
         return (triton_tiles.Tiles.of(t.pop("num_warps"), t.pop("num_stages"), **t),)
-    return triton_tiles.linear_tiles(kernel, triton_tiles.device_family(hidden.device), hidden.dtype, precision)
+    return triton_tiles.linear_tiles(kernel, triton_tiles.device_family(hidden.device), hidden.dtype, precision,
+                                     aligned=is_aligned)
 
 
 def _largest(options, name: str) -> int:
@@ -55,6 +56,27 @@ def _precision(dtype: torch.dtype) -> str:
     if dtype == torch.bfloat16 and logprobs_entropy_triton.interpret_mode():
         return "upcast"  # the CPU interpreter's tl.dot multiplies raw bf16 bits: feed it fp32 tiles (exact)
     return "tf32"
+
+
+# Triton specialises a kernel on its launch arguments (pointers 16-byte aligned, integers divisible by 16 or equal to
+# 1) and compiles one kernel per combination; an unaligned launch (a row stride or H not a multiple of 16, a non-unit
+# inner stride) gets no hints, loads element by element and needs more registers. So each kernel comes in two
+# variants, both compiled and checked by benchmarks.triton_resources: the aligned one, hinted on hidden / weight /
+# bias / dZ, their strides and H but never on what changes from call to call (row counts, vocabulary ends, splits,
+# the per-row vectors), launched when ``aligned()`` holds; and the unaligned one, hinted on nothing, with its own
+# tiles (triton_tiles.LINEAR_FWD_UNALIGNED: the aligned tiles spill there on sm_90 / sm_100).
+
+
+def _two_variants(fn, name: str, varying: tuple[str, ...]):
+    """(aligned, unaligned) JIT kernels of ``fn``: no specialisation on ``varying`` / on any runtime argument."""
+    import inspect
+
+    runtime = [n for n, p in inspect.signature(fn).parameters.items() if "constexpr" not in str(p.annotation)]
+    kernels = (triton.jit(fn, do_not_specialize=list(varying)), triton.jit(fn, do_not_specialize=runtime))
+    for kernel, label in zip(kernels, (name, name + "_unaligned")):
+        if not logprobs_entropy_triton.interpret_mode():
+            kernel.__name__ = label  # the resource report and the autotuner's cache name kernels by it
+    return kernels
 
 
 if HAVE_TRITON:
@@ -90,8 +112,7 @@ if HAVE_TRITON:
         # padded vocabulary columns are -inf, never 0: a 0 would add e^(0 - m) to the softmax sum
         return tl.where(col_mask[None, :], acc * inv_temp, float("-inf"))
 
-    @triton.jit
-    def _linear_fwd_kernel(
+    def _linear_fwd(
         h_ptr, rows_ptr, w_ptr, b_ptr, t_ptr, m_ptr, s0_ptr, s1_ptr, zt_ptr,
         Nk, V, H, v_per_split, splits, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
@@ -156,8 +177,7 @@ if HAVE_TRITON:
         tl.store(ent_ptr + row, ent)
         tl.store(lp_ptr + row, tl.load(zt_ptr + row) - lse)
 
-    @triton.jit
-    def _linear_dz_kernel(
+    def _linear_dz(
         h_ptr, rows_ptr, w_ptr, b_ptr, t_ptr, glp_ptr, gent_ptr, lse_ptr, ez_ptr, dz_ptr,
         Nk, V, H, v_begin, stride_hn, stride_hh, stride_wv, stride_wh, stride_dz, inv_temp,
         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
@@ -186,6 +206,24 @@ if HAVE_TRITON:
         tl.store(dz_ptr + offs[:, None] * stride_dz + local[None, :], dz.to(dz_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & col_mask[None, :])
 
+    _linear_fwd_kernel, _linear_fwd_kernel_unaligned = _two_variants(_linear_fwd, "_linear_fwd_kernel", (
+        "rows_ptr", "t_ptr", "m_ptr", "s0_ptr", "s1_ptr", "zt_ptr", "Nk", "V", "v_per_split", "splits"))
+    _linear_dz_kernel, _linear_dz_kernel_unaligned = _two_variants(_linear_dz, "_linear_dz_kernel", (
+        "rows_ptr", "t_ptr", "glp_ptr", "gent_ptr", "lse_ptr", "ez_ptr", "Nk", "V", "v_begin"))
+
+
+def aligned(hidden: torch.Tensor, weight: torch.Tensor, bias) -> bool:
+    """Whether a launch takes the hinted kernels: hidden / weight / bias 16-byte aligned, unit inner strides, row
+    strides and H multiples of 16 elements (what Triton's divisibility hints on those arguments assume)."""
+    tensors = [hidden, weight] + ([bias] if bias is not None else [])
+    return (hidden.shape[1] % 16 == 0 and hidden.stride(1) == 1 and weight.stride(1) == 1
+            and hidden.stride(0) % 16 == 0 and weight.stride(0) % 16 == 0
+            and all(t.data_ptr() % 16 == 0 for t in tensors))
+
+
+def _kernel(name: str, is_aligned: bool):
+    return globals()[f"_linear_{name}_kernel" + ("" if is_aligned else "_unaligned")]
+
 
 def _all_rows(hidden, rows):
     return torch.arange(hidden.shape[0], device=hidden.device) if rows is None else rows
@@ -205,7 +243,8 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     if Nk == 0:
         return lp, ent, lse, ez
     precision = _precision(hidden.dtype)
-    options = _options("fwd", hidden, precision)
+    is_aligned = aligned(hidden, weight, bias)
+    options = _options("fwd", hidden, precision, is_aligned)
     bn, bv = _largest(options, "BLOCK_N"), _largest(options, "BLOCK_V")
     v_tiles = triton.cdiv(V, bv)
     if logprobs_entropy_triton.interpret_mode():
@@ -219,7 +258,7 @@ def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_inde
     zt = torch.empty(Nk, dtype=torch.float32, device=dev)
     rows = _all_rows(hidden, rows)
     triton_tiles.launch(
-        _linear_fwd_kernel, lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]) * splits,),
+        _kernel("fwd", is_aligned), lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]) * splits,),
         (hidden, rows, weight, bias if bias is not None else weight, targets, stats[0], stats[1], stats[2], zt,
          Nk, V, H, v_per_split, splits, *_common(hidden, weight), 1.0 / temperature),
         dict(HAS_BIAS=bias is not None, PRECISION=precision), options, tune_key=("V", "H", "PRECISION"),
@@ -243,7 +282,8 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
         dh = torch.zeros_like(hidden, memory_format=torch.contiguous_format) if need_dh else None
         return dh, dw, db
     precision = _precision(hidden.dtype)
-    options = _options("dz", hidden, precision)
+    is_aligned = aligned(hidden, weight, bias)
+    options = _options("dz", hidden, precision, is_aligned)
     bv = _largest(options, "BLOCK_V")
     slice_elements = _BWD_SLICE_ELEMENTS_INTERPRET if logprobs_entropy_triton.interpret_mode() else BWD_SLICE_ELEMENTS
     vs = max(bv, (slice_elements // max(Nk, 1)) // bv * bv)  # columns per slice, whole vocabulary tiles
@@ -258,7 +298,7 @@ def backward(grad_lp, grad_ent, hidden, rows, weight, bias, targets, lse, ez, te
     for v0 in range(0, V, vs):
         v1 = min(v0 + vs, V)
         triton_tiles.launch(
-            _linear_dz_kernel,
+            _kernel("dz", is_aligned),
             lambda meta, w=v1 - v0: (triton.cdiv(Nk, meta["BLOCK_N"]) * triton.cdiv(w, meta["BLOCK_V"]),),
             (hidden, all_rows, weight, bias if bias is not None else weight, targets, g_lp, g_ent, lse, ez, dz,
              Nk, v1, H, v0, *_common(hidden, weight), dz.stride(0), 1.0 / temperature),

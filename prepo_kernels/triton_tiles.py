@@ -86,6 +86,17 @@ LINEAR_FWD: dict[tuple[int, str], tuple[Tiles, ...]] = {
 }
 # dZ tiles of the backward (same logits tile, a lighter epilogue, one bf16/fp32 tile stored).
 LINEAR_DZ: dict[tuple[int, str], tuple[Tiles, ...]] = dict(LINEAR_FWD)
+# Unaligned launches (linear_logprobs_entropy_triton.aligned() false: a row stride or H not a multiple of 16, a
+# non-unit inner stride) run the kernels' unhinted variant: element-wise loads whose addresses take registers of their
+# own. Compiled that way the forward's tiles above spill on sm_90 (fp32) and sm_100 (up to 448 B at 64x64, 4 warps);
+# 64 x 64 tiles over 8 warps (16 accumulator registers a thread) do not, with a 16-wide hidden step for fp32 on
+# sm_100 (32 spilled 8 B there). The dZ kernel's tiles fit unhinted as well.
+LINEAR_FWD_UNALIGNED: dict[tuple[int, str], tuple[Tiles, ...]] = {
+    **{(fam, "16bit"): (_lin(64, 64, 32, 8, 3),) for fam in ARCHS},
+    **{(fam, "tf32"): (_lin(64, 64, 32 if fam != 100 else 16, 8, 3),) for fam in ARCHS},
+    **{(fam, "ieee"): (_lin(64, 64, 16, 8, 3),) for fam in ARCHS},
+}
+LINEAR_DZ_UNALIGNED: dict[tuple[int, str], tuple[Tiles, ...]] = dict(LINEAR_DZ)
 # The CPU interpreter runs numpy per tile: small tiles keep tests fast (tl.dot needs every dimension >= 16). A dict:
 # tests may change an entry (linear_logprobs_entropy_triton._INTERPRET_TILES is this object).
 LINEAR_INTERPRET = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32, GROUP_R=2, num_warps=1, num_stages=1)
@@ -104,12 +115,14 @@ def dot_kind(dtype: torch.dtype | str, precision: str) -> str:
     raise TypeError(f"hidden: no Triton tile configuration for dtype {dtype} with precision {precision!r}")
 
 
-def linear_tiles(kernel: str, fam: int, dtype: torch.dtype, precision: str) -> tuple[Tiles, ...]:
-    """The configurations the fused linear launchers offer for ``kernel`` ("fwd" or "dz") on a GPU of family ``fam``."""
-    table = {"fwd": LINEAR_FWD, "dz": LINEAR_DZ}
+def linear_tiles(kernel: str, fam: int, dtype: torch.dtype, precision: str, *, aligned: bool = True
+                 ) -> tuple[Tiles, ...]:
+    """The configurations the fused linear launchers offer for ``kernel`` ("fwd" or "dz") on a GPU of family ``fam``,
+    for an aligned launch or (``aligned=False``) the kernels' unhinted variant."""
+    table = {"fwd": (LINEAR_FWD, LINEAR_FWD_UNALIGNED), "dz": (LINEAR_DZ, LINEAR_DZ_UNALIGNED)}
     if kernel not in table:
         raise ValueError(f"kernel: expected 'fwd' or 'dz', got {kernel!r}")
-    return table[kernel][(fam, dot_kind(dtype, precision))]
+    return table[kernel][0 if aligned else 1][(fam, dot_kind(dtype, precision))]
 
 
 def merge_tiles(splits: int) -> Tiles:
@@ -132,8 +145,10 @@ def logits_tiles(fam: int) -> Tiles:
 def choices(kernel: str, fam: int, dtype: str, fixed: dict) -> tuple[Tiles, ...]:
     """Every configuration a launcher may run ``kernel`` (its function name) with on family ``fam``, for inputs of
     ``dtype`` ("bf16" / "fp16" / "fp32") and its launch-fixed constexprs: what the resource report compiles."""
-    if kernel in ("_linear_fwd_kernel", "_linear_dz_kernel"):
-        return linear_tiles("fwd" if kernel == "_linear_fwd_kernel" else "dz", fam, dtype, fixed["PRECISION"])
+    linear = {f"_linear_{k}_kernel{suffix}": (k, not suffix) for k in ("fwd", "dz") for suffix in ("", "_unaligned")}
+    if kernel in linear:
+        name, aligned = linear[kernel]
+        return linear_tiles(name, fam, dtype, fixed["PRECISION"], aligned=aligned)
     if kernel == "_linear_merge_kernel":
         return MERGE
     if kernel in ("_logprobs_entropy_fwd_kernel", "_logprobs_entropy_bwd_kernel"):

@@ -245,6 +245,54 @@ def test_linear_sequence_perplexity(backend, device):
         pk.linear_sequence_perplexity(h[0], w, t[0], backend=backend)
 
 
+def _unaligned_views(h):
+    """hidden (N, 32) fp32 as the layouts Triton specialises differently: aligned, a row stride of 33, an inner
+    stride of 2, a 4-byte offset, and H = 31; each with whether linear_logprobs_entropy_triton.aligned() holds."""
+    N, H = h.shape
+    wide = torch.zeros(N, H + 1, device=h.device)
+    wide[:, :H] = h
+    spread = torch.zeros(N, 2 * H, device=h.device)
+    spread[:, ::2] = h
+    flat = torch.zeros(N * H + 1, device=h.device)
+    flat[1:] = h.reshape(-1)
+    return [("aligned", h, True), ("row stride 33", wide[:, :H], False), ("inner stride 2", spread[:, ::2], False),
+            ("4-byte offset", flat[1:].view(N, H), False), ("H = 31", h[:, :31].contiguous(), False)]
+
+
+@pytest.mark.skipif(not logprobs_entropy_triton.usable_on(torch.device(DEVICE_FOR_TRITON))[0],
+                    reason="triton unavailable")
+def test_triton_unaligned_launches_take_the_unhinted_kernels(monkeypatch):
+    """Issue #18 item 10: a launch Triton cannot give alignment hints runs the kernels' unhinted variant (the one
+    benchmarks.triton_resources compiles with its own tiles), forward and backward, with the same values."""
+    from prepo_kernels import triton_tiles
+
+    launched = []
+    real_launch = triton_tiles.launch
+    monkeypatch.setattr(triton_tiles, "launch", lambda kernel, *a, **kw: (launched.append(kernel),
+                                                                         real_launch(kernel, *a, **kw))[1])
+    L = linear_logprobs_entropy_triton
+    N, V = 12, 97
+    h0, w0, b0, t = _make(N, 32, V, torch.float32, DEVICE_FOR_TRITON, bias=True)
+    for label, h, expect_aligned in _unaligned_views(h0):
+        w = w0[:, :h.shape[1]].contiguous()
+        assert L.aligned(h, w, b0) == expect_aligned, label
+        launched.clear()
+        leaves = [h.detach().requires_grad_(True), w.clone().requires_grad_(True), b0.clone().requires_grad_(True)]
+        lp, ent = pk.linear_logprobs_and_entropy(*leaves[:2], t, bias=leaves[2], temperature=0.8, backend="triton")
+        grads = torch.autograd.grad(lp.sum() + 0.5 * ent.sum(), leaves)
+        want = ((L._linear_fwd_kernel, L._linear_dz_kernel) if expect_aligned else
+                (L._linear_fwd_kernel_unaligned, L._linear_dz_kernel_unaligned))
+        assert {k for k in launched if k is not L._linear_merge_kernel} == set(want), label
+        refs = [x.detach().cpu().double().requires_grad_(True) for x in (h, w, b0)]
+        rlp, rent = _reference(*refs, t, 0.8)
+        ref_grads = torch.autograd.grad(rlp.sum() + 0.5 * rent.sum(), refs)
+        tol = _tol(h, w, b0, torch.float32, "triton", 0.8)
+        torch.testing.assert_close(lp.cpu().double(), rlp, rtol=1e-5, atol=tol)
+        torch.testing.assert_close(ent.cpu().double(), rent, rtol=1e-5, atol=tol)
+        for g, gr in zip(grads, ref_grads):
+            _grad_close(g, gr, torch.float32)
+
+
 @pytest.mark.skipif(not logprobs_entropy_triton.usable_on(torch.device(DEVICE_FOR_TRITON))[0],
                     reason="triton unavailable")
 def test_triton_grouped_tile_order(monkeypatch):

@@ -37,15 +37,21 @@ def test_every_launch_configuration_compiles_without_spills(tmp_path):
     problems = [line for line in proc.stderr.splitlines() if line.startswith("PROBLEM")]
     assert proc.returncode == 0, "\n".join(problems) or proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    # every family, every kernel; every configuration the tables list was compiled for it
+    # every family, every kernel, both specialisations (hinted and unhinted: issue #18 item 10); every configuration
+    # the tables list was compiled for it
     assert {r["arch"] for r in results} == set(triton_tiles.ARCHS)
-    kernels = {"_logprobs_entropy_fwd_kernel", "_logprobs_entropy_bwd_kernel", "_linear_fwd_kernel",
-               "_linear_dz_kernel", "_linear_merge_kernel"}
-    assert {r["kernel"] for r in results} == kernels
+    forms = {("_logprobs_entropy_fwd_kernel", "aligned"), ("_logprobs_entropy_fwd_kernel", "unaligned"),
+             ("_logprobs_entropy_bwd_kernel", "aligned"), ("_logprobs_entropy_bwd_kernel", "unaligned"),
+             ("_linear_merge_kernel", "aligned"), ("_linear_merge_kernel", "unaligned"),
+             ("_linear_fwd_kernel", "aligned"), ("_linear_fwd_kernel_unaligned", "unaligned"),
+             ("_linear_dz_kernel", "aligned"), ("_linear_dz_kernel_unaligned", "unaligned")}
     for fam in triton_tiles.ARCHS:
+        assert {(r["kernel"], r["hints"]) for r in results if r["arch"] == fam} == forms
         compiled = {(r["kernel"], r["tiles"]) for r in results if r["arch"] == fam}
         for table, name in ((triton_tiles.LINEAR_FWD, "_linear_fwd_kernel"),
-                            (triton_tiles.LINEAR_DZ, "_linear_dz_kernel")):
+                            (triton_tiles.LINEAR_DZ, "_linear_dz_kernel"),
+                            (triton_tiles.LINEAR_FWD_UNALIGNED, "_linear_fwd_kernel_unaligned"),
+                            (triton_tiles.LINEAR_DZ_UNALIGNED, "_linear_dz_kernel_unaligned")):
             for (f, _), options in table.items():
                 if f == fam:
                     assert {(name, t.label()) for t in options} <= compiled
@@ -59,8 +65,8 @@ def test_tables_cover_every_family_and_dtype():
     for fam in triton_tiles.ARCHS:
         for dtype, precision in ((torch.bfloat16, "tf32"), (torch.float16, "tf32"), (torch.float32, "tf32"),
                                  (torch.float32, "ieee")):
-            for kernel in ("fwd", "dz"):
-                options = triton_tiles.linear_tiles(kernel, fam, dtype, precision)
+            for kernel, aligned in (("fwd", True), ("dz", True), ("fwd", False), ("dz", False)):
+                options = triton_tiles.linear_tiles(kernel, fam, dtype, precision, aligned=aligned)
                 assert options and len(set(options)) == len(options)
                 # splits and backward slices are sized by the largest BLOCK_V: it must be a multiple of the others
                 widths = [t.meta()["BLOCK_V"] for t in options]
