@@ -5,10 +5,10 @@ and where a training step's time goes. Run: ``python -m benchmarks.rollout_speed
 # heads, vocabulary 64, tied embeddings); 16 prompts of 15-25 tokens x 8 samples = 128 rows x up to 40 new tokens at
 # temperature 1, torch threads 1 and 2. Cases: `fixed` (no stop token can be drawn: every row runs 40 tokens) and
 # `ragged` (EOS stops rows). Each timing is the fastest of --repeats calls after a warm-up, engines alternating call
-# by call so they share the machine's load. --smollm2 adds a SmolLM2-135M-shaped random model (32 rows x 32 tokens),
-# --vllm the vLLM engine (start-up reported apart), --compile the fast engine's forward under torch.compile
-# (compilation reported apart); --breakdown RUN_DIR... tabulates runs' metrics.jsonl by stage. --save writes
-# benchmarks/results/rollout-speed.md.
+# by call so they share the machine's load. --smollm2 adds a SmolLM2-135M-shaped random model (32 rows x 32 tokens,
+# one timed call), --vllm the vLLM engine (start-up reported apart), --compile the fast engine's forward under
+# torch.compile (compilation reported apart); --breakdown RUN_DIR... tabulates runs' metrics.jsonl by stage. --save
+# writes the report (--out, default benchmarks/results/rollout-speed.md).
 from __future__ import annotations
 
 import argparse
@@ -150,14 +150,15 @@ def vllm_rows(threads: int, repeats: int) -> tuple[list[dict], float]:
 
 
 def compile_rows(threads: int, repeats: int) -> tuple[list[dict], float]:
-    """The fast engine with its forward under torch.compile(dynamic=True): rows and the first call's seconds."""
+    """The fast engine with its forward under torch.compile(dynamic=True), MKL matmuls (Inductor cannot lower the
+    oneDNN prepacked op): rows and the first call's seconds (compilation included)."""
     import prepo.rollout_fast as fast
 
     torch.set_num_threads(threads)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     prompts = make_prompts(K, VOCAB)
-    engine = fast.FastEngine(model, tokenizer, stop_ids=[tokenizer.eos_token_id])
+    engine = fast.FastEngine(model, tokenizer, stop_ids=[tokenizer.eos_token_id], onednn=False)
     eager = fast._forward
     fast._forward = torch.compile(eager, dynamic=True)
     try:
@@ -166,8 +167,8 @@ def compile_rows(threads: int, repeats: int) -> tuple[list[dict], float]:
                                                      seed=3), repeats)
     finally:
         fast._forward = eager
-    row = dict(model="tiny (1M)", case="ragged", threads=threads, engine="fast + torch.compile", seconds=seconds,
-               tokens=sum(len(r.completion_ids) for r in out), same_as_hf=None)
+    row = dict(model="tiny (1M)", case="ragged", threads=threads, engine="fast (MKL matmul) + torch.compile",
+               seconds=seconds, tokens=sum(len(r.completion_ids) for r in out), same_as_hf=None)
     return [row], first
 
 
@@ -247,7 +248,7 @@ def main(argv=None) -> None:
             rows += more
             notes.append(f"torch.compile first call, compilation included ({threads} thread(s)): {first:.1f} s")
         if args.smollm2:
-            rows += smollm2_rows(threads, max(1, args.repeats // 2))
+            rows += smollm2_rows(threads, 1)   # a call takes about a minute
         loads.append(_uptime())
     text = "\n".join([
         "# Rollout speed on the CPU: transformers generate (hf) vs the fast engine",

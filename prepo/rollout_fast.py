@@ -59,8 +59,8 @@ class _Linear:
     float32 arithmetic up to the order of the sums (logits agree to ~1e-6 relative)."""
 
     def __init__(self, weight, bias, packed: bool):
-        self.weight, self.bias = weight, bias
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None) if packed else None
+        self.weight, self.bias = None if packed else weight, bias    # packed: the reordered copy alone is kept
 
     def __call__(self, x):
         if self.packed is None:
@@ -204,6 +204,8 @@ class FastEngine:
     def generate(self, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None) -> list[Rollout]:
         _check_sampling(prompts, n, max_new_tokens, temperature, top_p)
+        if not prompts:
+            return []
         weights = self._current_weights()
         size = self.batch_size
         if size is None:

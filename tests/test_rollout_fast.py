@@ -188,12 +188,13 @@ def test_registry_and_errors(model, tok, prompts):
         FastEngine(model, tok, batch_size=0)
     with pytest.raises(ValueError, match="onednn"):
         FastEngine(model, tok, onednn="yes")
-    for kw, name in [(dict(n=0), "n"), (dict(max_new_tokens=0), "max_new_tokens"), (dict(temperature=-1), "temperature"),
-                     (dict(top_p=1.5), "top_p")]:
+    for kw, name in [(dict(n=0), "n"), (dict(max_new_tokens=0), "max_new_tokens"),
+                     (dict(temperature=-1), "temperature"), (dict(top_p=1.5), "top_p")]:
         with pytest.raises(ValueError, match=name):
             engine.generate(prompts, **(dict(n=1, max_new_tokens=2, temperature=1.0) | kw))
     with pytest.raises(ValueError, match="empty"):
         engine.generate([[]], n=1, max_new_tokens=2, temperature=1.0)
+    assert engine.generate([], n=2, max_new_tokens=2, temperature=1.0) == []
     # a model that is not Llama-shaped: refused by name, and "auto" falls back to transformers generate
     from transformers import GPT2Config, GPT2LMHeadModel
 
