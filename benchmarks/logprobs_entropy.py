@@ -73,13 +73,33 @@ def _runner(op: str, x: torch.Tensor, forward):
     return run
 
 
-def _prepo(backend: str, inplace: bool = False):
+def with_cpu_capability(capability: str, run):
+    """run, with the native kernels' inner loops forced to ``capability`` (PREPO_CPU_CAPABILITY) around each call;
+    forward and backward both read it. "" leaves the choice to the CPU."""
+    if not capability:
+        return run
+    from prepo_kernels.logprobs_entropy_native import CAPABILITY_ENV
+
+    def forced():
+        before = os.environ.get(CAPABILITY_ENV)
+        os.environ[CAPABILITY_ENV] = capability
+        try:
+            return run()
+        finally:
+            if before is None:
+                del os.environ[CAPABILITY_ENV]
+            else:
+                os.environ[CAPABILITY_ENV] = before
+    return forced
+
+
+def _prepo(backend: str, inplace: bool = False, capability: str = ""):
     def build(case, op, inp):
         import prepo_kernels as pk
 
         t = inp["targets"]
-        return _runner(op, inp["logits"],
-                       lambda x: pk.logprobs_and_entropy(x, t, backend=backend, inplace_backward=inplace))
+        return with_cpu_capability(capability, _runner(
+            op, inp["logits"], lambda x: pk.logprobs_and_entropy(x, t, backend=backend, inplace_backward=inplace)))
     return build
 
 
@@ -135,6 +155,17 @@ def _native_ok(device):
     return pk.native_available()
 
 
+def _native_path_ok(capability: str):
+    def check(device):
+        from prepo_kernels import logprobs_entropy_native as native
+
+        ok, why = native.native_available()
+        if ok and capability not in native.supported_cpu_capabilities():
+            return False, f"this CPU lacks the {capability} loops"
+        return ok, why
+    return check
+
+
 def _triton_ok(device):
     from prepo_kernels import logprobs_entropy_triton
 
@@ -163,6 +194,11 @@ PROVIDERS = (
              work_copies={"fwd+bwd": 1}),
     Provider("prepo native in-place", _prepo("native", inplace=True), ops=("fwd+bwd",), devices=("cpu",),
              available=_native_ok, mutates_inputs=True),
+    # the AVX2 loops on a CPU that has AVX-512 too (benchmarks/logprobs_entropy_cpu_paths.py: every path side by side)
+    Provider("prepo native, avx2 loops", _prepo("native", capability="avx2"), ops=("fwd",), devices=("cpu",),
+             available=_native_path_ok("avx2")),
+    Provider("prepo native in-place, avx2 loops", _prepo("native", inplace=True, capability="avx2"),
+             ops=("fwd+bwd",), devices=("cpu",), available=_native_path_ok("avx2"), mutates_inputs=True),
     Provider("prepo triton", _prepo("triton"), devices=("cuda",), available=_triton_ok, work_copies={"fwd+bwd": 1}),
     Provider("prepo triton in-place", _prepo("triton", inplace=True), ops=("fwd+bwd",), devices=("cuda",),
              available=_triton_ok, mutates_inputs=True),
@@ -190,5 +226,6 @@ SUITE = harness.register(Suite(
     notes=("All targets valid, temperature 1. fwd+bwd = forward, then the gradient of sum(lp) + sum(entropy) w.r.t. "
            "the logits (returned, not accumulated). TRL's kernel (trl/kernels/logprob_entropy.py, TRL >= 1.16) computes the "
            "same two outputs and gradient; Liger and flash-attn compute the CE loss only (no entropy). "
+           "prepo native runs the best loops this CPU has (prepo_kernels.cpu_capability()); the avx2 rows force those. "
            "On GPU, % of copy BW = (1 read for fwd, 2 reads + 1 write for fwd+bwd) / time / measured copy bandwidth."),
 ))
