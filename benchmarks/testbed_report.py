@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         slug = args.model.replace("@", "-b")
         out = Path(f"benchmarks/results/testbed-{slug}.md")
         out.write_text(f"# The {task} testbed policy before RL (model: {args.model}, weights sha256 {sha})\n\n"
-                       f"`python -m benchmarks.testbed_report --model {args.model} --max-new-tokens "
+                       f"`python -m benchmarks.testbed_report --model {args.model} --per-tier {args.per_tier} --max-new-tokens "
                        f"{args.max_new_tokens} --save`: held-out problems ({args.per_tier} a tier), {args.k} samples "
                        f"each at T = {args.temperature:g}, and greedy.\n\n## Every tier\n\n{text}\n\n"
                        f"## The training tiers of {config}\n\n{trained}\n")

@@ -19,17 +19,19 @@ TIERS: tuple[str, ...] = tuple(f"k{k}" for k in range(1, MAX_STEPS + 1))
 TOTAL_MAX = 18          # the running total stays in 0..18: every step is a 1-digit operand and at most one carry
 MARK = "####"           # the answer marker (four "#" tokens): the verifier reads only the number after it
 
-# Wordings, most familiar first. {start} is the first number; a step renders as (plus, minus) with {n} its operand.
-WORDINGS: tuple[tuple[str, str, str, str], ...] = (
-    # (opening, plus step, minus step, closing)
-    ("What is {start}", " + {n}", " - {n}", " ?"),
-    ("Compute {start}", " plus {n}", " minus {n}", " ."),
-    ("Start at {start}", " , add {n}", " , take away {n}", " ."),
-    ("Begin with {start}", " then gain {n}", " then lose {n}", " ."),
+# Wordings, most familiar first: (opening, plus words, minus words, closing). Every step is two tokens, an operation
+# word and a digit; the rarer wordings draw each step's word from more synonyms, so their text is less predictable (and,
+# being rarer in the supervised mix, less familiar), as rarer phrasings are in real data.
+WORDINGS: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
+    ("What is {start}", ("+",), ("-",), " ?"),
+    ("Compute {start}", ("plus",), ("minus",), " ."),
+    ("Start at {start}", ("add", "gain", "raise"), ("drop", "lose", "cut"), " ."),
+    ("Begin with {start}", ("up", "more", "grow", "rise", "extra"), ("down", "fewer", "shrink", "fall", "less"), " ."),
 )
 # weight of each wording for a k-step chain: the symbolic form dominates short chains, the rarer wordings grow with k
 _BASE = (0.70, 0.20, 0.08, 0.02)
 _GROWTH = (0.70, 1.0, 1.45, 1.6)
+CROSS_BIAS = 0.6        # share of steps drawn among the moves that cross 10 (when one exists): the slip's occasions
 
 
 def wording_weights(k: int) -> list[float]:
@@ -39,19 +41,21 @@ def wording_weights(k: int) -> list[float]:
     return [x / total for x in w]
 
 
-WORDS = sorted({w for parts in WORDINGS for part in parts
-                for w in part.replace("{start}", "").replace("{n}", "").split()} | {"+", "-", "=", "#"})
+WORDS = sorted({w for opening, plus, minus, closing in WORDINGS
+                for w in [*opening.replace("{start}", "").split(), *plus, *minus, *closing.split()]}
+               | {"+", "-", "=", "#"})
 
 
 def draw_chain(k: int, rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
-    """(start, [(op, operand), ...]) with every running total in 0..TOTAL_MAX; ops "+"/"-", operands 1..9."""
+    """(start, [(op, operand), ...]) with every running total in 0..TOTAL_MAX; ops "+"/"-", operands 1..9. With
+    probability CROSS_BIAS a step is drawn among the moves that cross 10 (when there is one), else among all."""
     total = rng.randint(0, 9)
     start, steps = total, []
     for _ in range(k):
-        ops = [op for op in "+-" if (total + 1 <= TOTAL_MAX if op == "+" else total >= 1)]
-        op = rng.choice(ops)
-        hi = min(9, TOTAL_MAX - total) if op == "+" else min(9, total)
-        n = rng.randint(1, hi)
+        moves = [("+", n) for n in range(1, min(9, TOTAL_MAX - total) + 1)] + \
+                [("-", n) for n in range(1, min(9, total) + 1)]
+        crossing = [(op, n) for op, n in moves if crosses_ten(total, op, n)]
+        op, n = rng.choice(crossing if crossing and rng.random() < CROSS_BIAS else moves)
         total = total + n if op == "+" else total - n
         steps.append((op, n))
     return start, steps
@@ -93,19 +97,23 @@ def scratchpad(start: int, steps: Sequence[tuple[str, int]], *, slip: float = 0.
     return "".join(parts) + f"{MARK}{total}", total
 
 
-def question_text(start: int, steps: Sequence[tuple[str, int]], wording: int) -> str:
-    """The question in wording ``wording`` (an index into WORDINGS); tokens separated by spaces."""
+def question_text(start: int, steps: Sequence[tuple[str, int]], wording: int,
+                  words: Sequence[int] | None = None) -> str:
+    """The question in wording ``wording`` (an index into WORDINGS), tokens separated by spaces; ``words[i]`` picks
+    step i's synonym (default: the first)."""
     opening, plus, minus, closing = WORDINGS[wording]
-    return opening.format(start=start) + "".join((plus if op == "+" else minus).format(n=n)
-                                                 for op, n in steps) + closing
+    words = [0] * len(steps) if words is None else words
+    return opening.format(start=start) + "".join(f" {(plus if op == '+' else minus)[w]} {n}"
+                                                 for (op, n), w in zip(steps, words)) + closing
 
 
 def _example(tier: str, rng: random.Random) -> tuple[str, str, dict]:
     k = int(tier[1:])
     start, steps = draw_chain(k, rng)
     wording = rng.choices(range(len(WORDINGS)), wording_weights(k))[0]
+    words = [rng.randrange(len(WORDINGS[wording][1 if op == "+" else 2])) for op, _ in steps]
     _, value = scratchpad(start, steps)
-    return question_text(start, steps, wording), str(value), {
+    return question_text(start, steps, wording, words), str(value), {
         "k": k, "wording": wording, "start": start, "steps": "".join(f"{op}{n}" for op, n in steps)}
 
 

@@ -28,7 +28,8 @@ from prepo import tiny_arith, tiny_chain
 TASKS = {tiny_arith.TASK: tiny_arith, tiny_chain.TASK: tiny_chain}
 NAMES = tuple(TASKS)
 NAME = tiny_arith.TASK
-_BUILD_VERSION = 2  # bump when the build procedure changes what a recipe produces (2: pinned kernels, task field)
+_BUILD_VERSION = 3  # bump when the build procedure changes what a recipe produces (2: pinned kernels, task field;
+                    # 3: tiny-chain's second design, see docs/efficiency.md)
 SPECIALS = ["<pad>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
@@ -77,7 +78,7 @@ class TinyRecipe:
 # tiny-chain: short chains dominate the mix (long ones rare and so unfamiliar), 60% of crossing steps slipped
 RECIPES: dict[str, TinyRecipe] = {
     "tiny-arith": TinyRecipe(),
-    "tiny-chain": TinyRecipe(task="tiny-chain", digit_noise=0.0, slip=0.6, max_positions=160,
+    "tiny-chain": TinyRecipe(task="tiny-chain", steps=1000, digit_noise=0.0, slip=0.6, max_positions=160,
                              mix=(("k1", 0.30), ("k2", 0.25), ("k3", 0.18), ("k4", 0.12), ("k5", 0.07),
                                   ("k6", 0.04), ("k7", 0.025), ("k8", 0.015))),
 }

@@ -19,15 +19,19 @@ SMALL = dataclasses.replace(tiny_model.RECIPES["tiny-chain"], hidden=32, layers=
 
 
 # -- the task ---------------------------------------------------------------------------------------------------
+PLUS = {"+", "plus", "add", "gain", "raise", "up", "more", "grow", "rise", "extra"}
+MINUS = {"-", "minus", "drop", "lose", "cut", "down", "fewer", "shrink", "fall", "less"}
+
+
 def _read_back(question: str) -> int:
     """The answer computed from the question's words alone, independently of how it was generated."""
-    tokens = question.replace(",", " ").split()
+    tokens = question.split()
     nums = [(i, int(t)) for i, t in enumerate(tokens) if t.isdigit()]
     total = nums[0][1]
     for i, n in nums[1:]:
         word = tokens[i - 1]
-        total += n if word in ("+", "plus", "add", "gain") else -n
-        assert word in ("+", "plus", "add", "gain", "-", "minus", "away", "lose"), question
+        assert word in PLUS | MINUS, question
+        total += n if word in PLUS else -n
     return total
 
 
@@ -67,6 +71,18 @@ def test_scratchpad_slips_only_at_crossings_and_grades_by_the_marker():
     assert verify("8+5=13-6=7####7", "7", "marked") == 1.0
     assert verify("8+5=13-6=7", "7", "marked") == 0.0          # stopped early: no marker, no credit
     assert verify("8+5=13-6=7####7", "7", "numeric") == 1.0
+
+
+def test_steps_cross_ten_at_the_biased_rate():
+    rng = random.Random(random.randrange(10**6))
+    crossing = possible = 0
+    for _ in range(3000):
+        total, steps = tiny_chain.draw_chain(1, rng)
+        op, n = steps[0]
+        possible += total >= 1           # from 1..9 some addition reaches 10
+        crossing += tiny_chain.crosses_ten(total, op, n)
+    # a crossing move with probability CROSS_BIAS when one exists, plus the unbiased draws that happen to cross
+    assert crossing / 3000 > tiny_chain.CROSS_BIAS * possible / 3000 - 0.03
 
 
 def test_longer_chains_use_rarer_wordings():

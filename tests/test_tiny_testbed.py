@@ -136,7 +136,8 @@ def test_efficiency_benchmark_runs_on_the_testbed(tmp_path, monkeypatch):
     monkeypatch.setitem(tiny_model.RECIPES, "tiny-arith", SMALL)
     monkeypatch.setenv("PREPO_CACHE", str(tmp_path / "cache"))
     raw = yaml.safe_load(open("configs/efficiency-tiny.yaml"))
-    raw.update(runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), seeds=[0])
+    raw.update(runs_root=str(tmp_path / "runs"), results_root=str(tmp_path / "results"), seeds=[0],
+               models=["tiny-arith"])
     raw["variants"] = [v for v in raw["variants"] if v["name"] in ("prepo", "random")]
     for v in raw["variants"]:
         v.pop("seeds", None)
@@ -150,9 +151,9 @@ def test_efficiency_benchmark_runs_on_the_testbed(tmp_path, monkeypatch):
     assert rex.main(["--config", str(path)]) == 0
     out = tmp_path / "results" / f"efficiency-{raw['name']}"
     summary = (out / "summary.md").read_text()
-    assert summary.index("Validity gate") < summary.index("Paired")
+    assert summary.index("Pre-registered conditions") < summary.index("Validity gate") < summary.index("Paired")
     for run in ("prepo-s0", "random-s0"):
-        rows = [yaml.safe_load(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        rows = [yaml.safe_load(line) for line in (out / "tiny-arith" / run / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in rows if r["kind"] == "eval"]
         assert [r["step"] for r in evals] == [0, 2, 3]
         assert all(0 <= r["greedy_accuracy"] <= 1 and r["k"] == t["eval"]["k"] for r in evals)
