@@ -81,12 +81,15 @@ class EfficiencyConfig:
         return base / model_slug(self.model) if self.model else base
 
     def plan(self) -> list[tuple[Variant, int]]:
-        """(variant, seed) in run order: every variant's first seed, then the second seeds, … (partial results
-        compare strategies early)."""
-        order = []
+        """(variant, seed) in run order: the headline variants (those with the most seeds) first, seed by seed (every
+        such variant's first seed, then the second seeds, …, so partial results compare them early), then the others
+        the same way."""
         depth = max(len(v.seeds) for v in self.variants)
-        for i in range(depth):
-            order += [(v, v.seeds[i]) for v in self.variants if i < len(v.seeds)]
+        order = []
+        for group in ([v for v in self.variants if len(v.seeds) == depth],
+                      [v for v in self.variants if len(v.seeds) < depth]):
+            for i in range(depth):
+                order += [(v, v.seeds[i]) for v in group if i < len(v.seeds)]
         return order
 
 
@@ -412,7 +415,10 @@ def _write_summary(cfg: EfficiencyConfig, records: list[RunRecord], status_lines
 # --- command line -------------------------------------------------------------------------------------------------
 
 def _forward_sigterm() -> None:
-    """SIGTERM → SIGINT, which the trainer turns into "finish this step, save a checkpoint, stop"."""
+    """SIGTERM → SIGINT, which the trainer turns into "finish this step, save a checkpoint, stop". SIGINT gets
+    Python's own handler back: a shell starts background jobs (``nohup ... &``) with SIGINT ignored, and an ignored
+    SIGINT would make both signals do nothing."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
@@ -454,6 +460,7 @@ def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) 
     import subprocess
 
     prepare_models(cfg)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see _forward_sigterm
     workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rollout_efficiency", "--config", config_path,
                                  "--shard", f"{i}/{jobs}"]) for i in range(jobs)]
     signal.signal(signal.SIGTERM, lambda signum, frame: [w.send_signal(signal.SIGINT) for w in workers])

@@ -156,12 +156,14 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, tiny
         eff.run_all(changed, "cmd", log=lambda msg: None)
 
 
-def test_plan_runs_first_seeds_first(tmp_path):
+def test_plan_runs_the_headline_variants_first_seed_by_seed(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text("name: p\nseeds: [3, 4]\ntrain: {}\nreference: b\nvariants:\n"
-                    "  - {name: a, seeds: [0, 1, 2]}\n  - {name: b}\n  - {name: c, seeds: [7]}\n")
+                    "  - {name: a, seeds: [0, 1, 2]}\n  - {name: b}\n  - {name: c, seeds: [7]}\n"
+                    "  - {name: d, seeds: [5, 6, 8]}\n")
     cfg = eff.load_efficiency_config(path)
-    assert [eff.run_name(v, s) for v, s in cfg.plan()] == ["a-s0", "b-s3", "c-s7", "a-s1", "b-s4", "a-s2"]
+    assert [eff.run_name(v, s) for v, s in cfg.plan()] == ["a-s0", "d-s5", "a-s1", "d-s6", "a-s2", "d-s8",
+                                                           "b-s3", "c-s7", "b-s4"]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -390,3 +392,21 @@ def test_arith_runs_use_the_worked_example_format(tmp_path, tiny_model):
     assert trainer._eval_formats()["response_prefix"] == {"arith": ARITH_FORMAT.response_prefix}
     assert prompt_format(trainer.cfg.data, "math500") == {"system_prompt": "Answer with a single number.",
                                                           "prompt_template": "{question}"}
+
+
+def test_sigterm_still_stops_a_runner_started_with_sigint_ignored():
+    """`nohup ... &` starts the runner with SIGINT ignored; SIGTERM (→ SIGINT) must still reach the trainer as a
+    KeyboardInterrupt, its "save a checkpoint and stop"."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        eff._forward_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
