@@ -262,3 +262,31 @@ def test_percentile_interval_and_bootstrap_on_a_known_sample():
     lo, hi = percentile_interval(means)
     assert abs(lo - (0.5 - 1.96 * 0.05)) < 0.015 and abs(hi - (0.5 + 1.96 * 0.05)) < 0.015
     assert np.array_equal(means, bootstrap(len(flips), lambda idx: float(flips[idx].mean()), resamples=4000, seed=11))
+
+
+def test_cost_to_reach_takes_the_first_evaluation_at_the_target():
+    from benchmarks.efficiency_stats import rollouts_to_reach
+
+    assert rollouts_to_reach([0, 100, 200, 300], [0.1, 0.4, 0.4, 0.6], 0.4) == 100.0   # reached exactly, then flat
+    assert rollouts_to_reach([0, 100, 200], [0.4, 0.5, 0.6], 0.4) == 0.0
+    assert rollouts_to_reach([0, 100, 200], [0.1, 0.2, 0.3], 0.4) is None
+
+
+def test_common_range_is_where_every_curve_has_evaluations():
+    a = ([0.0, 100.0, 200.0], [0.0, 0.5, 1.0])
+    b = ([50.0, 150.0, 250.0], [0.2, 0.2, 0.2])
+    auc_a, auc_b = common_range_auc([a, b])                 # both over [50, 200]
+    assert auc_a == pytest.approx((0.25 + 1.0) / 2) and auc_b == pytest.approx(0.2)
+
+
+def test_paired_ratio_counts_undefined_resamples():
+    """Seed 1's reference never moves: a resample of it alone has its target at the start (cost 0, ratio undefined,
+    a quarter of resamples); every other resample is not reached by a flat strategy (ratio 0)."""
+    xs = np.tile([0.0, 100.0], (2, 1))
+    ref = np.array([[0.0, 1.0], [0.0, 0.0]])
+    flat = np.zeros((2, 2))
+    r = paired_ratio(xs, ref, xs, flat, resamples=4000, seed=3)
+    assert r.ratio == 0.0 and r.cost is None and r.reference_cost == pytest.approx(100.0)
+    assert r.undefined == pytest.approx(0.25, abs=0.03) and r.not_reached == pytest.approx(0.75, abs=0.03)
+    assert r.undefined + r.not_reached == pytest.approx(1.0)
+    assert (r.lo, r.hi) == (0.0, 0.0)

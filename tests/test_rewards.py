@@ -180,3 +180,12 @@ def test_boxed_wins_over_hashes(text):
     assert final_number(text) == "7"
     assert verify(text, "7", "numeric") == 1.0 and verify(text, "5", "numeric") == 0.0
     assert final_number("#### 5\nthen 9") == "5" and final_number("the answer is 4, then 6") == "4"
+
+
+def test_answer_markers_take_the_last_marker_and_the_first_number_after_it():
+    from prepo.answers import marked_number
+
+    assert final_number("The answer is 3. No wait, the answer is 5, then 8 more.") == "5"
+    assert marked_number("3+5=8####8 and 9") == "8"
+    assert marked_number("#### 1\nthen #### 2 3") == "2"
+    assert marked_number("no marker 4") is None
