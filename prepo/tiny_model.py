@@ -38,7 +38,8 @@ CHAT_TEMPLATE = (
 # capability compiles its vector code without AVX (the same instructions everywhere); MKL_CBWR=COMPATIBLE makes MKL's
 # GEMM take one code path on every CPU; one thread fixes the order of every reduction.
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1",
-              "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+              "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "PREPO_CPU_CAPABILITY": "scalar"}  # prepo's own kernels too, should the build ever call them
 
 
 @dataclass(frozen=True)
