@@ -403,3 +403,14 @@ def test_train_row_known_answers():
                 "time_update": 0.5, "time_step": 4.0}
     assert {k: row[k] for k in expected} == pytest.approx(expected)
     assert row["ppl_window_lo"] is None and row["kind"] == "train"
+
+
+@pytest.mark.parametrize("evaluated, evals", [(3, [6, 9, 10]), (2, [3, 6, 9, 10])])
+def test_resumed_run_redoes_only_an_evaluation_cut_short(tmp_path, monkeypatch, evaluated, evals):
+    """Resumed at step 3 (an eval.every=3 point): its evaluation is not repeated when the checkpoint says it was
+    done, and is redone first when an interruption cut it short."""
+    t, events = _stub_trainer(tmp_path, monkeypatch, ["run.steps=10", "eval.every=3", "run.save_every=0"])
+    t.step, t._evaluated_step = 3, evaluated
+    t.train()
+    assert [s for kind, s in events if kind == "eval"] == evals
+    assert [s for kind, s in events if kind == "train"] == list(range(4, 11))
