@@ -180,6 +180,7 @@ def test_boxed_wins_over_hashes(text):
     assert final_number(text) == "7"
     assert verify(text, "7", "numeric") == 1.0 and verify(text, "5", "numeric") == 0.0
     assert final_number("#### 5\nthen 9") == "5" and final_number("the answer is 4, then 6") == "4"
+    assert final_number(r"so \boxed{3 + 4 = 7} and 9") == "7"          # the last number inside the box
 
 
 def test_answer_markers_take_the_last_marker_and_the_first_number_after_it():

@@ -496,3 +496,22 @@ def test_an_empty_completion_takes_no_part(aggregation, grouped):
                               aggregation=aggregation, temperature=1.0)
     loss.backward()
     _assert_grads_close(_grads(model), _grads(model64))
+
+
+def test_budget_chunks_take_an_exact_fit_and_the_doctests_hold():
+    import doctest
+
+    import prepo.batching
+    from prepo.batching import cost_budget_chunks
+
+    assert cost_budget_chunks([3, 5], 8) == [[1, 0]] and cost_budget_chunks([3, 6], 8) == [[1], [0]]
+    assert token_budget_chunks([4, 4], 8) == [[0, 1]] and token_budget_chunks([4, 5], 8) == [[1], [0]]
+    assert doctest.testmod(prepo.batching).failed == 0
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_prompt_scoring_restores_the_models_mode(training):
+    model = tiny_llama().train(training)
+    prompts = [TokenSeq([5, 6, 7, 8], [0, 1, 1, 1]), TokenSeq([9, 10, 11], [0, 0, 1])]
+    ppl = prompt_perplexities(model, prompts, pad_id=0)
+    assert model.training == training and ppl.shape == (2,) and bool((ppl > 1).all())
