@@ -117,10 +117,10 @@ def _nucleus_reference(logits: torch.Tensor, temperature: float, top_p: float) -
 
 def test_sampling_distribution_matches_float64_softmax(tok, prompts):
     """First and second tokens of many samples of one prompt: empirical frequencies vs the float64 reference."""
-    model = build_model(tok, seed=random.randrange(10**6), init=0.05)  # flat logits: many tokens in play
+    model = build_model(tok, seed=random.randrange(10**6), init=0.2)   # tens to hundreds of tokens in the nucleus
     wide = copy.deepcopy(model).double()
     p = random.choice(prompts)
-    temperature, top_p, n = random.choice([0.7, 1.3]), 0.9, 6000
+    temperature, top_p, n = random.choice([0.8, 1.2]), 0.9, 6000
     rows = FastEngine(model, tok).generate([p], n=n, max_new_tokens=2, temperature=temperature, top_p=top_p,
                                            seed=random.randrange(10**6))
     with torch.no_grad():
@@ -136,11 +136,17 @@ def test_sampling_distribution_matches_float64_softmax(tok, prompts):
 
 
 def _assert_frequencies(samples: torch.Tensor, ref: torch.Tensor) -> None:
-    freq = torch.bincount(samples, minlength=len(ref)).double() / len(samples)
-    assert freq[ref == 0].sum() == 0                                   # nothing outside the nucleus
+    """Each token expected >= 10 times within 5 sigma of its probability, the rarer ones pooled likewise, and none
+    sampled outside the nucleus."""
+    n = len(samples)
+    count = torch.bincount(samples, minlength=len(ref)).double()
+    assert count[ref == 0].sum() == 0                                  # nothing outside the nucleus
     assert (ref > 0).sum() > 3                                         # a real distribution, not a near-argmax
-    sigma = (ref * (1 - ref) / len(samples)).sqrt()
-    assert ((freq - ref).abs() <= 5 * sigma + 1e-9).all(), (freq - ref).abs().max()
+    big = ref * n >= 10
+    freq = torch.cat([count[big], count[~big].sum()[None]]) / n
+    expect = torch.cat([ref[big], ref[~big].sum()[None]])
+    sigma = (expect * (1 - expect) / n).sqrt()
+    assert ((freq - expect).abs() <= 5 * sigma + 1e-9).all(), ((freq - expect).abs() / sigma).max()
 
 
 def test_top_p_filter_is_transformers_rule():
