@@ -90,7 +90,14 @@ def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation, g
     samples = _samples(3 * group_size if grouped else random.randint(5, 9), group_size=group_size)
     temperature = random.choice([1.0, 0.7])
     longest = max(len(s.seq.input_ids) for s in samples)
-    budget = (group_size + 1) * longest if grouped else 2 * longest   # several micro-batches of uneven size
+    if grouped:  # the costliest group's cost (as the update counts it): it fits alone, so there are >= 2 chunks
+        from prepo.batching import prompt_length
+
+        groups = [samples[g:g + group_size] for g in range(0, len(samples), group_size)]
+        budget = max(prompt_length(g[0].seq) + group_size * max(len(s.seq.input_ids) - prompt_length(s.seq) + 1
+                                                                for s in g) for g in groups)
+    else:
+        budget = 2 * longest   # several micro-batches of uneven size
     settings = UpdateSettings(weighting=weighting, loss_aggregation=aggregation, temperature=temperature,
                               micro_batch_tokens=budget, pad_id=0)
     stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings)
