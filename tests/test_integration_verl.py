@@ -215,8 +215,10 @@ def test_stand_in_trainer_hands_entropies_to_the_estimator(fake_transfer_queue):
     assert metrics == {} and fake_transfer_queue["advantages"] is rewards
 
 
-@pytest.mark.parametrize("step,total", [(0, 10), (4, 10), (10, 10)])
+@pytest.mark.parametrize("step,total", [(1, 10), (5, 10), (10, 10)])
 def test_stand_in_trainer_window(step, total):
+    """verl's global_steps runs 1..total_training_steps: the first step's window is the lowest-perplexity one,
+    the last step's the highest (rho = (step - 1) / (total - 1))."""
     estimators, trainers, register_adv_est, register_trainer, base = _stand_in_verl()
     cls = pv.register(register_adv_est, register_trainer, base)["trainer"]
     ppl_of = {f"q{i}": random.uniform(1.0, 30.0) for i in range(40)}
@@ -236,10 +238,15 @@ def test_stand_in_trainer_window(step, total):
     num_candidates = math.ceil(k / ratio / fetch) * fetch  # 12: whole gen_batch_size fetches
     candidates = dataset[:num_candidates]
     ranked = sorted(candidates, key=ppl_of.get)
-    start = math.floor(step / total * (num_candidates - k) + 1e-9)
+    rho = (step - 1) / (total - 1)
+    start = math.floor(rho * (num_candidates - k) + 1e-9)
     assert chosen == ranked[start:start + k]
-    assert chosen == [candidates[i] for i in ppl_window([ppl_of[c] for c in candidates], k, step / total)]
-    assert trainer.prepo_window_metrics["prepo/rho"] == step / total
+    assert chosen == [candidates[i] for i in ppl_window([ppl_of[c] for c in candidates], k, rho)]
+    assert trainer.prepo_window_metrics["prepo/rho"] == pytest.approx(rho)
+    if step == 1:
+        assert chosen == ranked[:k]
+    if step == total:
+        assert chosen == ranked[-k:]
     config.algorithm["prepo_selection_ratio"] = 1.0  # window off: verl's own batch
     assert trainer._next_train_batch()["raw_prompt"] == dataset[num_candidates:num_candidates + k]
     config.algorithm["prepo_selection_ratio"] = 0.0

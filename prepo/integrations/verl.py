@@ -181,7 +181,8 @@ def make_trainer_class(base: type) -> type:
             fetch = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
             candidates = super()._next_train_batch(math.ceil(k / ratio / fetch) * fetch)
             ppl = self.score_prompts(candidates)
-            rho = progress(self.global_steps - 1, self.total_training_steps)  # verl counts steps from 1
+            # verl counts steps from 1 (the first step is 1, the last total_training_steps): rho 0 there, 1 here
+            rho = min(1.0, max(0.0, progress(self.global_steps - 1, self.total_training_steps)))
             keep = ppl_window(ppl, k, rho)
             self.prepo_window_metrics = {"prepo/ppl_window_lo": min(ppl[i] for i in keep),
                                          "prepo/ppl_window_hi": max(ppl[i] for i in keep), "prepo/rho": rho}
