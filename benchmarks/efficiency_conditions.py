@@ -73,7 +73,9 @@ def testbed_spearman(results_root: str | Path, model: str | None) -> float | Non
     """Spearman over the training tiers from ``benchmarks.testbed_report --save`` for ``model`` (None: not run)."""
     if model is None:
         return None
-    path = Path(results_root) / f"testbed-{Path(model).name.replace('@', '-b')}.json"
+    from benchmarks.rollout_efficiency import model_slug
+
+    path = Path(results_root) / f"testbed-{model_slug(model)}.json"
     if not path.is_file():
         return None
     return float(json.loads(path.read_text())["train_tiers"]["spearman"])
@@ -84,10 +86,11 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     if not benchmark:
         return []
     from benchmarks.efficiency_summary import RunRecord, read_metrics
+    from benchmarks.rollout_efficiency import model_slug
 
     folder = Path(results_root) / f"efficiency-{benchmark}"
-    if model is not None and (folder / Path(model).name.replace("@", "-b")).is_dir():
-        folder = folder / Path(model).name.replace("@", "-b")
+    if model is not None and (folder / model_slug(model)).is_dir():
+        folder = folder / model_slug(model)
     out = []
     for status in sorted(folder.glob("*/status.json")):
         if json.loads(status.read_text()).get("complete"):
@@ -139,15 +142,13 @@ def condition_lines(cfg, per_model: Sequence[tuple[str | None, list]]) -> list[s
 
 def model_lines(cfg) -> list[str]:
     """The models compared, with their weights' sha256 (the same recipe builds the same weights on any x86-64)."""
-    from prepo.tiny_model import is_tiny_name, recipe_for
+    from prepo.tiny_model import is_tiny_name, model_folder
 
     lines = ["## Models", ""]
     for name in cfg.models:
         sha = "–"
         if is_tiny_name(name):
-            from prepo.models import cache_root
-
-            folder = cache_root(None) / f"{recipe_for(name).task}-{recipe_for(name).key()}"
+            folder = model_folder(name)
             if (folder / "recipe.json").is_file():
                 sha = json.loads((folder / "recipe.json").read_text()).get("sha256", "–")
         lines.append(f"- `{name}`: weights sha256 `{sha}`")

@@ -127,7 +127,9 @@ def main(argv=None) -> int:
         else:
             trained, trained_numbers = testbed_report(model, tokenizer, tiers=train_tiers, **kw)
         print(trained)
-        slug = args.model.replace("@", "-b")
+        from benchmarks.rollout_efficiency import model_slug
+
+        slug = model_slug(args.model)
         out = Path(f"benchmarks/results/testbed-{slug}.md")
         out.write_text(f"# The {task} testbed policy before RL (model: {args.model}, weights sha256 {sha})\n\n"
                        f"`python -m benchmarks.testbed_report --model {args.model} --per-tier {args.per_tier} --max-new-tokens "

@@ -250,17 +250,23 @@ def build_model(recipe: TinyRecipe, out: str | os.PathLike, *, pinned: bool = Tr
     return json.loads((Path(out) / "recipe.json").read_text())["sha256"]
 
 
+def model_folder(recipe: TinyRecipe | str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``recipe`` (or a name such as ``tiny-chain@1``) is cached, built or not."""
+    from prepo.models import cache_root
+
+    recipe = recipe_for(recipe) if isinstance(recipe, str) else recipe
+    return cache_root(cache_dir) / f"{recipe.task}-{recipe.key()}"
+
+
 def tiny_model_dir(recipe: TinyRecipe | str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached model folder for ``recipe`` (a TinyRecipe or a name such as ``tiny-chain@1``; default: the
     tiny-arith recipe), built (once, atomically, kernels pinned) when missing."""
-    from prepo.models import cache_root
-
     if recipe is None:
         recipe = RECIPES[NAME]
     elif isinstance(recipe, str):
         recipe = recipe_for(recipe)
-    root = cache_root(cache_dir)
-    target = root / f"{recipe.task}-{recipe.key()}"
+    target = model_folder(recipe, cache_dir)
+    root = target.parent
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
