@@ -84,11 +84,13 @@ def test_stop_tokens_rows_finishing_at_different_steps(model, tok, prompts):
     stops = [max(counts, key=counts.get), hf.stop_ids[0]]
     hf = HFEngine(model, tok, batch_size=64, stop_ids=stops)
     fast = FastEngine(model, tok, stop_ids=stops)
+    lengths, unfinished = set(), False
     for seed in random.sample(range(10**6), 3):
         a = hf.generate(prompts, n=4, max_new_tokens=12, temperature=1.0, seed=seed)
         assert _ids(fast.generate(prompts, n=4, max_new_tokens=12, temperature=1.0, seed=seed)) == _ids(a)
-    lengths = {len(r.completion_ids) for r in a if r.finished}
-    assert len(lengths) > 1 and any(not r.finished for r in a)         # really ragged
+        lengths |= {len(r.completion_ids) for r in a if r.finished}
+        unfinished = unfinished or any(not r.finished for r in a)
+    assert len(lengths) > 1 and unfinished         # really ragged (over the three draws: one may stop evenly)
 
 
 def test_greedy_matches_a_float64_argmax_loop(model, tok, prompts):
