@@ -289,7 +289,6 @@ class Trainer:
         self.data = TrainSet(self.train_examples, self.prompts)
 
         self.step, self.rollouts = 0, 0
-        aside, moved = None, []
         self._evaluated_step = -1  # the step whose evaluation last completed (a resumed run redoes a lost one)
         resume_step = None
         if ckpt is not None:
@@ -299,7 +298,16 @@ class Trainer:
                 load_weights(ckpt, self.model)
             self._load_state(state)
             resume_step = self.step
-        if self.dist.is_main:  # rank 0 alone writes the run folder
+        self.log = self._open_run_dir(ckpt, overwrite, resume_step)
+        self._snapshot = self._host_state()  # what a checkpoint saves besides the weights: as of the last step
+        self._committed_steps = optimizer_steps(self.optimizer)  # the optimizer's count as of that step
+        self._stop_requested = False
+
+    def _open_run_dir(self, ckpt: Path | None, overwrite: bool, resume_step: int | None) -> MetricsLog:
+        """Prepare ``run_dir`` (rank 0 alone writes it): cleared if ``overwrite``, unfinished checkpoints removed,
+        a branch's later checkpoints and rows set aside, the config written; then the metrics log, resumed."""
+        cfg, aside, moved = self.cfg, None, []
+        if self.dist.is_main:
             if overwrite and (ckpt is None or not _same_run(self.run_dir, ckpt)):
                 clear_run_dir(self.run_dir)
             for path in remove_unfinished(self.run_dir):
@@ -317,15 +325,13 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         reporters = (make_reporters(cfg.run.report_to, self.run_dir, cfg.run.name, cfg.to_dict())
                      if self.dist.is_main else [])
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main,
-                              reporters=reporters, set_aside=aside if moved else None)
+        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main,
+                         reporters=reporters, set_aside=aside if moved else None)
         if moved:
             print(f"resume: branching from step {resume_step} ({ckpt.name}), older than the run's newest checkpoint: "
-                  f"moved {len(moved)} later checkpoint(s) and {len(self.log.dropped)} later metrics row(s) to "
+                  f"moved {len(moved)} later checkpoint(s) and {len(log.dropped)} later metrics row(s) to "
                   f"{aside}/", file=sys.stderr)
-        self._snapshot = self._host_state()  # what a checkpoint saves besides the weights: as of the last step
-        self._committed_steps = optimizer_steps(self.optimizer)  # the optimizer's count as of that step
-        self._stop_requested = False
+        return log
 
     # -- state ---------------------------------------------------------------------------------------------------
     def _host_state(self) -> dict:

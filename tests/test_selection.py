@@ -55,8 +55,8 @@ def _collect(monkeypatch, strategy, sampler, roll_out, *, step=0, total_steps=5,
     monkeypatch.setattr(prepo.step, "prompt_scores", lambda policy, prompts, indices, budget: score(indices))
     monkeypatch.setattr(prepo.step, "update_policy", lambda policy, samples, lr: None)
     cfg = SimpleNamespace(run=SimpleNamespace(steps=total_steps, seed=0), rollout=None,
-                          selection=SimpleNamespace(score_batch_tokens=1), algorithm=SimpleNamespace(normalize_std=True),
-                          optim=SimpleNamespace(lr=0.0, warmup_steps=0))
+                          selection=SimpleNamespace(score_batch_tokens=1),
+                          algorithm=SimpleNamespace(normalize_std=True), optim=SimpleNamespace(lr=0.0, warmup_steps=0))
     policy = Policy(torch.nn.Linear(1, 1), SimpleNamespace(param_groups=[{"lr": 0.0}]),
                     SimpleNamespace(sync_weights=lambda model: None), UpdateSettings())
     prompts = [SimpleNamespace(input_ids=[1, 2])] * sampler.num_prompts
@@ -131,7 +131,8 @@ def test_adaptive_pace_moves_with_the_windows_groups_and_saves_its_position():
     assert first.indices == [0, 1, 2, 3] and first.info["rho"] == 0.0   # starts at the easy end
     strategy.keep(_groups("cccw"))          # solved 3/4, failed 1/4: rho += 4/10 * 0.5 = 0.2
     assert strategy.rho == pytest.approx(0.2)
-    assert strategy.choose(list(range(10)), _ctx(1, total, candidates=candidates, score=score)).indices == [1, 2, 3, 4]  # floor(0.2*6)
+    second = strategy.choose(candidates, _ctx(1, total, candidates=candidates, score=score))
+    assert second.indices == [1, 2, 3, 4]  # l = floor(0.2 * 6)
     strategy.keep(_groups("mmmm"))          # all informative: stays
     assert strategy.rho == pytest.approx(0.2)
     strategy.keep(_groups("wwww"))          # nobody solves the window: moves back, clipped at 0

@@ -412,3 +412,34 @@ def test_resumed_run_redoes_only_an_evaluation_cut_short(tmp_path, monkeypatch, 
     t.train()
     assert [s for kind, s in events if kind == "eval"] == evals
     assert [s for kind, s in events if kind == "train"] == list(range(4, 11))
+
+
+# --- issue #19: a step that reads like the method -------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["ppl", "dynamic"])
+def test_a_step_runs_the_stages_in_the_methods_order(tiny_model_dir, tmp_path, monkeypatch, strategy):
+    """choose → roll out → reward per round (dynamic: until K kept), then the hold on interruptions, advantages,
+    samples and the update; the metrics row is the one the step returns, written once."""
+    from prepo.config import load_config
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    order = []
+    for name in ("choose", "roll_out", "reward", "group_advantage_table", "build_samples", "update_policy"):
+        def recorded(*args, _real=getattr(prepo.step, name), _name=name, **kwargs):
+            order.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(prepo.step, name, recorded)
+    real_hold = prepo.trainer.HeldInterrupts.hold
+    monkeypatch.setattr(prepo.trainer.HeldInterrupts, "hold", lambda self: order.append("hold") or real_hold(self))
+    config = load_config(None, [*_overrides(tiny_model_dir, strategy), "selection.max_rounds=3", "eval.before=false",
+                                "data.eval_size=0", "run.steps=1"])
+    trainer = prepo.trainer.Trainer(config, tmp_path / "run")
+    row = trainer.train_step()
+    rounds = row["rounds"]
+    assert order == ["choose", "roll_out", "reward"] * rounds + (
+        ["hold", "group_advantage_table", "build_samples", "update_policy"] if row["prompts"] else ["hold"])
+    assert (strategy == "ppl") == (rounds == 1 and row["ppl_window_lo"] is not None)
+    assert trainer.step == 1 and trainer.rollouts == row["rollouts"] == row["rollouts_step"]
+    assert trainer.log.rows == [row] and trainer._snapshot["step"] == 1
+    assert prepo.trainer.optimizer_steps(trainer.optimizer) == trainer._committed_steps == (
+        row["optimizer_steps"] * sum(p.requires_grad for p in trainer.model.parameters()))
