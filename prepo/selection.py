@@ -233,8 +233,8 @@ class Greso(Strategy):
     (p = p_easy if that last group was all-correct, reward > 0, else p_hard), so z = 0 is always kept. After each round
     p_easy (p_hard) moves by ``greso_step`` down when the share of easy (hard) zero-variance groups among those rolled
     out exceeds its target (1/3 and 2/3 of ``greso_target_zero_variance``), up otherwise, within [p_min, 1].
-    Each round rolls out at most ⌈needed / (1 − target)⌉ survivors; zero-variance groups are then dropped as in
-    dynamic sampling, and rounds repeat until K are kept or ``max_rounds`` is reached.
+    Each round rolls out at most ⌈(K − kept so far) / (1 − target)⌉ survivors; zero-variance groups are then dropped
+    as in dynamic sampling, and rounds repeat until K are kept or ``max_rounds`` is reached.
     """
 
     filters_after_reward = True
