@@ -50,7 +50,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 def measure(config_path: str, per_tier: int, seed: int = 0) -> dict:
     """Per-tier statistics of the reference variant's starting policy on ``per_tier`` training prompts per tier."""
-    from prepo.trainer import Trainer, reward_groups, roll_out
+    from prepo.step import generate, prompt_scores, reward_groups
+    from prepo.trainer import Trainer
 
     cfg = load_efficiency_config(config_path)
     variant = next(v for v in cfg.variants if v.name == cfg.reference)
@@ -64,9 +65,10 @@ def measure(config_path: str, per_tier: int, seed: int = 0) -> dict:
                 by_tier[tier].append(i)
         indices = [i for idx in by_tier.values() for i in idx]
         t0 = time.perf_counter()
-        ppl = dict(zip(indices, trainer._score(indices)))
+        ppl = dict(zip(indices, prompt_scores(trainer.policy, trainer.prompts, indices,
+                                              config.selection.score_batch_tokens)))
         groups = reward_groups(trainer.train_examples, indices,
-                               roll_out(trainer.engine, trainer.prompts, indices, config.rollout, seed))
+                               generate(trainer.engine, trainer.prompts, indices, config.rollout, seed))
         greedy = trainer.engine.generate([list(trainer.prompts[i].input_ids) for i in indices], n=1,
                                          max_new_tokens=config.rollout.max_new_tokens, temperature=0.0)
         greedy_groups = reward_groups(trainer.train_examples, indices, [[r] for r in greedy])

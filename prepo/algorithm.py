@@ -56,6 +56,28 @@ def ppl_window(ppl: Sequence[float], k: int, rho: float) -> list[int]:
     return order[start:start + k]
 
 
+def window_stats(ppl: Sequence[float], window: Sequence[int]) -> dict[str, float]:
+    """What a run logs about a perplexity window (``window`` indexes ``ppl``): its ends and mean, and the range of
+    the candidates it was cut from.
+
+    >>> list(window_stats([5.0, 1.0, 3.0, 2.0], [3, 2]).values())  # window lo, hi, mean; candidates lo, hi
+    [2.0, 3.0, 2.5, 1.0, 5.0]
+    """
+    chosen = [ppl[i] for i in window]
+    return {"ppl_window_lo": min(chosen), "ppl_window_hi": max(chosen), "ppl_selected_mean": sum(chosen) / len(chosen),
+            "ppl_candidates_lo": min(ppl), "ppl_candidates_hi": max(ppl)}
+
+
+def weight_stats(weights: torch.Tensor) -> dict[str, float]:
+    """What a run logs about the entropy weights it applied: their least, greatest and mean value.
+
+    >>> weight_stats(torch.tensor([0.5, 1.5, 1.0]))
+    {'weight_min': 0.5, 'weight_max': 1.5, 'weight_mean': 1.0}
+    """
+    return {"weight_min": weights.min().item(), "weight_max": weights.max().item(),
+            "weight_mean": weights.mean().item()}
+
+
 # --- the update's terms ---------------------------------------------------------------------------------------------
 
 def group_advantages(rewards: torch.Tensor, *, normalize_std: bool = True, eps: float = 1e-6) -> torch.Tensor:

@@ -1,16 +1,15 @@
 """Which prompts a step trains on: PREPO's perplexity window and the random, DAPO, GRESO and all-prompts baselines,
-one registry (``STRATEGIES``); ``collect_groups`` runs draw → choose → roll out + reward → keep for a step's rounds.
+one registry (``STRATEGIES``), and the records of a step's rounds (``Round``, ``Collected``); prepo.step runs them.
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from prepo.algorithm import ppl_window, progress
+from prepo.algorithm import ppl_window, progress, window_stats
 
 
 @dataclass
@@ -29,13 +28,13 @@ class Group:
 
 @dataclass
 class SelectionContext:
-    """What a strategy may look at when choosing: progress, sizes and the current policy's prompt scorer."""
+    """What a strategy may look at when choosing: progress, what this step kept so far and, for a strategy that
+    ``scores_prompts``, the candidates' perplexities under the current policy. K is the strategy's ``config.k``."""
 
     step: int                      # completed steps before this one (0-based)
     total_steps: int
-    k: int                         # prompts to train on
-    needed: int                    # prompts still missing this step (k minus those already kept)
-    score: Callable[[Sequence[int]], Sequence[float]] | None = None  # dataset indices -> perplexities
+    kept: int = 0                  # groups kept by this step's earlier rounds
+    ppl: Sequence[float] | None = None  # one per candidate, in the candidates' order
 
     @property
     def rho(self) -> float:
@@ -49,6 +48,7 @@ class Choice:
 
     indices: list[int]
     info: dict = field(default_factory=dict)
+    seconds: float = 0.0           # the choose stage's time (drawing and scoring included), as the caller measured it
 
 
 class PromptSampler:
@@ -93,9 +93,14 @@ class PromptSampler:
 # --- strategies ---------------------------------------------------------------------------------------------------
 
 class Strategy:
-    """Interface: how many candidates to draw per round, which to roll out, which groups to keep, when to stop."""
+    """Interface: how many candidates to draw per round, which to roll out, which groups to keep, when to stop.
+
+    ``config`` is a prepo.config.SelectionConfig (or any object with its fields): ``config.k`` is the number of
+    prompts a step trains on.
+    """
 
     filters_after_reward = False   # True: may drop groups after reward and go another round
+    scores_prompts = False         # True: choose needs the candidates' perplexities (SelectionContext.ppl)
 
     def __init__(self, config, seed: int = 0):
         self.config = config
@@ -114,6 +119,10 @@ class Strategy:
     def enough(self, kept: int, rounds: int) -> bool:
         """Stop generating this step?"""
         return True
+
+    def cut(self, kept: list[Group]) -> list[Group]:
+        """The groups the step trains on, out of all those kept over its rounds (filtering strategies: the first K)."""
+        return kept[:self.config.k] if self.filters_after_reward else kept
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -136,6 +145,8 @@ class PerplexityWindow(Strategy):
     window's groups moves ρ as fast as the linear pace).
     """
 
+    scores_prompts = True
+
     def __init__(self, config, seed: int = 0):
         super().__init__(config, seed)
         self.pace = getattr(config, "pace", "linear")
@@ -146,17 +157,13 @@ class PerplexityWindow(Strategy):
         self.total_steps = 1
 
     def choose(self, candidates, ctx):
-        if ctx.score is None:
-            raise ValueError("strategy 'ppl' needs a prompt scorer (SelectionContext.score)")
-        ppl = [float(v) for v in ctx.score(candidates)]
+        if ctx.ppl is None or len(ctx.ppl) != len(candidates):
+            raise ValueError("strategy 'ppl' needs the candidates' perplexities (SelectionContext.ppl), one each")
+        ppl = [float(v) for v in ctx.ppl]
         self.total_steps = ctx.total_steps
         rho = ctx.rho if self.pace == "linear" else self.rho
-        window = ppl_window(ppl, ctx.k, rho)
-        chosen = [ppl[i] for i in window]
-        return Choice([candidates[i] for i in window],
-                      {"ppl_window_lo": min(chosen), "ppl_window_hi": max(chosen),
-                       "ppl_selected_mean": sum(chosen) / len(chosen),
-                       "ppl_candidates_lo": min(ppl), "ppl_candidates_hi": max(ppl), "rho": rho})
+        window = ppl_window(ppl, self.config.k, rho)
+        return Choice([candidates[i] for i in window], {**window_stats(ppl, window), "rho": rho})
 
     def keep(self, groups):
         if self.pace == "adaptive" and groups:
@@ -186,7 +193,7 @@ class RandomSubset(Strategy):
     """Baseline: K of the same |B| candidates, uniformly without replacement."""
 
     def choose(self, candidates, ctx):
-        picked = self.rng.choice(len(candidates), size=ctx.k, replace=False)
+        picked = self.rng.choice(len(candidates), size=self.config.k, replace=False)
         return Choice([candidates[int(i)] for i in picked])
 
 
@@ -200,8 +207,8 @@ class AllPrompts(Strategy):
 class DynamicSampling(Strategy):
     """DAPO dynamic sampling: draw K prompts per round, drop zero-variance groups, repeat until K are kept.
 
-    Stops after ``max_rounds`` rounds and trains on what it has (possibly nothing); the trainer cuts the kept groups
-    to K. Every generated rollout counts, discarded ones included.
+    Stops after ``max_rounds`` rounds and trains on what it has (possibly nothing), the kept groups cut to K
+    (:meth:`Strategy.cut`). Every generated rollout counts, discarded ones included.
     """
 
     filters_after_reward = True
@@ -226,8 +233,8 @@ class Greso(Strategy):
     (p = p_easy if that last group was all-correct, reward > 0, else p_hard), so z = 0 is always kept. After each round
     p_easy (p_hard) moves by ``greso_step`` down when the share of easy (hard) zero-variance groups among those rolled
     out exceeds its target (1/3 and 2/3 of ``greso_target_zero_variance``), up otherwise, within [p_min, 1].
-    Each round rolls out at most ⌈needed / (1 − target)⌉ survivors; zero-variance groups are then dropped as in
-    dynamic sampling, and rounds repeat until K are kept or ``max_rounds`` is reached.
+    Each round rolls out at most ⌈(K − kept so far) / (1 − target)⌉ survivors; zero-variance groups are then dropped
+    as in dynamic sampling, and rounds repeat until K are kept or ``max_rounds`` is reached.
     """
 
     filters_after_reward = True
@@ -245,7 +252,7 @@ class Greso(Strategy):
         draws = self.rng.random(len(candidates))  # one draw per candidate, used or not: reproducible
         survivors = [c for c, u in zip(candidates, draws) if u < self.keep_probability(c)]
         target = self.config.greso_target_zero_variance
-        limit = math.ceil(ctx.needed / (1.0 - target))
+        limit = math.ceil((self.config.k - ctx.kept) / (1.0 - target))
         chosen = survivors[:limit]
         return Choice(chosen, {"greso_skipped": len(candidates) - len(survivors),
                                "greso_p_easy": self.p_easy, "greso_p_hard": self.p_hard})
@@ -303,13 +310,15 @@ def make_strategy(config, seed: int = 0) -> Strategy:
     return STRATEGIES[config.strategy](config, seed)
 
 
-# --- one step's prompt collection ---------------------------------------------------------------------------------
+# --- one step's rounds ------------------------------------------------------------------------------------------
 
 @dataclass
-class Rewarded:
-    """One round's rolled-out, rewarded groups and what each part took (measured where it ran)."""
+class Round:
+    """One round of a step: what the strategy chose, the groups rolled out and rewarded, and those it kept."""
 
+    choice: Choice
     groups: list[Group]
+    kept: list[Group]
     time_generate: float = 0.0
     time_reward: float = 0.0
 
@@ -325,6 +334,17 @@ class Collected:
     time_select: float
     time_generate: float
     time_reward: float
+
+    @classmethod
+    def of(cls, rounds: Sequence[Round], strategy: Strategy) -> Collected:
+        """A step's rounds summed up: the kept groups as the strategy cuts them, every generated group, the
+        strategies' log values (a later round's win) and the time of each stage."""
+        info: dict = {}
+        for r in rounds:
+            info.update(r.choice.info)
+        return cls(strategy.cut([g for r in rounds for g in r.kept]), [g for r in rounds for g in r.groups],
+                   len(rounds), info, sum(r.choice.seconds for r in rounds), sum(r.time_generate for r in rounds),
+                   sum(r.time_reward for r in rounds))
 
     @property
     def rollouts(self) -> int:
@@ -345,34 +365,3 @@ class Collected:
     def completion_lengths(self) -> list[int]:
         """The completion length (tokens) of every generated rollout."""
         return [len(r.completion_ids) for g in self.generated for r in g.rollouts]
-
-
-def collect_groups(strategy: Strategy, sampler: PromptSampler, *, step: int, total_steps: int, k: int,
-                   roll_out: Callable[[list[int], int], Rewarded],
-                   score: Callable[[Sequence[int]], Sequence[float]] | None = None) -> Collected:
-    """Draw candidates, let the strategy choose, roll out + reward (``roll_out(indices, round)``), keep; repeat.
-
-    Filtering strategies go round again until they have K groups or give up; the result is cut to K groups for them.
-    """
-    kept: list[Group] = []
-    generated: list[Group] = []
-    rounds = 0
-    info: dict = {}
-    t_select = t_generate = t_reward = 0.0
-    while True:
-        t0 = time.perf_counter()
-        ctx = SelectionContext(step=step, total_steps=total_steps, k=k, needed=k - len(kept), score=score)
-        choice = strategy.choose(sampler.draw(strategy.draw_size()), ctx)
-        t_select += time.perf_counter() - t0
-        done = roll_out(choice.indices, rounds) if choice.indices else Rewarded([])
-        t_generate += done.time_generate
-        t_reward += done.time_reward
-        generated += done.groups
-        kept += strategy.keep(done.groups)
-        rounds += 1
-        info.update(choice.info)
-        if strategy.enough(len(kept), rounds):
-            break
-    if strategy.filters_after_reward:
-        kept = kept[:k]
-    return Collected(kept, generated, rounds, info, t_select, t_generate, t_reward)

@@ -1,10 +1,8 @@
-"""The PREPO/GRPO training loop: select → roll out → reward → advantages → entropy weights → update, step after step.
-
-``Trainer`` wires model, data, engine, optimizer and selection strategy together; each stage is a named function.
+"""A training run: ``Trainer`` sets up model, data, engine, optimizer and selection strategy (or resumes them from a
+checkpoint), then runs the steps (each one prepo.step.train_step), evaluates, and saves checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -17,71 +15,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from prepo.algorithm import group_advantages
 from prepo.checkpoint import (find_checkpoint, list_checkpoints, load_sharded_checkpoint, load_weights, read_state,
                               remove_unfinished, rng_state, run_dir_of, save_checkpoint, save_sharded_checkpoint,
                               set_aside_later, set_rng_state)
 from prepo.config import TrainConfig, resume_changes, save_config
 from prepo.distributed import Dist, full_weights, setup as setup_distributed, shard_model
-from prepo.metrics import MetricsLog, peak_rss_mb, plot_curves, read_rows, summary
+from prepo.metrics import MetricsLog, plot_curves, read_rows, summary
 from prepo.reporters import check_installed, make_reporters
-from prepo.logprobs import prompt_perplexities
-from prepo.selection import Collected, Group, PromptSampler, Rewarded, collect_groups, make_strategy
-from prepo.update import NonFiniteError, Sample, UpdateSettings, make_sample, policy_update
+from prepo.selection import PromptSampler, make_strategy
+from prepo.step import Policy, TrainSet, train_step
+from prepo.update import NonFiniteError, UpdateSettings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _DIVERGENCE_FIX = "a lower optim.lr, optim.max_grad_norm > 0 or a wider model.dtype"
-
-
-# --- the stages of a step -----------------------------------------------------------------------------------------
-
-def step_seed(seed: int, step: int, round_: int, *more: int) -> int:
-    """A generation seed per (run seed, step, round[, prompt]): a resumed run samples what the original would have."""
-    return int(np.random.SeedSequence([seed, step, round_, *more]).generate_state(1)[0])
-
-
-def roll_out(engine, prompts: Sequence, indices: Sequence[int], rollout_cfg, seed: int) -> list[list]:
-    """G completions for each chosen prompt: a list (per prompt) of G Rollouts."""
-    outs = engine.generate([list(prompts[i].input_ids) for i in indices], n=rollout_cfg.group_size,
-                           max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
-                           top_p=rollout_cfg.top_p, seed=seed)
-    groups: list[list] = [[] for _ in indices]
-    for r in outs:
-        groups[r.prompt_index].append(r)
-    return groups
-
-
-def reward_groups(examples: Sequence, indices: Sequence[int], rollouts: Sequence[Sequence]) -> list[Group]:
-    """Score each rollout with its example's verifier; a verifier that raises becomes a RewardError naming the prompt."""
-    from prepo.rewards import score_rollouts
-
-    groups = []
-    for i, rs in zip(indices, rollouts):
-        rewards = score_rollouts([examples[i]] * len(rs), [r.text for r in rs])
-        groups.append(Group(prompt_index=i, rollouts=list(rs), rewards=[float(x) for x in rewards]))
-    return groups
-
-
-def group_advantage_table(groups: Sequence[Group], normalize_std: bool) -> torch.Tensor:
-    """(num_groups, G) GRPO advantages of the kept groups."""
-    sizes = {len(g.rewards) for g in groups}
-    if len(sizes) != 1:
-        raise ValueError(f"groups have different sizes {sorted(sizes)}; every prompt needs G rollouts")
-    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-    return group_advantages(rewards, normalize_std=normalize_std)
-
-
-def build_samples(groups: Sequence[Group], prompts: Sequence, advantages: torch.Tensor) -> list[Sample]:
-    """One update sample per rollout (prompt tokens + completion tokens, its advantage), group-major."""
-    return [make_sample(prompts[g.prompt_index].input_ids, r.completion_ids, float(advantages[gi, j]), gi)
-            for gi, g in enumerate(groups) for j, r in enumerate(g.rollouts)]
-
-
-def learning_rate(optim_cfg, step: int) -> float:
-    """Linear warm-up over ``warmup_steps`` steps, then constant."""
-    if optim_cfg.warmup_steps <= 0:
-        return optim_cfg.lr
-    return optim_cfg.lr * min(1.0, (step + 1) / optim_cfg.warmup_steps)
 
 
 # --- data and model set-up ----------------------------------------------------------------------------------------
@@ -227,6 +173,37 @@ def _sigterm_as_interrupt():
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+class HeldInterrupts:
+    """Ctrl-C / SIGTERM inside ``with``: at once until :meth:`hold`, then held to the end of the block (said with
+    ``message``, and ``requested`` set), so weights never end half-updated nor a checkpoint half-written."""
+
+    def __init__(self, message: str):
+        self.message, self.requested, self._previous = message, False, {}
+
+    def hold(self) -> None:
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+        print(f"\ninterrupted: {self.message}", file=sys.stderr)
+
+    def __enter__(self) -> HeldInterrupts:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """Steps the optimizer has taken, summed over its parameters (AdamW counts them per parameter): a change means
+    the weights moved."""
+    return sum(int(state["step"]) for state in optimizer.state.values() if "step" in state)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -305,14 +282,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
                                            betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps,
                                            weight_decay=o.weight_decay)
-        self._stepped = False  # the optimizer changed the weights in a step not yet committed (see train_step)
-        self.optimizer.register_step_pre_hook(lambda *args: setattr(self, "_stepped", True))
         # FSDP gathers parameters in the model's forward, not the body's: no shared-prefix forward there
         self.settings = UpdateSettings.from_config(cfg, pad_id=int(self.tokenizer.pad_token_id), packed=self.packed,
                                                    shared_prefix=not self.dist.fsdp)
+        self.policy = Policy(self.model, self.optimizer, self.engine, self.settings, self.ref_model, self.dist)
+        self.data = TrainSet(self.train_examples, self.prompts)
 
         self.step, self.rollouts = 0, 0
-        aside, moved = None, []
         self._evaluated_step = -1  # the step whose evaluation last completed (a resumed run redoes a lost one)
         resume_step = None
         if ckpt is not None:
@@ -322,7 +298,16 @@ class Trainer:
                 load_weights(ckpt, self.model)
             self._load_state(state)
             resume_step = self.step
-        if self.dist.is_main:  # rank 0 alone writes the run folder
+        self.log = self._open_run_dir(ckpt, overwrite, resume_step)
+        self._snapshot = self._host_state()  # what a checkpoint saves besides the weights: as of the last step
+        self._committed_steps = optimizer_steps(self.optimizer)  # the optimizer's count as of that step
+        self._stop_requested = False
+
+    def _open_run_dir(self, ckpt: Path | None, overwrite: bool, resume_step: int | None) -> MetricsLog:
+        """Prepare ``run_dir`` (rank 0 alone writes it): cleared if ``overwrite``, unfinished checkpoints removed,
+        a branch's later checkpoints and rows set aside, the config written; then the metrics log, resumed."""
+        cfg, aside, moved = self.cfg, None, []
+        if self.dist.is_main:
             if overwrite and (ckpt is None or not _same_run(self.run_dir, ckpt)):
                 clear_run_dir(self.run_dir)
             for path in remove_unfinished(self.run_dir):
@@ -340,21 +325,19 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
         reporters = (make_reporters(cfg.run.report_to, self.run_dir, cfg.run.name, cfg.to_dict())
                      if self.dist.is_main else [])
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main,
-                              reporters=reporters, set_aside=aside if moved else None)
+        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=resume_step, write=self.dist.is_main,
+                         reporters=reporters, set_aside=aside if moved else None)
         if moved:
             print(f"resume: branching from step {resume_step} ({ckpt.name}), older than the run's newest checkpoint: "
-                  f"moved {len(moved)} later checkpoint(s) and {len(self.log.dropped)} later metrics row(s) to "
+                  f"moved {len(moved)} later checkpoint(s) and {len(log.dropped)} later metrics row(s) to "
                   f"{aside}/", file=sys.stderr)
-        self._snapshot = self._host_state()
-        self._stop_requested = False
+        return log
 
     # -- state ---------------------------------------------------------------------------------------------------
     def _host_state(self) -> dict:
         """Everything but the model weights that a resumed run needs (plain containers / tensors)."""
         return {"step": self.step, "rollouts": self.rollouts, "rng": rng_state(),
-                "sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict(),
-                "eval_step": self._evaluated_step}
+                "sampler": self.sampler.state_dict(), "strategy": self.strategy.state_dict()}
 
     def _load_state(self, state: dict) -> None:
         self.step, self.rollouts = int(state["step"]), int(state["rollouts"])
@@ -373,133 +356,30 @@ class Trainer:
                    for p in self.model.parameters()):
             raise NonFiniteError(f"the weights after step {self.step} are not finite; not saved", weights=True)
         if self.dist.fsdp:
-            state = {**self._snapshot, "config": self.cfg.to_dict()}
+            state = {**self._snapshot, "eval_step": self._evaluated_step, "config": self.cfg.to_dict()}
             return save_sharded_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, dist=self.dist,
                                            tokenizer=self.tokenizer, keep=keep)
         path = None
         if self.dist.is_main:
-            state = {**self._snapshot, "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict()}
+            state = {**self._snapshot, "eval_step": self._evaluated_step, "optimizer": self.optimizer.state_dict(),
+                     "config": self.cfg.to_dict()}
             path = save_checkpoint(self.run_dir, self.step, self.model, state, tokenizer=self.tokenizer, keep=keep)
         self.dist.barrier()
         return path
 
-    @contextlib.contextmanager
-    def _commit_section(self, message: str = "finishing this update, then saving a checkpoint"):
-        """Ctrl-C / SIGTERM during the update is deferred to the end of the step, so weights never end half-updated
-        (and during the save after an interruption, until the checkpoint is complete)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_signal(signum, frame):
-            self._stop_requested = True
-            print(f"\ninterrupted: {message}", file=sys.stderr)
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    # -- one step ------------------------------------------------------------------------------------------------
-    def _score(self, indices: Sequence[int]) -> list[float]:
-        """Perplexities of the candidates; under torchrun each rank scores its block and all ranks get all."""
-        mine = self.dist.shard(indices)
-        ppl = prompt_perplexities(self.model, [self.prompts[i] for i in mine],
-                                  pad_id=self.settings.pad_id, token_budget=self.cfg.selection.score_batch_tokens)
-        return self.dist.gather(ppl.tolist())
-
-    def _roll_out_and_reward(self, indices: list[int], round_: int) -> Rewarded:
-        """G rollouts of each chosen prompt, rewarded, with the time each part took. Under torchrun each rank rolls
-        out its block of prompts, seeded per prompt (so samples do not depend on the number of ranks), and all ranks
-        get every group."""
-        seed = self.cfg.run.seed
-        t0 = time.perf_counter()
-        if self.dist.active:
-            mine = self.dist.shard(indices)
-            rollouts = [roll_out(self.engine, self.prompts, [i], self.cfg.rollout,
-                                 step_seed(seed, self.step, round_, i))[0] for i in mine]
-        else:
-            mine = indices
-            rollouts = roll_out(self.engine, self.prompts, indices, self.cfg.rollout, step_seed(seed, self.step, round_))
-        t1 = time.perf_counter()
-        groups = self.dist.gather(reward_groups(self.train_examples, mine, rollouts))
-        return Rewarded(groups, time_generate=t1 - t0, time_reward=time.perf_counter() - t1)
-
+    # -- one step ----------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
-        """One step: select → roll out → reward → advantages → update (whose entropy-weight stage is
-        prepo.update.rollout_weights) → metrics row; the collected groups carry rewards, lengths and timings."""
-        cfg = self.cfg
-        t_start = time.perf_counter()
-        self._stepped = False
-        self._stepping = self.step + 1  # the step under way (named if an error comes after its optimizer step)
-
-        # select prompts, roll out G completions each and reward them (filtering strategies may take several rounds);
-        # FSDP: with the full weights gathered, so ranks may run different numbers of forwards
-        with full_weights(self.model):
-            collected: Collected = collect_groups(
-                self.strategy, self.sampler, step=self.step, total_steps=cfg.run.steps, k=cfg.selection.k,
-                roll_out=self._roll_out_and_reward, score=self._score if cfg.selection.strategy == "ppl" else None)
-
-        # group advantages, then the update: clipped surrogate weighted by w_i = H̄_i / H̄ (the entropy-weight stage,
-        # from the update's own forward), micro-batched, AdamW step
-        t_update = time.perf_counter()
-        with self._commit_section():
-            stats = None
-            if collected.groups:
-                advantages = group_advantage_table(collected.groups, cfg.algorithm.normalize_std)
-                samples = build_samples(collected.groups, self.prompts, advantages)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.optim, self.step)
-                stats = policy_update(self.model, self.optimizer, samples, self.settings, ref_model=self.ref_model,
-                                      dist=self.dist)
-            self.engine.sync_weights(self.model)
-            t_end = time.perf_counter()
-
-            # bookkeeping: counters, the metrics row, and the snapshot a checkpoint/Ctrl-C will save
-            self.step += 1
-            self.rollouts += collected.rollouts
-            row = self._train_row(collected, stats, t_start, t_update, t_end)
-            self.log.write(row)
+        """One step (prepo.step.train_step), then its commit: the metrics row, the counters and the snapshot a
+        checkpoint saves. Ctrl-C / SIGTERM from the update on waits for the commit, then stops the run."""
+        with HeldInterrupts("finishing this update, then saving a checkpoint") as interrupts:
+            result = train_step(self.cfg, self.step, self.rollouts, self.policy, self.strategy, self.sampler,
+                                self.data, interrupts)
+            self.log.write(result.row)
+            self.step, self.rollouts = result.row["step"], result.row["rollouts"]
             self._snapshot = self._host_state()
-            self._stepped = False
-        return row
-
-    def _train_row(self, collected: Collected, stats, t_start, t_update, t_end) -> dict:
-        rewards, lengths = collected.rewards, collected.completion_lengths
-        trained = [r for g in collected.groups for r in g.rewards]
-        weights = stats.weights[stats.active] if stats is not None and stats.active else None
-        return {
-            "kind": "train", "step": self.step, "rollouts": self.rollouts,
-            "rollouts_step": collected.rollouts, "discarded_step": collected.discarded, "rounds": collected.rounds,
-            "prompts": len(collected.groups),
-            "reward_mean": float(np.mean(rewards)) if rewards else None,
-            "accuracy": float(np.mean([r >= 1.0 for r in rewards])) if rewards else None,
-            "reward_trained_mean": float(np.mean(trained)) if trained else None,
-            "zero_variance_frac": (float(np.mean([g.zero_variance for g in collected.groups]))
-                                   if collected.groups else None),
-            "all_wrong_frac": (float(np.mean([max(g.rewards) <= 0 for g in collected.groups]))
-                               if collected.groups else None),
-            "completion_len_mean": float(np.mean(lengths)) if lengths else None,
-            "entropy_mean": stats.entropy_mean if stats else None,
-            "rollouts_in_update": len(stats.active) if stats else 0,
-            "weight_min": float(weights.min()) if weights is not None else None,
-            "weight_max": float(weights.max()) if weights is not None else None,
-            "ppl_window_lo": collected.info.get("ppl_window_lo"), "ppl_window_hi": collected.info.get("ppl_window_hi"),
-            "ppl_selected_mean": collected.info.get("ppl_selected_mean"),
-            "ppl_candidates_lo": collected.info.get("ppl_candidates_lo"),
-            "ppl_candidates_hi": collected.info.get("ppl_candidates_hi"),
-            **{k: v for k, v in collected.info.items() if k.startswith("greso_")},
-            "loss": stats.loss if stats else None, "grad_norm": stats.grad_norm if stats else None,
-            "optimizer_steps": stats.optimizer_steps if stats else 0,
-            "clipped_steps": stats.clipped_steps if stats else 0, "rho": collected.info.get("rho"),
-            "kl_mean": stats.kl_mean if stats else None, "clip_frac": stats.clip_frac if stats else None,
-            "lr": self.optimizer.param_groups[0]["lr"], "tokens": stats.tokens if stats else 0,
-            "time_select": collected.time_select, "time_generate": collected.time_generate,
-            "time_reward": collected.time_reward, "time_update": t_end - t_update, "time_step": t_end - t_start,
-            "peak_rss_mb": peak_rss_mb(),
-        }
+            self._committed_steps = optimizer_steps(self.optimizer)
+        self._stop_requested = self._stop_requested or interrupts.requested
+        return result.row
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self) -> list[dict]:
@@ -573,7 +453,8 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             bar.close()
-            with self._commit_section("still saving the checkpoint; it is not cut short"):
+            with HeldInterrupts("still saving the checkpoint; it is not cut short") as interrupts:
+                interrupts.hold()
                 path = self.save()
             if self.dist.is_main:
                 print(f"\ninterrupted: saved {path}; continue with `prepo train --resume {self.run_dir}`",
@@ -602,7 +483,6 @@ class Trainer:
         for r in self.evaluate():
             bar.write(f"eval step {r['step']}: {r['dataset']} accuracy {r['accuracy']:.3f} ({r['time_eval']:.0f} s)")
         self._evaluated_step = self.step
-        self._snapshot["eval_step"] = self.step  # evaluation leaves the RNG states alone: the snapshot stays valid
 
     def _last_finite(self) -> str:
         """Where the last finite weights are, for a run stopped by non-finite ones (never a --resume into those)."""
@@ -615,9 +495,10 @@ class Trainer:
     def _save_after_error(self, exc: Exception) -> None:
         """An exception ends the run: save the last completed step's checkpoint (as Ctrl-C does) and say so, unless
         the error came after this step's optimizer step changed the weights (they belong to no step then)."""
-        if self._stepped:
-            note = (f"no checkpoint saved: the error came after step {self._stepping}'s optimizer step had changed "
-                    f"the weights; resume from the newest checkpoint: `prepo train --resume {self.run_dir}`")
+        if optimizer_steps(self.optimizer) != self._committed_steps:  # the weights belong to no step
+            note = (f"no checkpoint saved: the error came after step {self._snapshot['step'] + 1}'s optimizer step "
+                    f"had changed the weights; resume from the newest checkpoint: `prepo train --resume "
+                    f"{self.run_dir}`")
         elif isinstance(exc, NonFiniteError) and exc.weights:
             note = f"no checkpoint saved (a checkpoint never holds non-finite weights); {self._last_finite()}"
         elif self.dist.active and self.dist.world_size > 1:

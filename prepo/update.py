@@ -82,6 +82,27 @@ class UpdateStats:
     clipped_steps: int = 0              # optimizer steps whose gradient norm exceeded max_grad_norm (was clipped)
 
 
+@dataclass(frozen=True)
+class LossTotals:
+    """Sums over the micro-batches of a sweep: the loss, the KL (token sum) and the clipped tokens."""
+
+    loss: float = 0.0
+    kl: float = 0.0
+    clipped: float = 0.0
+
+    def __add__(self, other: LossTotals) -> LossTotals:
+        return LossTotals(self.loss + other.loss, self.kl + other.kl, self.clipped + other.clipped)
+
+
+@dataclass
+class Weights:
+    """The entropy-weight stage: w (n,) float32 per sample (1 outside ``active``) and H̄, the baseline they divide
+    by (1.0 when weighting is none or nothing is active, 0.0 when every rollout is deterministic)."""
+
+    values: torch.Tensor
+    baseline: float
+
+
 def _seq_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
 
@@ -136,15 +157,15 @@ class _Pass:
         for j in range(self.rounds):
             yield (self.chunks[j], True) if j < len(self.chunks) else (self.filler, False)
 
-    def backward(self, lp, old_lp, batch, chunk, weights, stats: dict, real: bool) -> None:
-        """Backward of one micro-batch's loss, added into ``stats``. A lockstep filler (``real=False``) runs the same
-        graph with weight 0 and records nothing: it only keeps FSDP's collectives in step across ranks."""
+    def backward(self, lp, old_lp, batch, chunk, weights, real: bool) -> LossTotals:
+        """Backward of one micro-batch's loss; returns its totals. A lockstep filler (``real=False``) runs the same
+        graph with weight 0 and counts nothing: it only keeps FSDP's collectives in step across ranks."""
+        loss, totals = self.loss(lp, old_lp, batch, chunk, weights)
         if not real:
-            (self.loss(lp, old_lp, batch, chunk, weights, {"kl": 0.0, "clipped": 0.0}) * 0.0).backward()
-            return
-        loss = self.loss(lp, old_lp, batch, chunk, weights, stats)
+            (loss * 0.0).backward()
+            return LossTotals()
         loss.backward()
-        stats["loss"] += float(loss.detach())
+        return LossTotals(float(loss.detach()), totals.kl, totals.clipped)
 
     def batch(self, chunk):
         seqs = [self.samples[i].seq for i in chunk]
@@ -162,19 +183,21 @@ class _Pass:
         lp, _ = batch_logprobs_entropy(self.ref_model, batch, temperature=self.s.temperature)
         return lp
 
-    def loss(self, lp, old_lp, batch, chunk, weights, stats) -> torch.Tensor:
+    def loss(self, lp, old_lp, batch, chunk, weights) -> tuple[torch.Tensor, LossTotals]:
+        """One micro-batch's loss and its KL and clipped-token counts (the loss total is the caller's)."""
         s = self.s
         token_loss = clipped_surrogate(lp, old_lp, self.advantages(chunk), eps_low=s.eps_low, eps_high=s.eps_high)
+        kl_sum = 0.0
         if s.kl_coef > 0:
             kl = _k3(lp, self.reference_logprobs(batch))
-            stats["kl"] += float((kl.detach() * batch.mask).sum())
+            kl_sum = float((kl.detach() * batch.mask).sum())
             token_loss = token_loss + s.kl_coef * kl
         ratio = torch.exp(lp.detach() - old_lp)
         clipped = ((ratio < 1 - s.eps_low) | (ratio > 1 + s.eps_high)).float()
-        stats["clipped"] += float((clipped * batch.mask).sum())
         # w_i scales rollout i's whole loss (surrogate and KL alike); constants, no gradient through them
-        return aggregate_loss(token_loss * weights[:, None], batch.mask, mode=s.loss_aggregation,
+        loss = aggregate_loss(token_loss * weights[:, None], batch.mask, mode=s.loss_aggregation,
                               num_tokens=self.num_tokens, num_seqs=self.num_seqs)
+        return loss, LossTotals(0.0, kl_sum, float((clipped * batch.mask).sum()))
 
 
 def _owned_groups(groups: list[list[int]], samples, dist: Dist) -> list[list[int]]:
@@ -212,14 +235,14 @@ def _zero_grad(params):
         p.grad = None
 
 
-def _reduce(dist: Dist, params, stats: dict, mean_entropy: torch.Tensor | None = None) -> None:
-    """Sum gradients, loss statistics and per-sample entropies (each rank filled its own) over ranks."""
+def _reduce(dist: Dist, params, totals: LossTotals, mean_entropy: torch.Tensor | None = None) -> LossTotals:
+    """Sum gradients and per-sample entropies (each rank filled its own, in place) over ranks; the loss totals
+    summed over ranks."""
     dist.sync_gradients(params)  # also gives untouched parameters zero gradients (they still take an AdamW step)
     if mean_entropy is not None:
         dist.all_reduce_sum_(mean_entropy)
-    keys = sorted(stats)
-    for key, value in zip(keys, dist.sum_floats([stats[k] for k in keys])):
-        stats[key] = value
+    clipped, kl, loss = dist.sum_floats([totals.clipped, totals.kl, totals.loss])
+    return LossTotals(loss, kl, clipped)
 
 
 class NonFiniteError(RuntimeError):
@@ -245,40 +268,50 @@ def _step(model, optimizer, max_grad_norm: float, loss: float = 0.0) -> float:
 
 
 def rollout_weights(samples: Sequence[Sample], mean_entropy: torch.Tensor, active: Sequence[int],
-                    mode: str) -> tuple[torch.Tensor, float]:
-    """The entropy-weight stage: (w (n,) float32, H̄) from the rollouts' mean entropies H̄_i (``mean_entropy``, as the
-    update's own forward measured them). w_i = H̄_i / H̄ for the ``active`` rollouts (prepo.algorithm.entropy_weights),
-    1 for the others; H̄ is 1.0 when ``mode`` is "none" or nothing is active, 0.0 when every rollout is deterministic."""
+                    mode: str) -> Weights:
+    """The entropy-weight stage, from the rollouts' mean entropies H̄_i (``mean_entropy``, as the update's own forward
+    measured them): w_i = H̄_i / H̄ for the ``active`` rollouts (prepo.algorithm.entropy_weights), 1 for the others."""
     weights = torch.ones(len(samples), dtype=torch.float32)
     if mode == "none" or not active:
-        return weights, 1.0
+        return Weights(weights, 1.0)
     lengths = torch.tensor([samples[i].num_tokens for i in active], dtype=torch.float64)
     h = mean_entropy[active]
     weights[active] = entropy_weights(h.float(), lengths.float(), mode=mode)
-    return weights, entropy_baseline(h, lengths, mode=mode)
+    return Weights(weights, entropy_baseline(h, lengths, mode=mode))
 
 
-def _sweep(model, sweep: _Pass, settings: UpdateSettings, dist: Dist, params, weights: torch.Tensor | None):
+@dataclass
+class Gradients:
+    """One on-policy sweep's result: gradients are in the parameters; here are the loss totals, the rollouts' mean
+    entropies H̄_i, the entropy weights applied and the sweep (its micro-batches and the samples that took part)."""
+
+    totals: LossTotals
+    mean_entropy: torch.Tensor          # (n,) float64
+    weights: Weights
+    sweep: _Pass
+
+
+def _sweep(model, sweep: _Pass, settings: UpdateSettings, dist: Dist, params,
+           weights: torch.Tensor | None) -> tuple[LossTotals, torch.Tensor]:
     """One forward/backward over the micro-batches: gradients of Σ_i c_i·ℓ_i summed over ranks, with c_i the
     rollout's H̄_i from this very forward (detached) when ``weights`` is None, else ``weights[i]``.
-    Returns (loss statistics, per-sample mean entropies H̄_i)."""
+    Returns the loss totals and the per-sample mean entropies H̄_i."""
     _zero_grad(params)
     mean_entropy = torch.zeros(len(sweep.samples), dtype=torch.float64)  # each rank fills its own; _reduce sums
-    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    totals = LossTotals()
     for chunk, real in sweep.steps():
         batch = sweep.batch(chunk)
         lp, ent = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
         h_i = _seq_mean(ent.detach(), batch.mask)
         c = h_i if weights is None else weights[chunk].to(h_i)
-        sweep.backward(lp, lp.detach(), batch, chunk, c, stats, real)
+        totals = totals + sweep.backward(lp, lp.detach(), batch, chunk, c, real)
         if real:
             mean_entropy[chunk] = h_i.double().cpu()
-    _reduce(dist, params, stats, mean_entropy)
-    return stats, mean_entropy
+    return _reduce(dist, params, totals, mean_entropy), mean_entropy
 
 
 def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSettings, *, ref_model=None,
-                         dist: Dist = Dist()):
+                         dist: Dist = Dist()) -> Gradients:
     """On-policy single update (old log-probs = current, detached): accumulate the weighted loss's gradient.
 
     With weighting on, rollout i's loss carries its unnormalised H̄_i (detached, from this very forward), then the
@@ -287,24 +320,20 @@ def accumulate_gradients(model, samples: Sequence[Sample], settings: UpdateSetti
     redone with weights 1, as entropy_weights prescribes.
     Data parallel (``dist``): each rank runs its own groups; entropies and gradients are summed over ranks before
     H̄ is taken, so the result does not depend on the number of ranks.
-    Returns (stats dict, per-sample mean entropies, per-sample weights applied, H̄, the sweep).
     """
     sweep = _Pass(model, samples, settings, ref_model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
-    ones = torch.ones(len(samples), dtype=torch.float32)
+    ones = Weights(torch.ones(len(samples), dtype=torch.float32), 1.0)
     if settings.weighting == "none":
-        stats, mean_entropy = _sweep(model, sweep, settings, dist, params, ones)
-        return stats, mean_entropy, ones, 1.0, sweep
-    stats, mean_entropy = _sweep(model, sweep, settings, dist, params, None)  # gradients of Σ_i H̄_i·ℓ_i
-    weights, h_bar = rollout_weights(samples, mean_entropy, sweep.active, settings.weighting)
-    if h_bar > 0:
+        return Gradients(*_sweep(model, sweep, settings, dist, params, ones.values), ones, sweep)
+    totals, mean_entropy = _sweep(model, sweep, settings, dist, params, None)  # gradients of Σ_i H̄_i·ℓ_i
+    weights = rollout_weights(samples, mean_entropy, sweep.active, settings.weighting)
+    if weights.baseline > 0:
         for p in params:
             if p.grad is not None:
-                p.grad.div_(h_bar)
-        stats["loss"] /= h_bar
-        return stats, mean_entropy, weights, h_bar, sweep
-    stats, mean_entropy = _sweep(model, sweep, settings, dist, params, ones)
-    return stats, mean_entropy, ones, 1.0, sweep
+                p.grad.div_(weights.baseline)
+        return Gradients(dataclasses.replace(totals, loss=totals.loss / weights.baseline), mean_entropy, weights, sweep)
+    return Gradients(*_sweep(model, sweep, settings, dist, params, ones.values), ones, sweep)
 
 
 def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateSettings, *,
@@ -321,21 +350,24 @@ def policy_update(model, optimizer, samples: Sequence[Sample], settings: UpdateS
     if not samples:
         raise ValueError("samples: nothing to train on")
     model.train()
-    if settings.ppo_epochs == 1 and settings.mini_batches == 1:
-        stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings,
-                                                                           ref_model=ref_model, dist=dist)
-        norms = [_step(model, optimizer, settings.max_grad_norm, stats["loss"])]
-        active, chunks, tokens = sweep.active, len(sweep.chunks), sweep.num_tokens
-    else:
-        stats, mean_entropy, weights, h_bar, active, chunks, tokens, norms = _multi_step(
-            model, optimizer, samples, settings, ref_model, dist)
+    if (settings.ppo_epochs, settings.mini_batches) != (1, 1):
+        return _multi_step(model, optimizer, samples, settings, ref_model, dist)
+    grads = accumulate_gradients(model, samples, settings, ref_model=ref_model, dist=dist)
+    norm = _step(model, optimizer, settings.max_grad_norm, grads.totals.loss)
+    sweep = grads.sweep
+    return _update_stats(grads.totals, grads.mean_entropy, grads.weights, sweep.active, [norm], settings,
+                         micro_batches=len(sweep.chunks), tokens=sweep.num_tokens)
+
+
+def _update_stats(totals: LossTotals, mean_entropy: torch.Tensor, weights: Weights, active: list[int],
+                  norms: list[float], settings: UpdateSettings, *, micro_batches: int, tokens: int) -> UpdateStats:
     limit = settings.max_grad_norm
     return UpdateStats(
-        loss=stats["loss"], grad_norm=float(sum(norms) / len(norms)),
+        loss=totals.loss, grad_norm=float(sum(norms) / len(norms)),
         entropy_mean=float(mean_entropy[active].mean()) if active else None,
-        entropy_baseline=h_bar, weights=weights, active=active,
-        kl_mean=stats["kl"] / max(tokens, 1), clip_frac=stats["clipped"] / max(tokens, 1),
-        micro_batches=chunks, tokens=tokens, optimizer_steps=len(norms),
+        entropy_baseline=weights.baseline, weights=weights.values, active=active,
+        kl_mean=totals.kl / max(tokens, 1), clip_frac=totals.clipped / max(tokens, 1),
+        micro_batches=micro_batches, tokens=tokens, optimizer_steps=len(norms),
         clipped_steps=sum(limit > 0 and n > limit for n in norms))
 
 
@@ -357,7 +389,7 @@ def mini_batch_parts(samples: Sequence[Sample], parts: int) -> list[list[int]]:
     return [[i for key in keys[j:j + per] for i in groups[key]] for j in range(0, len(keys), per)]
 
 
-def _multi_step(model, optimizer, samples, settings, ref_model, dist: Dist):
+def _multi_step(model, optimizer, samples, settings, ref_model, dist: Dist) -> UpdateStats:
     """Old log-probs and H̄_i in one no-grad pass, then ``ppo_epochs`` × (one optimizer step per mini-batch)."""
     parts = mini_batch_parts(samples, settings.mini_batches)
     sweeps = [_Pass(model, [samples[i] for i in part], settings, ref_model, dist) for part in parts]
@@ -377,24 +409,23 @@ def _multi_step(model, optimizer, samples, settings, ref_model, dist: Dist):
         model.train()
     dist.all_reduce_sum_(mean_entropy)
     active = sorted(part[i] for part, sweep in zip(parts, sweeps) for i in sweep.active)
-    weights, h_bar = rollout_weights(samples, mean_entropy, active, settings.weighting)
-    totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
+    weights = rollout_weights(samples, mean_entropy, active, settings.weighting)
+    epoch = LossTotals()
     norms: list[float] = []
     for _ in range(settings.ppo_epochs):
-        totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}   # the last epoch's statistics are reported
+        epoch = LossTotals()   # the last epoch's totals are reported
         for part, sweep, part_old in zip(parts, sweeps, old):
             _zero_grad(params)
-            stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0}
-            part_weights = weights[part]
+            totals = LossTotals()
+            part_weights = weights.values[part]
             for (chunk, real), old_lp in zip(sweep.steps(), part_old):
                 batch = sweep.batch(chunk)
                 lp, _ = batch_logprobs_entropy(model, batch, temperature=settings.temperature)
-                sweep.backward(lp, old_lp, batch, chunk, part_weights[chunk].to(lp.device), stats, real)
-            _reduce(dist, params, stats)
-            norms.append(_step(model, optimizer, settings.max_grad_norm, stats["loss"]))
-            for key in totals:
-                totals[key] += stats[key]
-    totals["loss"] /= len(parts)   # the mean of the mini-batches' (each token-normalised) losses
-    chunks = sum(len(sweep.chunks) for sweep in sweeps)
-    tokens = sum(sweep.num_tokens for sweep in sweeps)
-    return totals, mean_entropy, weights, h_bar, active, chunks, tokens, norms
+                totals = totals + sweep.backward(lp, old_lp, batch, chunk, part_weights[chunk].to(lp.device), real)
+            totals = _reduce(dist, params, totals)
+            norms.append(_step(model, optimizer, settings.max_grad_norm, totals.loss))
+            epoch = epoch + totals
+    epoch = dataclasses.replace(epoch, loss=epoch.loss / len(parts))  # the mean of the parts' (token-normalised) losses
+    return _update_stats(epoch, mean_entropy, weights, active, norms, settings,
+                         micro_batches=sum(len(sweep.chunks) for sweep in sweeps),
+                         tokens=sum(sweep.num_tokens for sweep in sweeps))

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import prepo.checkpoint
 import prepo.rewards
+import prepo.step
 import prepo.trainer
 from prepo import cli
 from prepo.checkpoint import list_checkpoints, remove_unfinished, save_checkpoint
@@ -38,7 +39,7 @@ def scored(monkeypatch):
 
 def _interrupt_roll_out_at(monkeypatch, call: int):
     """Ctrl-C (as SIGTERM becomes) at the ``call``-th roll-out of this process."""
-    real, calls = prepo.trainer.roll_out, {"n": 0}
+    real, calls = prepo.step.roll_out, {"n": 0}
 
     def roll_out(*args, **kwargs):
         calls["n"] += 1
@@ -46,7 +47,7 @@ def _interrupt_roll_out_at(monkeypatch, call: int):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prepo.trainer, "roll_out", roll_out)
+    monkeypatch.setattr(prepo.step, "roll_out", roll_out)
     return real
 
 
@@ -79,7 +80,7 @@ def test_resuming_an_earlier_checkpoint_branches_and_retention_keeps_the_branch(
     assert [r["step"] for r in _rows(out)] == [1, 2]
 
     # the next --resume continues this branch (step 2), not the abandoned step 4; same config, so the same rows
-    monkeypatch.setattr(prepo.trainer, "roll_out", real)
+    monkeypatch.setattr(prepo.step, "roll_out", real)
     assert cli.run_train(["--resume", str(out)]) == 0
     assert [_computed(r) for r in _rows(out)] == [_computed(r) for r in original]
     assert [p.name for p in list_checkpoints(out)] == ["step-000004"]
@@ -164,7 +165,7 @@ def test_non_finite_weights_are_never_checkpointed(model_dir, tmp_path, scored, 
 
 
 def test_a_non_finite_gradient_stops_before_the_optimizer_step(model_dir, tmp_path, monkeypatch, scored, capsys):
-    real = prepo.trainer.policy_update
+    real = prepo.step.policy_update
     calls = {"n": 0}
 
     def poisoned(model, *args, **kwargs):
@@ -177,7 +178,7 @@ def test_a_non_finite_gradient_stops_before_the_optimizer_step(model_dir, tmp_pa
                 handle.remove()
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(prepo.trainer, "policy_update", poisoned)
+    monkeypatch.setattr(prepo.step, "policy_update", poisoned)
     out = tmp_path / "run"
     assert cli.run_train(["--output-dir", str(out), "--max-steps", "3", *_base(model_dir)]) == 2
     line = _error_line(capsys)

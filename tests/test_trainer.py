@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 import prepo.rewards
 import prepo.trainer
+import prepo.step
 from prepo import cli
 from prepo.checkpoint import list_checkpoints
 from prepo.metrics import TRAIN_FIELDS
 from prepo.selection import Group
-from prepo.trainer import build_samples, group_advantage_table, reward_groups, step_seed
+from prepo.step import build_samples, group_advantage_table, reward_groups, step_seed
 from tiny_lm import one_thread, save_model_folder  # noqa: F401 (autouse; run.threads=1 too)
 
 # fields that depend on wall time or memory, not on the computation
@@ -83,7 +84,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
 
     # interrupted by Ctrl-C during step 3: the checkpoint is the state after step 2
     calls = {"n": 0}
-    real_roll_out = prepo.trainer.roll_out
+    real_roll_out = prepo.step.roll_out
 
     def interrupting_roll_out(*args, **kwargs):
         calls["n"] += 1
@@ -92,7 +93,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
         return real_roll_out(*args, **kwargs)
 
     cut = tmp_path / "cut"
-    monkeypatch.setattr(prepo.trainer, "roll_out", interrupting_roll_out)
+    monkeypatch.setattr(prepo.step, "roll_out", interrupting_roll_out)
     assert cli.run_train(["--output-dir", str(cut), "--max-steps", "3", *base]) == 130
     assert [p.name for p in list_checkpoints(cut)] == ["step-000002"]
     assert [r["step"] for r in _rows(cut, "train")] == [1, 2]
@@ -100,7 +101,7 @@ def test_train_logs_checkpoints_and_resumes_exactly(tiny_model_dir, tmp_path, mo
         _same_row(a, b)
 
     # resume: step 3 equals the uninterrupted run's step 3, metrics and weights alike
-    monkeypatch.setattr(prepo.trainer, "roll_out", real_roll_out)
+    monkeypatch.setattr(prepo.step, "roll_out", real_roll_out)
     assert cli.run_train(["--resume", str(cut)]) == 0
     resumed = _rows(cut, "train")
     assert [r["step"] for r in resumed] == [1, 2, 3]
@@ -178,7 +179,7 @@ def test_signal_during_update_finishes_the_step_then_saves(tiny_model_dir, tmp_p
     import signal
 
     monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
-    real_update = prepo.trainer.policy_update
+    real_update = prepo.step.policy_update
     calls = {"n": 0}
 
     def update_then_signal(*args, **kwargs):
@@ -187,7 +188,7 @@ def test_signal_during_update_finishes_the_step_then_saves(tiny_model_dir, tmp_p
             os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-update: deferred to the end of step 2
         return real_update(*args, **kwargs)
 
-    monkeypatch.setattr(prepo.trainer, "policy_update", update_then_signal)
+    monkeypatch.setattr(prepo.step, "policy_update", update_then_signal)
     handler_before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "sig"
     assert cli.run_train(["--output-dir", str(out), "--max-steps", "4", *_overrides(tiny_model_dir),
@@ -298,13 +299,13 @@ def test_an_error_during_training_saves_the_last_completed_step(tiny_model_dir, 
     assert [r["step"] for r in _rows(out, "train")] == [1, 2, 3, 4]
 
     # after the optimizer step the weights belong to no step: nothing is saved, and that is said
-    real_update = prepo.trainer.policy_update
+    real_update = prepo.step.policy_update
 
     def update_then_fail(*args, **kwargs):
         real_update(*args, **kwargs)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(prepo.trainer, "policy_update", update_then_fail)
+    monkeypatch.setattr(prepo.step, "policy_update", update_then_fail)
     out2 = tmp_path / "run2"
     with pytest.raises(RuntimeError, match="disk on fire"):
         cli.run_train(["--output-dir", str(out2), "--max-steps", "2", *base])
@@ -325,7 +326,7 @@ def test_summary_step_time_includes_reward_time():
 def test_warmup_starts_above_zero_and_reaches_lr():
     from types import SimpleNamespace
 
-    from prepo.trainer import learning_rate
+    from prepo.step import learning_rate
 
     optim = SimpleNamespace(lr=2e-3, warmup_steps=4)
     assert [learning_rate(optim, s) for s in range(7)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3, 2e-3])
@@ -391,10 +392,7 @@ def test_train_row_known_answers():
     stats = SimpleNamespace(loss=0.5, grad_norm=2.0, entropy_mean=1.5, weights=torch.tensor([0.5, 1.5, 1.0, 1.0,
                             3.0, 0.25, 1.0, 1.0]), active=[0, 1, 2, 3, 4], kl_mean=0.01, clip_frac=0.1, tokens=40,
                             optimizer_steps=1, clipped_steps=1)
-    t = prepo.trainer.Trainer.__new__(prepo.trainer.Trainer)
-    t.step, t.rollouts = 5, 100
-    t.optimizer = SimpleNamespace(param_groups=[{"lr": 1e-3}])
-    row = t._train_row(collected, stats, 10.0, 13.5, 14.0)
+    row = prepo.step.metrics_row(5, 100, collected, stats, lr=1e-3, time_update=0.5, time_step=4.0)
     expected = {"step": 5, "rollouts": 100, "rollouts_step": 12, "discarded_step": 4, "rounds": 2, "prompts": 2,
                 "reward_mean": 6.5 / 12, "accuracy": 6 / 12, "reward_trained_mean": 6.5 / 8,
                 "zero_variance_frac": 0.5, "completion_len_mean": (4 * 2 + 4 * 9 + 4 * 4) / 12, "entropy_mean": 1.5,
@@ -414,3 +412,34 @@ def test_resumed_run_redoes_only_an_evaluation_cut_short(tmp_path, monkeypatch, 
     t.train()
     assert [s for kind, s in events if kind == "eval"] == evals
     assert [s for kind, s in events if kind == "train"] == list(range(4, 11))
+
+
+# --- issue #19: a step that reads like the method -------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["ppl", "dynamic"])
+def test_a_step_runs_the_stages_in_the_methods_order(tiny_model_dir, tmp_path, monkeypatch, strategy):
+    """choose → roll out → reward per round (dynamic: until K kept), then the hold on interruptions, advantages,
+    samples and the update; the metrics row is the one the step returns, written once."""
+    from prepo.config import load_config
+
+    monkeypatch.setattr(prepo.rewards, "score_rollouts", _fake_scores)
+    order = []
+    for name in ("choose", "roll_out", "reward", "group_advantage_table", "build_samples", "update_policy"):
+        def recorded(*args, _real=getattr(prepo.step, name), _name=name, **kwargs):
+            order.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(prepo.step, name, recorded)
+    real_hold = prepo.trainer.HeldInterrupts.hold
+    monkeypatch.setattr(prepo.trainer.HeldInterrupts, "hold", lambda self: order.append("hold") or real_hold(self))
+    config = load_config(None, [*_overrides(tiny_model_dir, strategy), "selection.max_rounds=3", "eval.before=false",
+                                "data.eval_size=0", "run.steps=1"])
+    trainer = prepo.trainer.Trainer(config, tmp_path / "run")
+    row = trainer.train_step()
+    rounds = row["rounds"]
+    assert order == ["choose", "roll_out", "reward"] * rounds + (
+        ["hold", "group_advantage_table", "build_samples", "update_policy"] if row["prompts"] else ["hold"])
+    assert (strategy == "ppl") == (rounds == 1 and row["ppl_window_lo"] is not None)
+    assert trainer.step == 1 and trainer.rollouts == row["rollouts"] == row["rollouts_step"]
+    assert trainer.log.rows == [row] and trainer._snapshot["step"] == 1
+    assert prepo.trainer.optimizer_steps(trainer.optimizer) == trainer._committed_steps == (
+        row["optimizer_steps"] * sum(p.requires_grad for p in trainer.model.parameters()))

@@ -100,7 +100,8 @@ def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation, g
         budget = 2 * longest   # several micro-batches of uneven size
     settings = UpdateSettings(weighting=weighting, loss_aggregation=aggregation, temperature=temperature,
                               micro_batch_tokens=budget, pad_id=0)
-    stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings)
+    grads = accumulate_gradients(model, samples, settings)
+    sweep, weights = grads.sweep, grads.weights.values
     assert sweep.group_size == group_size
     assert len(sweep.chunks) >= 2 and max(len(c) for c in sweep.chunks) > 1
     loss, w_ref = _reference_loss(model64, samples, weighting=weighting, aggregation=aggregation,
@@ -108,7 +109,7 @@ def test_rescaling_trick_equals_explicit_weighted_loss(weighting, aggregation, g
     loss.backward()
     _assert_grads_close(_grads(model), _grads(model64))
     torch.testing.assert_close(weights.double(), w_ref, rtol=1e-4, atol=1e-5)
-    assert stats["loss"] == pytest.approx(float(loss.detach()), rel=1e-3, abs=1e-6)
+    assert grads.totals.loss == pytest.approx(float(loss.detach()), rel=1e-3, abs=1e-6)
 
 
 def test_full_update_with_kl_matches_reference_and_steps():
@@ -151,7 +152,7 @@ def test_skipping_zero_advantage_rollouts_keeps_the_unweighted_gradient():
     accumulate_gradients(model, samples, full)
     g_full = _grads(model)
     skip = UpdateSettings(weighting="none", micro_batch_tokens=30, pad_id=0, skip_zero_advantage=True)
-    _, _, _, _, sweep = accumulate_gradients(model, samples, skip)
+    sweep = accumulate_gradients(model, samples, skip).sweep
     assert sum(len(c) for c in sweep.chunks) == 4
     # same sums, different micro-batch composition: float rounding only
     _assert_grads_close(_grads(model), g_full, rtol=1e-4, atol=1e-5)
@@ -171,7 +172,8 @@ def test_skipped_rollouts_stay_out_of_the_entropy_weights(weighting, grouped):
     else:
         samples = _samples(8, zero_adv=3)
     settings = UpdateSettings(weighting=weighting, micro_batch_tokens=40, pad_id=0, skip_zero_advantage=True)
-    stats, mean_entropy, weights, h_bar, sweep = accumulate_gradients(model, samples, settings)
+    grads = accumulate_gradients(model, samples, settings)
+    sweep, weights = grads.sweep, grads.weights.values
     active = [i for i, smp in enumerate(samples) if smp.advantage != 0.0]
     assert sweep.active == active and sum(len(c) for c in sweep.chunks) == len(active)
     lengths = torch.tensor([float(samples[i].num_tokens) for i in active])
@@ -333,7 +335,7 @@ def test_gradient_checkpointing_falls_back_to_padded_rows():
     accumulate_gradients(model, samples, settings)
     want = _grads(model)
     model.gradient_checkpointing_enable()
-    _, _, _, _, sweep = accumulate_gradients(model, samples, settings)
+    sweep = accumulate_gradients(model, samples, settings).sweep
     assert sweep.group_size is None
     _assert_grads_close(_grads(model), want, rtol=1e-4, atol=1e-5)
 
@@ -495,7 +497,7 @@ def test_an_empty_completion_takes_no_part(aggregation, grouped):
     empty = samples[2]
     samples[2] = make_sample(empty.seq.input_ids[:empty.seq.score_mask.index(1)], [], 0.9, empty.group)
     settings = UpdateSettings(weighting="none", loss_aggregation=aggregation, micro_batch_tokens=30, pad_id=0)
-    _, _, _, _, sweep = accumulate_gradients(model, samples, settings)
+    sweep = accumulate_gradients(model, samples, settings).sweep
     assert sweep.group_size == (3 if grouped else None) and sweep.active == [0, 1, 3, 4, 5]
     if not grouped:
         assert sorted(i for c in sweep.chunks for i in c) == [0, 1, 3, 4, 5]

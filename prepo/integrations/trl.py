@@ -7,9 +7,9 @@ How it hooks into TRL 1.16 (the rest of GRPOTrainer is untouched):
   ``num_generations`` times in a row, each generation batch ``num_iterations × steps_per_generation`` times, the same
   on every rank), not rows: accelerate's dataloader fetches one batch ahead, so prompts chosen when the sampler is
   iterated would be scored under the policy of one update ago.
-- ``_generate_and_score_completions`` runs ``prepo.selection.collect_groups`` when a step generates: the strategy
-  draws from a seeded ``PromptSampler`` (identical on every rank), chooses, and each round's prompts go through TRL's
-  own generate-and-score; ``dynamic`` and ``greso`` drop zero-variance groups and go round again (up to
+- ``_generate_and_score_completions`` runs a step's selection rounds when it generates (as prepo.step does): the
+  strategy draws from a seeded ``PromptSampler`` (identical on every rank), chooses, and each round's prompts go
+  through TRL's own generate-and-score; ``dynamic`` and ``greso`` drop zero-variance groups and go round again (up to
   ``prepo_max_rounds``), and the kept groups from all rounds are regrouped into one generation batch
   (``prepo.integrations.trl_rounds``). Every generated rollout is counted; the sampler's and strategy's state go into
   TRL's checkpoints.
@@ -33,13 +33,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from prepo.algorithm import WEIGHTINGS, entropy_weights, progress
+from prepo.algorithm import WEIGHTINGS, entropy_weights, progress, weight_stats
 from prepo.batching import TokenSeq
 from prepo.config import SelectionConfig
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
 from prepo.integrations.trl_rounds import check_fields, regroup
 from prepo.logprobs import prompt_perplexities, token_logprobs_entropy
-from prepo.selection import Collected, Group, PromptSampler, Rewarded, collect_groups, make_strategy
+from prepo.selection import Collected, Group, PromptSampler, Round, SelectionContext, make_strategy
 from prepo_kernels import IGNORE_INDEX
 
 TRL_STRATEGIES = ("ppl", "random", "dynamic", "greso")  # prepo.selection.STRATEGIES but "all" (that is GRPOTrainer)
@@ -260,18 +260,22 @@ class PREPOTrainer(GRPOTrainer):
         return output
 
     def _select_and_generate(self) -> dict:
-        """One step's generation batch: ``collect_groups`` with TRL's generate-and-score as the roll-out."""
+        """One step's generation batch: draw → score → choose → TRL's generate-and-score → keep, round after round
+        (dynamic, greso) until K groups are kept or prepo_max_rounds is reached."""
         step, total = self.state.global_step, max(self.state.max_steps, 1)
         record = StepRecord(step=step, rho=progress(step, total))
         self.selection_records.append(record)
         outputs: list[dict] = []
-
-        def roll_out(indices: list[int], round_: int) -> Rewarded:
-            return self._roll_out_round(indices, outputs, record)
-
-        collected = collect_groups(self.strategy, self.prompt_sampler, step=step, total_steps=total, k=self.k,
-                                   roll_out=roll_out,
-                                   score=self._score_prompts if self.args.prepo_strategy == "ppl" else None)
+        rounds: list[Round] = []
+        kept = 0
+        while not rounds or not self.strategy.enough(kept, len(rounds)):
+            candidates = self.prompt_sampler.draw(self.strategy.draw_size())
+            ppl = self._score_prompts(candidates) if self.strategy.scores_prompts else None
+            choice = self.strategy.choose(candidates, SelectionContext(step, total, kept, ppl))
+            groups = self._roll_out_round(choice.indices, outputs, record) if choice.indices else []
+            rounds.append(Round(choice, groups, self.strategy.keep(groups)))
+            kept += len(rounds[-1].kept)
+        collected = Collected.of(rounds, self.strategy)
         output = self._batch_of(collected, outputs, record)
         record.rollouts, record.discarded = collected.rollouts, collected.discarded
         record.info = dict(collected.info)
@@ -290,7 +294,7 @@ class PREPOTrainer(GRPOTrainer):
                 metrics[f"prepo/{key}"].append(float(collected.info[key]))
         return output
 
-    def _roll_out_round(self, indices: list[int], outputs: list[dict], record: StepRecord) -> Rewarded:
+    def _roll_out_round(self, indices: list[int], outputs: list[dict], record: StepRecord) -> list[Group]:
         """TRL's generate-and-score for ``indices`` (each G times, prompt-major, an equal share per rank).
 
         A round whose G·len(indices) rows do not split evenly over the ranks rolls out the longest prefix that does
@@ -300,7 +304,7 @@ class PREPOTrainer(GRPOTrainer):
         unit = world // math.gcd(g, world)
         indices = indices[:len(indices) - len(indices) % unit]
         if not indices:
-            return Rewarded([])
+            return []
         rows = [i for i in indices for _ in range(g)]
         share = len(rows) // world
         inputs = [dict(self.train_dataset[i]) for i in rows[rank * share:(rank + 1) * share]]
@@ -315,7 +319,7 @@ class PREPOTrainer(GRPOTrainer):
             group = rewards[j * g:(j + 1) * g]
             finite = [float(r) for r in group if not math.isnan(r)]
             groups.append(Group(index, [(rnd, j * g + t) for t in range(g)], finite or [0.0]))
-        return Rewarded(groups)
+        return groups
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -416,6 +420,5 @@ class PREPOTrainer(GRPOTrainer):
         local = local.to(advantages.device, advantages.dtype)
         output["advantages"] = advantages * (local if advantages.dim() == 1 else local.unsqueeze(1))
         metrics = self._metrics["train"]
-        metrics["prepo/weight_min"].append(weights.min().item())
-        metrics["prepo/weight_max"].append(weights.max().item())
-        metrics["prepo/weight_mean"].append(weights.mean().item())
+        for key, value in weight_stats(weights).items():
+            metrics[f"prepo/{key}"].append(value)

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from prepo.algorithm import WEIGHTINGS, entropy_weights, group_advantages, ppl_window, progress
+from prepo.algorithm import (WEIGHTINGS, entropy_weights, group_advantages, ppl_window, progress, weight_stats,
+                             window_stats)
 from prepo.integrations.prompts import SCORE_SPANS, encode_prompt
 
 NAME = "prepo"  # both the advantage estimator and the v1 trainer
@@ -150,9 +151,7 @@ def make_trainer_class(base: type) -> type:
             with entropy_handoff(mean_entropy, lengths) as handoff:
                 batch = super()._compute_advantage(batch, metrics)
             if handoff.weights is not None:
-                metrics.update({"prepo/weight_min": handoff.weights.min().item(),
-                                "prepo/weight_max": handoff.weights.max().item(),
-                                "prepo/weight_mean": handoff.weights.mean().item()})
+                metrics.update({f"prepo/{key}": value for key, value in weight_stats(handoff.weights).items()})
             self.prepo_rollouts += sum(not tag.get("is_padding", False) for tag in batch.tags)
             metrics["prepo/rollouts"] = self.prepo_rollouts
             metrics.update(self.prepo_window_metrics or {})
@@ -184,8 +183,8 @@ def make_trainer_class(base: type) -> type:
             # verl counts steps from 1 (the first step is 1, the last total_training_steps): rho 0 there, 1 here
             rho = min(1.0, max(0.0, progress(self.global_steps - 1, self.total_training_steps)))
             keep = ppl_window(ppl, k, rho)
-            self.prepo_window_metrics = {"prepo/ppl_window_lo": min(ppl[i] for i in keep),
-                                         "prepo/ppl_window_hi": max(ppl[i] for i in keep), "prepo/rho": rho}
+            self.prepo_window_metrics = {**{f"prepo/{key}": value for key, value in window_stats(ppl, keep).items()},
+                                         "prepo/rho": rho}
             return candidates[torch.tensor(keep)]
 
         @torch.no_grad()
