@@ -1,4 +1,4 @@
-"""Tests for prepo.data: benchmark presets on real rows, loader errors, Parquet, the arith task, prompt encoding."""
+"""Tests for prepo.tasks: benchmark presets on real rows, loader errors, Parquet, the arith task, prompt encoding."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from prepo.data import (ARITH_FORMAT, ARITH_TIERS, PRESETS, Example, detect_preset, encode_prompts, load_examples,
-                        make_arith)
+from prepo.tasks.arith import ARITH_TIERS, make_arith
+from prepo.tasks.example import Example
+from prepo.tasks.files import PRESETS, detect_preset, load_examples
+from prepo.tasks.prompts import ARITH_FORMAT, encode_prompts
 from tiny_lm import build_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
