@@ -29,8 +29,8 @@ import torch
 from prepo.cache import cache_root, fill_once
 from prepo.tasks import tiny_arith, tiny_chain
 
-TASKS = {tiny_arith.TASK: tiny_arith, tiny_chain.TASK: tiny_chain}
-NAMES = tuple(TASKS)
+TASK_MODULES = {tiny_arith.TASK: tiny_arith, tiny_chain.TASK: tiny_chain}  # the tasks a testbed model is built for
+NAMES = tuple(TASK_MODULES)
 NAME = tiny_arith.TASK
 _BUILD_VERSION = 3  # bump when the build procedure changes what a recipe produces (2: pinned kernels, task field;
                     # 3: tiny-chain's second design, see docs/efficiency.md)
@@ -72,7 +72,7 @@ class TinyRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in TASKS:
+        if self.task not in TASK_MODULES:
             raise ValueError(f"task: expected one of {NAMES}, got {self.task!r}")
 
     def key(self) -> str:
@@ -112,9 +112,9 @@ def build_tokenizer(task: str = NAME):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    if task not in TASKS:
+    if task not in TASK_MODULES:
         raise ValueError(f"task: expected one of {NAMES}, got {task!r}")
-    words = list(dict.fromkeys(SPECIALS + [str(d) for d in range(10)] + ["?", "."] + TASKS[task].WORDS))
+    words = list(dict.fromkeys(SPECIALS + [str(d) for d in range(10)] + ["?", "."] + TASK_MODULES[task].WORDS))
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
                                                  pre_tokenizers.Punctuation(behavior="isolated"),
@@ -153,7 +153,7 @@ def supervised_targets(recipe: TinyRecipe) -> list[tuple[str, str]]:
     only (a held-out question never reaches the model): tiny-arith's answers with digit noise, tiny-chain's
     scratchpads with the slip."""
     tiers, weights = zip(*recipe.mix)
-    task = TASKS[recipe.task]
+    task = TASK_MODULES[recipe.task]
     make = tiny_arith.make_tiny_arith if recipe.task == tiny_arith.TASK else tiny_chain.make_tiny_chain
     examples = make(recipe.steps * recipe.batch, recipe.seed, tiers, split="train", weights=weights)
     rng = random.Random(f"{task.TASK}/noise/{recipe.seed}")
