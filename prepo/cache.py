@@ -1,5 +1,5 @@
 """The model cache (~/.cache/prepo, or $PREPO_CACHE): where converted and built models live, and how a folder enters
-it whole (written under a temporary name, then renamed into place): a crash or a concurrent run never leaves half a model.
+it whole (written under a temporary name, then renamed into place): a crash or a rival run never leaves half a model.
 """
 from __future__ import annotations
 

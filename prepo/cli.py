@@ -179,7 +179,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="hf", help="rollout engine (hf)")
     p.add_argument("--batch-size", type=int, default=64, help="rows (prompts × samples) per generate call")
     p.add_argument("--system-prompt", default=None,
-                   help="default: arith's own (prepo.tasks.prompts.ARITH_FORMAT, with its worked examples) or the template's")
+                   help="default: arith's own (prepo.tasks.prompts.ARITH_FORMAT, with its worked examples) or the "
+                   "template's")
     p.add_argument("--prompt-template", default=None, help="user message around {question}; default: plain "
                    "for arith, a 'reason step by step ... \\boxed{}' instruction for benchmark files")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

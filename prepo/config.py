@@ -54,7 +54,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Training and held-out prompts, and how they become token ids."""
-    train: str = "arith"                    # a built-in task (prepo.tasks.registry.BUILTIN_TASKS) or a file (jsonl/json/parquet)
+    train: str = "arith"                    # a built-in task (prepo.tasks.registry) or a file (jsonl/json/parquet)
     preset: str | None = None               # field preset for a file (see prepo.tasks.files.load_examples)
     fields: dict[str, str] | None = None    # file field mapping, e.g. {prompt_field: problem, answer_field: answer}
     train_size: int = 2000                  # arith: number of training problems; file: cap (0 = all)

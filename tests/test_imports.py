@@ -13,7 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("prepo", "prepo_kernels", "benchmarks")
 # packages of pyproject's optional extras (or of no extra: verl): a module that needs one is skipped where it is absent
-OPTIONAL = {"verl", "vllm", "trl", "triton", "flash_attn", "liger_kernel", "tensorboard", "wandb", "datasets", "pyarrow"}
+OPTIONAL = {"verl", "vllm", "trl", "triton", "flash_attn", "liger_kernel", "tensorboard", "wandb", "datasets",
+            "pyarrow"}
 
 
 def modules() -> dict[str, Path]:
