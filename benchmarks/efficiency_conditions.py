@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from benchmarks.efficiency_summary import RunRecord, model_slug, read_metrics
+
 SPEARMAN_MAX = -0.3          # Spearman(question perplexity, pass rate) over the training tiers, at most
 ZERO_VARIANCE_MIN = 0.40     # the reference's zero-variance share of groups in the first quarter, at least ...
 GREEDY_GAIN_MIN = 0.10       # the reference's greedy held-out gain, at least (RL teaches, not only sharpens) ...
@@ -73,8 +75,6 @@ def testbed_spearman(results_root: str | Path, model: str | None) -> float | Non
     """Spearman over the training tiers from ``benchmarks.testbed_report --save`` for ``model`` (None: not run)."""
     if model is None:
         return None
-    from benchmarks.rollout_efficiency import model_slug
-
     path = Path(results_root) / f"testbed-{model_slug(model)}.json"
     if not path.is_file():
         return None
@@ -85,9 +85,6 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     """Gains of the transfer benchmark's runs (trained on short tiers, evaluated on the longest) for ``model``."""
     if not benchmark:
         return []
-    from benchmarks.efficiency_summary import RunRecord, read_metrics
-    from benchmarks.rollout_efficiency import model_slug
-
     folder = Path(results_root) / f"efficiency-{benchmark}"
     if model is not None and (folder / model_slug(model)).is_dir():
         folder = folder / model_slug(model)
@@ -142,7 +139,7 @@ def condition_lines(cfg, per_model: Sequence[tuple[str | None, list]]) -> list[s
 
 def model_lines(cfg) -> list[str]:
     """The models compared, with their weights' sha256 (the same recipe builds the same weights on any x86-64)."""
-    from prepo.tiny_model import is_tiny_name, model_folder
+    from prepo.tasks.tiny_model import is_tiny_name, model_folder
 
     lines = ["## Models", ""]
     for name in cfg.models:

@@ -15,6 +15,11 @@ from benchmarks.efficiency_stats import (RESAMPLES, speedup_for_gain, Gate, Pair
                                          paired_difference, paired_ratio, rollouts_to_reach, t_interval,
                                          validity_gate)
 
+def model_slug(model: str) -> str:
+    """A folder name for a model: ``tiny-chain@1`` → ``tiny-chain-b1`` (build seed 1), a path → its last part."""
+    return Path(str(model).rstrip("/")).name.replace("@", "-b")
+
+
 # --- curves -------------------------------------------------------------------------------------------------------
 
 @dataclass

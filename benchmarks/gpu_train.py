@@ -41,7 +41,7 @@ def save_model(folder: str, *, hidden: int = 256, layers: int = 2, seed: int = 0
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from prepo.data import make_builtin
+    from prepo.tasks.registry import make_builtin
 
     examples = make_builtin(TASK, 400, seed)
     tok = build_tokenizer([f"{e.question} The answer is {e.answer}." for e in examples])

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
+from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, model_slug, plot, read_metrics,
                                            summary_markdown)
 
 # config keys that may differ between a run's start and its resume without changing what it computes
@@ -91,11 +91,6 @@ class EfficiencyConfig:
             for i in range(depth):
                 order += [(v, v.seeds[i]) for v in group if i < len(v.seeds)]
         return order
-
-
-def model_slug(model: str) -> str:
-    """A folder name for a model: ``tiny-chain@1`` → ``tiny-chain-b1`` (build seed 1), a path → its last part."""
-    return Path(str(model).rstrip("/")).name.replace("@", "-b")
 
 
 def per_model(cfg: EfficiencyConfig) -> list[EfficiencyConfig]:
@@ -446,7 +441,7 @@ def run_all(cfg: EfficiencyConfig, command: str, log=print, shard: tuple[int, in
 
 def prepare_models(cfg: EfficiencyConfig) -> None:
     """Build the testbed models the runs need (once, before workers start: two workers would build one twice)."""
-    from prepo.tiny_model import is_tiny_name, tiny_model_dir
+    from prepo.tasks.tiny_model import is_tiny_name, tiny_model_dir
 
     for sub in per_model(cfg):
         name = (sub.train.get("model") or {}).get("name_or_path")

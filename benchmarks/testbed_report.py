@@ -54,7 +54,8 @@ def testbed_report(model, tokenizer, *, per_tier: int = 64, k: int = 8, temperat
                    max_new_tokens: int = 6, seed: int = 0, tiers=None, task: str = "tiny-arith") -> tuple[str, dict]:
     """A markdown table (tier, ppl, pass@T, greedy) and its numbers, on held-out problems of ``task``'s ``tiers``
     (default all); Spearman's correlation over all those problems and within each tier."""
-    from prepo.data import builtin_tiers, encode_prompts, make_builtin
+    from prepo.tasks.prompts import encode_prompts
+    from prepo.tasks.registry import builtin_tiers, make_builtin
     from prepo.rollout import HFEngine
     from prepo.logprobs import prompt_perplexities
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                    "then the training tiers of the efficiency config) and its numbers as JSON beside it")
     args = p.parse_args(argv)
     from prepo.models import load_model_and_tokenizer
-    from prepo.tiny_model import recipe_for, tiny_model_dir, weights_sha256
+    from prepo.tasks.tiny_model import recipe_for, tiny_model_dir, weights_sha256
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     task = recipe_for(args.model).task
@@ -120,14 +121,14 @@ def main(argv=None) -> int:
         config = args.config or ("configs/efficiency-tiny.yaml" if task == "tiny-arith" else
                                  "configs/efficiency-chain.yaml")
         train_tiers = yaml.safe_load(open(config))["train"]["data"]["tiers"]
-        from prepo.data import builtin_tiers
+        from prepo.tasks.registry import builtin_tiers
 
         if list(train_tiers) == builtin_tiers(task):   # the training tiers are every tier: the same numbers
             trained, trained_numbers = text, numbers
         else:
             trained, trained_numbers = testbed_report(model, tokenizer, tiers=train_tiers, **kw)
         print(trained)
-        from benchmarks.rollout_efficiency import model_slug
+        from benchmarks.efficiency_summary import model_slug
 
         slug = model_slug(args.model)
         out = Path(f"benchmarks/results/testbed-{slug}.md")

@@ -27,7 +27,7 @@ RESULT = Path(__file__).parent / "results" / "trl-compare-cpu.md"
 def _prepo_prompts(tokenizer, examples):
     """The arith prompts as prepo's trainer encodes them (prepo.trainer.prompt_format)."""
     from prepo.config import DataConfig
-    from prepo.data import encode_prompts
+    from prepo.tasks.prompts import encode_prompts
     from prepo.trainer import prompt_format
 
     return encode_prompts(tokenizer, examples, **prompt_format(DataConfig(), "arith"))
@@ -44,7 +44,7 @@ def run_trl(steps: int, seed: int) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from prepo.data import make_arith
+    from prepo.tasks.arith import make_arith
     from prepo.models import load_model_and_tokenizer
     from prepo.rewards import numeric_reward
 

@@ -17,7 +17,7 @@ import argparse
 import torch
 from datasets import Dataset
 
-from prepo.data import ARITH_SYSTEM_PROMPT, make_arith
+from prepo.tasks.arith import ARITH_SYSTEM_PROMPT, make_arith
 from prepo.integrations.trl import TRL_STRATEGIES, PREPOConfig, PREPOTrainer
 from prepo.models import DEFAULT_MODEL, load_model_and_tokenizer
 from prepo.rewards import numeric_reward

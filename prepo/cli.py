@@ -15,8 +15,10 @@ from pathlib import Path
 
 from prepo.checkpoint import run_dir_of
 from prepo.config import MIN_TEMPERATURE, ConfigError, DataConfig, load_config
-from prepo.data import (ARITH_FORMAT, BUILTIN_TASKS, PRESETS, VERIFIERS, PromptFormat, detect_preset, load_examples,
-                        make_builtin)
+from prepo.tasks.example import VERIFIERS
+from prepo.tasks.files import PRESETS, detect_preset, load_examples
+from prepo.tasks.prompts import PromptFormat
+from prepo.tasks.registry import BUILTIN_TASKS, make_builtin
 
 
 def _usage() -> str:
@@ -177,7 +179,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="hf", help="rollout engine (hf)")
     p.add_argument("--batch-size", type=int, default=64, help="rows (prompts × samples) per generate call")
     p.add_argument("--system-prompt", default=None,
-                   help="default: arith's own (prepo.data.ARITH_FORMAT, with its worked examples) or the template's")
+                   help="default: arith's own (prepo.tasks.prompts.ARITH_FORMAT, with its worked examples) or the "
+                   "template's")
     p.add_argument("--prompt-template", default=None, help="user message around {question}; default: plain "
                    "for arith, a 'reason step by step ... \\boxed{}' instruction for benchmark files")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -197,7 +200,7 @@ def parse_data_arg(spec: str, limit: int | None, fields: dict | None = None, tie
             n = min(n, limit)
         # the held-out problems `prepo train` evaluates on (data.eval_seed's default) for the same tiers and size
         examples = make_builtin(task, n, DataConfig.eval_seed, tiers, split="eval")
-        return task, examples, ARITH_FORMAT if task == "arith" else PromptFormat()
+        return task, examples, PromptFormat.for_dataset(task)
     fields = {k: v for k, v in (fields or {}).items() if v is not None}
     if "=" in spec and not os.path.exists(spec):
         fields["preset"], spec = spec.split("=", 1)

@@ -54,8 +54,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Training and held-out prompts, and how they become token ids."""
-    train: str = "arith"                    # a built-in task (prepo.data.BUILTIN_TASKS) or a file (jsonl/json/parquet)
-    preset: str | None = None               # field preset for a file (see prepo.data.load_examples)
+    train: str = "arith"                    # a built-in task (prepo.tasks.registry) or a file (jsonl/json/parquet)
+    preset: str | None = None               # field preset for a file (see prepo.tasks.files.load_examples)
     fields: dict[str, str] | None = None    # file field mapping, e.g. {prompt_field: problem, answer_field: answer}
     train_size: int = 2000                  # arith: number of training problems; file: cap (0 = all)
     tiers: list[str] | None = None          # arith: difficulty tiers (None = the task's default tiers)
@@ -74,7 +74,8 @@ class DataConfig:
         _require(bool(self.train), "data.train", "must be 'arith' or a file path")
         _require(self.train_size >= 0, "data.train_size", f"must be >= 0, got {self.train_size}")
         _require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
-        from prepo.data import BUILTIN_TASKS, SCORE_SPANS, builtin_tiers
+        from prepo.tasks.prompts import SCORE_SPANS
+        from prepo.tasks.registry import BUILTIN_TASKS, builtin_tiers
 
         _require(self.train not in BUILTIN_TASKS or self.train_size > 0, "data.train_size",
                  f"must be > 0 for the built-in task {self.train!r}")

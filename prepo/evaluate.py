@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 from prepo.answers import final_number, marked_number, parse_number
-from prepo.data import Example, encode_prompts
+from prepo.tasks.example import Example
+from prepo.tasks.prompts import encode_prompts
 from prepo.rewards import prepare_verifier, run_with_deadline, score_rollouts
 
 
@@ -118,7 +119,7 @@ def evaluate(engine, tokenizer, datasets: dict[str, list[Example]], *, k: int, m
     """Sample ``k`` completions per problem of each dataset with ``engine`` and score them.
 
     ``max_new_tokens`` and the prompt format (``system_prompt``, ``prompt_template``, ``few_shot``,
-    ``response_prefix``: see ``prepo.data.encode_prompts``) are each either one value for every benchmark or a
+    ``response_prefix``: see ``prepo.tasks.prompts.encode_prompts``) are each either one value for every benchmark or a
     mapping from benchmark name to value. Generation goes ``rows_per_call`` samples (prompts × k) at a time, each call seeded
     from ``seed``, the benchmark and the call's position, so a report is reproducible for a seed.
     ``partial_on_interrupt``: Ctrl-C returns the problems scored so far (settings ``partial: true``) instead of

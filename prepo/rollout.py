@@ -1,6 +1,6 @@
 """Rollout engines: sample n completions per prompt. The interface (RolloutEngine) and the transformers engine (HFEngine).
 
-Engines take token ids (from prepo.data.encode_prompts) and return Rollout records in prompt-major order.
+Engines take token ids (from prepo.tasks.prompts.encode_prompts) and return Rollout records in prompt-major order.
 """
 from __future__ import annotations
 
@@ -188,6 +188,38 @@ def _common_prefix_length(prompts) -> int:
     return n
 
 
+# the choice of engine "auto", here beside the registry so that it needs no import of the engine it picks:
+# the model types FastEngine (prepo.rollout_fast) runs, whose decoder layer is Llama's (pre-norm RMSNorm, rotary q/k,
+# grouped-query attention, gated MLP)
+SUPPORTED_MODEL_TYPES = ("llama",)
+
+
+def fast_engine_supports(model) -> tuple[bool, str]:
+    """Whether FastEngine can run ``model``, and why not."""
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED_MODEL_TYPES:
+        return False, f"engine 'fast' runs {SUPPORTED_MODEL_TYPES} models, not {kind!r}"
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in ("default", "linear", "llama3", "yarn", "longrope"):   # position-only: dynamic rope rescales
+        return False, f"engine 'fast' does not run rope_type {rope!r}"
+    body = getattr(model, "model", None)
+    if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb") or not hasattr(model, "lm_head"):
+        return False, f"engine 'fast': {type(model).__name__} lacks Llama's model.layers / rotary_emb / lm_head"
+    from prepo.distributed import is_sharded
+
+    if is_sharded(model):
+        return False, "engine 'fast' does not read FSDP-sharded weights"
+    return True, ""
+
+
+def prefer_fast_engine(model) -> bool:
+    """The choice of engine "auto": the fast engine for a model it runs that lives on the CPU (where it is tested and
+    measured: benchmarks/results/rollout-speed.md), transformers generate otherwise."""
+    first = next(model.parameters(), None)
+    return first is not None and first.device.type == "cpu" and fast_engine_supports(model)[0]
+
+
 ENGINES = {"hf": HFEngine}
 # engines in their own modules (heavy optional dependencies, or not needed by most callers), imported on first use:
 # name -> (module, class)
@@ -204,8 +236,6 @@ def make_engine(name: str, model, tokenizer, **kw) -> RolloutEngine:
     models), ``"vllm"``, or ``"auto"`` (``"fast"`` for a Llama model on the CPU, else ``"hf"``); ``kw`` go to its
     constructor."""
     if name == "auto":
-        from prepo.rollout_fast import prefer_fast_engine
-
         name = "fast" if prefer_fast_engine(model) else "hf"
     if name in ENGINES:
         return ENGINES[name](model, tokenizer, **kw)

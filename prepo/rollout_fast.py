@@ -11,40 +11,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .rollout import Rollout, _check_sampling, in_chunks, make_rollout, stop_and_pad_ids
+from .rollout import (Rollout, _check_sampling, fast_engine_supports, in_chunks, make_rollout,
+                      stop_and_pad_ids)
 
-# model types whose decoder layer is Llama's (pre-norm RMSNorm, rotary q/k, grouped-query attention, gated MLP)
-SUPPORTED_MODEL_TYPES = ("llama",)
 # rows a chunk holds when batch_size is None: as many as keep its KV cache under this many MiB
 _CACHE_MIB = 1024
 # compact the batch (drop finished rows from the KV cache) once this share of the rows still computed is finished
 _COMPACT_SHARE = 0.125
-
-
-def fast_engine_supports(model) -> tuple[bool, str]:
-    """Whether FastEngine can run ``model``, and why not."""
-    config = getattr(model, "config", None)
-    kind = getattr(config, "model_type", None)
-    if kind not in SUPPORTED_MODEL_TYPES:
-        return False, f"engine 'fast' runs {SUPPORTED_MODEL_TYPES} models, not {kind!r}"
-    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
-    if rope not in ("default", "linear", "llama3", "yarn", "longrope"):   # position-only: dynamic rope rescales
-        return False, f"engine 'fast' does not run rope_type {rope!r}"
-    body = getattr(model, "model", None)
-    if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb") or not hasattr(model, "lm_head"):
-        return False, f"engine 'fast': {type(model).__name__} lacks Llama's model.layers / rotary_emb / lm_head"
-    from prepo.distributed import is_sharded
-
-    if is_sharded(model):
-        return False, "engine 'fast' does not read FSDP-sharded weights"
-    return True, ""
-
-
-def prefer_fast_engine(model) -> bool:
-    """The choice of engine "auto": the fast engine for a model it runs that lives on the CPU (where it is tested and
-    measured: benchmarks/results/rollout-speed.md), transformers generate otherwise."""
-    first = next(model.parameters(), None)
-    return first is not None and first.device.type == "cpu" and fast_engine_supports(model)[0]
 
 
 def onednn_available() -> bool:

@@ -35,7 +35,7 @@ _DIVERGENCE_FIX = "a lower optim.lr, optim.max_grad_norm > 0 or a wider model.dt
 def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
     """(training examples, {name: held-out examples}); a built-in task draws both from disjoint parts of its
     question space. A data.eval file is read like a data.train file: with data.preset and data.fields."""
-    from prepo.data import BUILTIN_TASKS, make_builtin
+    from prepo.tasks.registry import BUILTIN_TASKS, make_builtin
 
     if data_cfg.train in BUILTIN_TASKS:
         task = data_cfg.train
@@ -57,7 +57,7 @@ def load_datasets(data_cfg) -> tuple[list, dict[str, list]]:
 def _load_file(data_cfg, which: str, size: int) -> list:
     """data.train or data.eval (``which``) from its file, with data.preset and data.fields; a file whose format
     cannot be told is refused naming those keys."""
-    from prepo.data import PRESETS, detect_preset, load_examples
+    from prepo.tasks.files import PRESETS, detect_preset, load_examples
 
     path, fields = getattr(data_cfg, which), dict(data_cfg.fields or {})
     if (data_cfg.preset is None and detect_preset(path) is None and Path(path).is_file()
@@ -68,17 +68,12 @@ def _load_file(data_cfg, which: str, size: int) -> list:
 
 
 def prompt_format(data_cfg, dataset: str) -> dict:
-    """encode_prompts / evaluate keyword arguments for one dataset: the built-in ``arith`` task gets its worked
-    examples and reply prefix (prepo.data.ARITH_FORMAT: without them SmolLM2-135M rambles and scores ~0), and its
-    system prompt unless data.system_prompt is set; files get the config's system prompt and template only."""
-    from prepo.data import ARITH_FORMAT
+    """encode_prompts / evaluate keyword arguments for one dataset (prepo.tasks.prompts.PromptFormat.for_dataset), with
+    data.system_prompt and data.prompt_template over its own when set."""
+    from prepo.tasks.prompts import PromptFormat
 
-    kw = {"system_prompt": data_cfg.system_prompt, "prompt_template": data_cfg.prompt_template}
-    if dataset == "arith":
-        kw.update(few_shot=ARITH_FORMAT.few_shot, response_prefix=ARITH_FORMAT.response_prefix)
-        if data_cfg.system_prompt is None:
-            kw["system_prompt"] = ARITH_FORMAT.system_prompt
-    return kw
+    return PromptFormat.for_dataset(dataset, system_prompt=data_cfg.system_prompt,
+                                    prompt_template=data_cfg.prompt_template).as_kwargs()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,7 +216,7 @@ class Trainer:
         """``overwrite``: ``run_dir`` may hold another run, which is deleted first (else that is refused);
         ``allow_config_change``: config keys that may differ from the resumed checkpoint's (prepo.config.resume_changes).
         Everything checkable without the model (run folder, checkpoint, config, data) is checked before it loads."""
-        from prepo.data import encode_prompts
+        from prepo.tasks.prompts import encode_prompts
         from prepo.rollout import make_engine
 
         self.cfg, self.run_dir = config, Path(run_dir)
@@ -264,7 +259,7 @@ class Trainer:
         self.model = shard_model(self.model, self.dist)  # FSDP2 only; before the optimizer sees the parameters
         self.prompts = encode_prompts(self.tokenizer, self.train_examples,
                                       use_chat_template=cfg.data.use_chat_template, score_span=cfg.data.score_span,
-                                      **prompt_format(cfg.data, "arith" if cfg.data.train == "arith" else "train"))
+                                      **prompt_format(cfg.data, cfg.data.train))
         context = getattr(self.model.config, "max_position_embeddings", None)
         check_context(self.train_examples, self.prompts, cfg.rollout.max_new_tokens, context, "data.train",
                       "rollout.max_new_tokens")

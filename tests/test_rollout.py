@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from prepo.data import Example, encode_prompts
+from prepo.tasks.example import Example
+from prepo.tasks.prompts import encode_prompts
 from prepo.rollout import HFEngine, Rollout, RolloutEngine, make_engine, stop_token_ids
 from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse fixture)
 

@@ -366,7 +366,7 @@ def test_diagnostics_on_the_tiny_model(tmp_path, tiny_model):
 
     only_random = "- {name: random, overrides: {selection.strategy: random}}\n"
     d = measure(write_config(tmp_path, tiny_model, "diag", only_random), per_tier=2)
-    from prepo.data import ARITH_TIERS
+    from prepo.tasks.arith import ARITH_TIERS
 
     assert set(d["tiers"]) <= set(ARITH_TIERS) and len(d["tiers"]) >= 2
     for t in d["tiers"].values():
@@ -378,7 +378,7 @@ def test_diagnostics_on_the_tiny_model(tmp_path, tiny_model):
 
 def test_arith_runs_use_the_worked_example_format(tmp_path, tiny_model):
     """The benchmark's arith prompts (training and held-out) carry ARITH_FORMAT's worked turns and reply prefix."""
-    from prepo.data import ARITH_FORMAT
+    from prepo.tasks.prompts import ARITH_FORMAT
     from prepo.trainer import Trainer, prompt_format
 
     only_random = "- {name: random, overrides: {selection.strategy: random}}\n"
@@ -391,7 +391,8 @@ def test_arith_runs_use_the_worked_example_format(tmp_path, tiny_model):
     assert prompt_format(trainer.cfg.data, "arith")["few_shot"] == ARITH_FORMAT.few_shot
     assert trainer._eval_formats()["response_prefix"] == {"arith": ARITH_FORMAT.response_prefix}
     assert prompt_format(trainer.cfg.data, "math500") == {"system_prompt": "Answer with a single number.",
-                                                          "prompt_template": "{question}"}
+                                                          "prompt_template": "{question}", "few_shot": (),
+                                                          "response_prefix": ""}
 
 
 def test_sigterm_still_stops_a_runner_started_with_sigint_ignored():

@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 
-from prepo.data import Example, encode_prompts
+from prepo.tasks.example import Example
+from prepo.tasks.prompts import encode_prompts
 from prepo.rollout import HFEngine, RolloutEngine, make_engine
 from prepo.rollout_fast import FastEngine, _top_p_filter, fast_engine_supports, onednn_available
 from tiny_lm import build_model, build_tokenizer, one_thread  # noqa: F401 (autouse fixture)

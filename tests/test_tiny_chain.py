@@ -9,8 +9,9 @@ import re
 import pytest
 import torch
 
-from prepo import tiny_chain, tiny_model
-from prepo.data import arith_split_of, make_builtin
+from prepo.tasks import tiny_chain, tiny_model
+from prepo.tasks.registry import make_builtin
+from prepo.tasks.synthetic import split_of
 from prepo.rewards import verify
 from tiny_lm import one_thread  # noqa: F401  (applies to every test here)
 
@@ -97,13 +98,13 @@ def test_longer_chains_use_rarer_wordings():
 def test_held_out_questions_never_reach_the_supervised_stage_or_rl():
     seed = random.randrange(1000)
     held = {e.question for e in make_builtin("tiny-chain", 400, 1, split="eval")}
-    assert all(arith_split_of(q) == "eval" for q in held)
+    assert all(split_of(q) == "eval" for q in held)
     train = {e.question for e in make_builtin("tiny-chain", 4000, seed, split="train")}
     assert not held & train
     recipe = dataclasses.replace(SMALL, steps=200, batch=16, seed=seed)   # 3200 supervised examples
     supervised = {q for q, _ in tiny_model.supervised_targets(recipe)}
     assert len(supervised) > 1000 and not held & supervised
-    assert all(arith_split_of(q) == "train" for q in supervised)
+    assert all(split_of(q) == "train" for q in supervised)
 
 
 # -- the model --------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from prepo import tiny_arith, tiny_model
-from prepo.data import arith_split_of, make_builtin
+from prepo.tasks import tiny_arith, tiny_model
+from prepo.tasks.registry import make_builtin
+from prepo.tasks.synthetic import split_of
 from tiny_lm import one_thread  # noqa: F401  (applies to every test here)
 
 SMALL = tiny_model.TinyRecipe(hidden=32, layers=1, heads=2, kv_heads=1, steps=4, batch=8, warmup=2)
@@ -47,7 +48,7 @@ def test_splits_are_disjoint_and_builtin_dispatch():
     held = make_builtin("tiny-arith", 100, seed, ["add22", "sub22"], split="eval")
     assert not {e.question for e in train} & {e.question for e in held}
     assert {e.meta["tier"] for e in held} == {"add22", "sub22"}
-    assert all(arith_split_of(e.question) == "eval" for e in held)
+    assert all(split_of(e.question) == "eval" for e in held)
     with pytest.raises(ValueError, match="tiers"):
         tiny_arith.make_tiny_arith(3, 0, ["nope"])
     with pytest.raises(ValueError, match="weights"):
@@ -191,7 +192,7 @@ def test_no_held_out_question_reaches_training_or_the_supervised_stage(task):
     import dataclasses
 
     from prepo.config import DataConfig
-    from prepo.data import BUILTIN_TASKS, builtin_tiers
+    from prepo.tasks.registry import BUILTIN_TASKS, builtin_tiers
     from prepo.trainer import load_datasets
 
     if task not in BUILTIN_TASKS:
@@ -203,13 +204,13 @@ def test_no_held_out_question_reaches_training_or_the_supervised_stage(task):
             train, evals = load_datasets(DataConfig(train=task, train_size=300, eval_size=120, seed=seed,
                                                     eval_seed=eval_seed, tiers=tiers))
             questions = {e.question for e in evals[task]}
-            assert len(evals[task]) == 120 and all(arith_split_of(q) == "eval" for q in questions)
-            assert all(arith_split_of(e.question) == "train" for e in train)
+            assert len(evals[task]) == 120 and all(split_of(q) == "eval" for q in questions)
+            assert all(split_of(e.question) == "train" for e in train)
             assert not questions & {e.question for e in train}
             held |= questions
     recipes = [r for r in tiny_model.RECIPES.values() if r.task == task]
     for recipe in recipes:
         pairs = tiny_model.supervised_targets(dataclasses.replace(recipe, steps=40, batch=50))
         assert len(pairs) == 2000
-        assert all(arith_split_of(q) == "train" for q, _ in pairs)
+        assert all(split_of(q) == "train" for q, _ in pairs)
         assert not held & {q for q, _ in pairs}

@@ -141,7 +141,7 @@ def test_stage_functions_by_hand():
         def __init__(self, ids):
             self.input_ids = ids
 
-    from prepo.data import Example
+    from prepo.tasks.example import Example
 
     examples = [Example("a", "What is 1 + 1?", "2"), Example("b", "What is 2 + 2?", "4")]
     rollouts = [[R([5, 6], "2"), R([7], "3")], [R([8], "4"), R([9, 9], "four")]]
@@ -165,7 +165,7 @@ def test_failing_reward_names_the_prompt(monkeypatch):
         raise ZeroDivisionError("bad parse")
 
     monkeypatch.setitem(rewards.REWARDS, "numeric", boom)
-    from prepo.data import Example
+    from prepo.tasks.example import Example
 
     class R:
         completion_ids, text = [1], "7"

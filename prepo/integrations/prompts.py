@@ -1,10 +1,10 @@
 """Chat-format prompts (TRL/verl rows: a string or a list of messages) to token ids plus PREPO's perplexity score mask.
 
-Shared by the TRL and verl integrations; imports neither framework.
+Shared by the TRL and verl integrations; imports neither framework. The score span is prepo.tasks.prompts.score_mask.
 """
 from __future__ import annotations
 
-from prepo.data import SCORE_SPANS
+from prepo.tasks.prompts import SCORE_SPANS, score_mask
 
 
 def encode_prompt(processing_class, prompt, *, span: str = "question", chat_template=None, tools=None,
@@ -31,15 +31,14 @@ def encode_prompt(processing_class, prompt, *, span: str = "question", chat_temp
         raise TypeError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
     enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
-    if span == "prompt":
-        mask = [0] + [1] * (len(ids) - 1)
-    else:
+    start = end = 0
+    if span == "question":
         start = text.rfind(question) if isinstance(question, str) and question else -1
         if start < 0:
             raise ValueError("prompt: no user message text found verbatim in the rendered prompt; "
                              "use the 'prompt' score span")
         end = start + len(question)
-        mask = [int(t > 0 and e > s and s < end and e > start) for t, (s, e) in enumerate(enc["offset_mapping"])]
+    mask = score_mask(enc["offset_mapping"], span, start, end)
     if not any(mask):
         raise ValueError(f"prompt: no token to score (span={span!r}, {len(ids)} tokens)")
     return ids, mask

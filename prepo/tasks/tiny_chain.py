@@ -2,7 +2,7 @@
 scratchpad the policy writes out ("3+5=8-2=6+7=13####13"); a procedure RL can teach, with difficulty that composes.
 
 Tier ``k<n>`` has n steps. Longer chains are worded in rarer ways (and are rarer in the supervised mix), so the question
-text gets less familiar as problems get harder, as in real data. The supervised stage (prepo.tiny_model) shows a
+text gets less familiar as problems get harder, as in real data. The supervised stage (prepo.tasks.tiny_model) shows a
 consistent slip at steps that cross 10 (a dropped carry, a missed borrow): RL has a procedure to correct, not only
 sampling noise to lower.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from prepo.data import Example, draw_examples
+from prepo.tasks.example import Example
+from prepo.tasks.synthetic import draw_examples
 
 TASK = "tiny-chain"
 MAX_STEPS = 8
@@ -125,7 +126,7 @@ def parse_steps(text: str) -> list[tuple[str, int]]:
 def make_tiny_chain(n: int, seed: int, tiers: Sequence[str] | None = None, *, split: str | None = None,
                     weights: Sequence[float] | None = None) -> list[Example]:
     """``n`` chain problems over ``tiers`` (default k1..k8), round robin (or drawn by ``weights``), deterministic for a
-    seed; ``split`` keeps only the train or held-out part of the question space (prepo.data.arith_split_of). Ids
+    seed; ``split`` keeps only the train or held-out part of the question space (prepo.tasks.synthetic.split_of). Ids
     ``tiny-chain-<tier>-<i>``; graded by the ``marked`` verifier (the number after ``####``); meta holds ``tier``,
     ``k``, ``wording``, ``start`` and ``steps``."""
     return draw_examples(TASK, n, seed, tiers, list(TIERS), _example, split=split, weights=weights,

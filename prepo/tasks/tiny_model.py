@@ -1,9 +1,14 @@
 """The built-in testbed models ``tiny-arith`` and ``tiny-chain``: ~1 M-parameter Llamas with a word-level tokenizer, made
 here by a short supervised stage on their task, bit-identical for a recipe on any x86-64 CPU, cached under ~/.cache/prepo/.
 
+Why in prepo.tasks: a testbed model is half of its task: its vocabulary is the task's words and its supervised stage is
+the task's train split (with the task's own noise), so it imports the tasks and nothing else of prepo but the cache;
+prepo.models only loads it by name. The cache folders (``<task>-<recipe key>``) do not depend on where this module is.
+
 A name may carry a build seed: ``tiny-chain@1`` is the same recipe with ``seed=1`` (a second model for the benchmark).
-The build runs in a child process with its kernels pinned (one thread, ATen's portable kernels, MKL's conditional
-numerical reproducibility, eager attention), so the same recipe gives the same weights whatever the CPU's vector unit.
+The build runs in a child process (``python -m prepo.tasks.tiny_model``) with its kernels pinned (one thread, ATen's
+portable kernels, MKL's conditional numerical reproducibility, eager attention), so the same recipe gives the same
+weights whatever the CPU's vector unit.
 """
 from __future__ import annotations
 
@@ -13,20 +18,19 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prepo import tiny_arith, tiny_chain
+from prepo.cache import cache_root, fill_once
+from prepo.tasks import tiny_arith, tiny_chain
 
-TASKS = {tiny_arith.TASK: tiny_arith, tiny_chain.TASK: tiny_chain}
-NAMES = tuple(TASKS)
+TASK_MODULES = {tiny_arith.TASK: tiny_arith, tiny_chain.TASK: tiny_chain}  # the tasks a testbed model is built for
+NAMES = tuple(TASK_MODULES)
 NAME = tiny_arith.TASK
 _BUILD_VERSION = 3  # bump when the build procedure changes what a recipe produces (2: pinned kernels, task field;
                     # 3: tiny-chain's second design, see docs/efficiency.md)
@@ -68,7 +72,7 @@ class TinyRecipe:
     seed: int = 0
 
     def __post_init__(self):
-        if self.task not in TASKS:
+        if self.task not in TASK_MODULES:
             raise ValueError(f"task: expected one of {NAMES}, got {self.task!r}")
 
     def key(self) -> str:
@@ -108,9 +112,9 @@ def build_tokenizer(task: str = NAME):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    if task not in TASKS:
+    if task not in TASK_MODULES:
         raise ValueError(f"task: expected one of {NAMES}, got {task!r}")
-    words = list(dict.fromkeys(SPECIALS + [str(d) for d in range(10)] + ["?", "."] + TASKS[task].WORDS))
+    words = list(dict.fromkeys(SPECIALS + [str(d) for d in range(10)] + ["?", "."] + TASK_MODULES[task].WORDS))
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
                                                  pre_tokenizers.Punctuation(behavior="isolated"),
@@ -149,7 +153,7 @@ def supervised_targets(recipe: TinyRecipe) -> list[tuple[str, str]]:
     only (a held-out question never reaches the model): tiny-arith's answers with digit noise, tiny-chain's
     scratchpads with the slip."""
     tiers, weights = zip(*recipe.mix)
-    task = TASKS[recipe.task]
+    task = TASK_MODULES[recipe.task]
     make = tiny_arith.make_tiny_arith if recipe.task == tiny_arith.TASK else tiny_chain.make_tiny_chain
     examples = make(recipe.steps * recipe.batch, recipe.seed, tiers, split="train", weights=weights)
     rng = random.Random(f"{task.TASK}/noise/{recipe.seed}")
@@ -240,7 +244,7 @@ def build_model(recipe: TinyRecipe, out: str | os.PathLike, *, pinned: bool = Tr
     """Build ``recipe`` into the existing folder ``out`` in a child process (kernels pinned by PINNED_ENV unless
     ``pinned=False``; ``env`` adds variables on top); returns the weights' sha256."""
     child_env = {**os.environ, **(PINNED_ENV if pinned else {}), **(env or {})}
-    cmd = [sys.executable, "-m", "prepo.tiny_model", "--out", str(out), "--recipe",
+    cmd = [sys.executable, "-m", "prepo.tasks.tiny_model", "--out", str(out), "--recipe",
            json.dumps(dataclasses.asdict(recipe))]
     proc = subprocess.run(cmd, env=child_env, stdout=subprocess.PIPE, stderr=None if log else subprocess.PIPE,
                           text=True)
@@ -252,8 +256,6 @@ def build_model(recipe: TinyRecipe, out: str | os.PathLike, *, pinned: bool = Tr
 
 def model_folder(recipe: TinyRecipe | str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where ``recipe`` (or a name such as ``tiny-chain@1``) is cached, built or not."""
-    from prepo.models import cache_root
-
     recipe = recipe_for(recipe) if isinstance(recipe, str) else recipe
     return cache_root(cache_dir) / f"{recipe.task}-{recipe.key()}"
 
@@ -266,31 +268,18 @@ def tiny_model_dir(recipe: TinyRecipe | str | None = None, cache_dir: str | os.P
     elif isinstance(recipe, str):
         recipe = recipe_for(recipe)
     target = model_folder(recipe, cache_dir)
-    root = target.parent
     if (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"building the {recipe.task} model (seed {recipe.seed}) into {target} (once; minutes on one core)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    os.chmod(tmp, 0o755)
-    try:
-        build_model(recipe, tmp, log=log)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not another process's finished build: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return fill_once(target, lambda folder: build_model(recipe, folder, log=log))
 
 
 def _main(argv=None) -> int:
-    """The build's child process: ``python -m prepo.tiny_model --out DIR --recipe JSON``."""
+    """The build's child process: ``python -m prepo.tasks.tiny_model --out DIR --recipe JSON``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m prepo.tiny_model", description=_main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m prepo.tasks.tiny_model", description=_main.__doc__)
     p.add_argument("--out", required=True)
     p.add_argument("--recipe", required=True, help="the TinyRecipe's fields as JSON")
     args = p.parse_args(argv)

@@ -8,7 +8,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from prepo.data import Example, draw_examples
+from prepo.tasks.example import Example
+from prepo.tasks.synthetic import draw_examples
 
 TASK = "tiny-arith"
 
@@ -21,7 +22,7 @@ class Tier:
     digits: tuple[int, ...]
 
 
-# Size grows down each block; familiarity is set by the supervised mix (prepo.tiny_model.TinyRecipe.mix): sums are
+# Size grows down each block; familiarity is set by the supervised mix (prepo.tasks.tiny_model.TinyRecipe.mix): sums are
 # frequent, differences rare, three-term sums absent.
 TIERS: dict[str, Tier] = {
     "add1": Tier("+", (1, 1)), "add2": Tier("+", (2, 1)), "add22": Tier("+", (2, 2)),
@@ -65,7 +66,7 @@ def _example(tier: str, rng: random.Random) -> tuple[str, str, dict]:
 def make_tiny_arith(n: int, seed: int, tiers: Sequence[str] | None = None, *, split: str | None = None,
                     weights: Sequence[float] | None = None) -> list[Example]:
     """``n`` problems over ``tiers`` (default: all), round robin (or drawn by ``weights``), deterministic for a
-    seed; ``split`` keeps only the train or the held-out part of the question space (prepo.data.arith_split_of: the
+    seed; ``split`` keeps only the train or the held-out part of the question space (prepo.tasks.synthetic.split_of: the
     supervised stage and RL never see a held-out question). Ids ``tiny-arith-<tier>-<i>``; meta holds ``tier`` and
     ``template``."""
     return draw_examples(TASK, n, seed, tiers, list(TIERS), _example, split=split, weights=weights)
