@@ -36,8 +36,8 @@ class Policy:
 class TrainSet:
     """What a step draws from: the training examples (with their answers) and their encoded prompts, index-aligned."""
 
-    examples: Sequence             # prepo.data.Example
-    prompts: Sequence              # prepo.data.encode_prompts of the examples
+    examples: Sequence             # prepo.tasks.example.Example
+    prompts: Sequence              # prepo.tasks.prompts.encode_prompts of the examples
 
 
 @dataclass
