@@ -257,7 +257,8 @@ def override(schema, item: str) -> dict:
         raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_fields(inner)))}=...")
     value = _dotlist_value(text) if text else None if optional else [] if origin is list else ""
     if origin is list and isinstance(value, str):
-        value = _dotlist_value(f"[{text}]")
+        listed = _dotlist_value(f"[{text}]")
+        value = listed if isinstance(listed, list) else text
     if value is None and not optional:
         raise _bad_value(schema, key, text)
     return {key: value}
