@@ -30,9 +30,6 @@ from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report,
 # config keys that may differ between a run's start and its resume without changing what it computes
 _VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
                   ("run", "report_to"), ("model", "cache_dir")}
-_TOP_KEYS = {"name", "train", "variants", "seeds", "reference", "runs_root", "results_root", "eval_dataset",
-             "keep_checkpoints_after", "notes", "base", "metric", "gate_min_gain", "gate_min_share", "models",
-             "transfer_benchmark"}
 
 
 class BenchmarkConfigError(ValueError):
@@ -45,16 +42,17 @@ class Variant:
 
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # [] = the benchmark's seeds
 
 
 @dataclass
 class EfficiencyConfig:
     """The benchmark: a base training config, the variants to compare and where outputs go."""
 
-    name: str
-    train: dict                                 # base TrainConfig mapping (the keys of prepo.config)
+    name: str                                   # outputs go to efficiency-<name>/
+    train: dict[str, Any]                       # base TrainConfig mapping (the keys of prepo.config)
     variants: list[Variant]
+    seeds: list[int] = field(default_factory=lambda: [0])  # the seeds of a variant that names none
     reference: str = "random"                   # the variant whose final accuracy is the target
     runs_root: str = "runs"                     # run dirs (checkpoints): <runs_root>/efficiency-<name>/
     results_root: str = "benchmarks/results"    # committed outputs: <results_root>/efficiency-<name>/
@@ -69,6 +67,31 @@ class EfficiencyConfig:
     model: str | None = None                    # set on the per-model configs (per_model) only
     transfer_benchmark: str | None = None       # the benchmark whose runs measure transfer (its name), for the
                                                 # pre-registered conditions (benchmarks.efficiency_conditions)
+
+    def __post_init__(self):
+        """What the types cannot say (they are checked when the YAML is read: load_efficiency_config)."""
+        from prepo.structured import require
+
+        require(bool(self.name) and "/" not in self.name, "name", f"must be a plain folder name, got {self.name!r}")
+        require(bool(self.variants), "variants", "expected a non-empty list")
+        for i, variant in enumerate(self.variants):
+            variant.seeds = variant.seeds or list(self.seeds)
+            require(len(set(variant.seeds)) == len(variant.seeds), f"variants[{i}].seeds",
+                    f"seeds must be distinct, got {variant.seeds}")
+        names = [v.name for v in self.variants]
+        require(len(set(names)) == len(names) and all(n and "/" not in n for n in names), "variants",
+                f"names must be distinct plain names, got {names}")
+        require(self.reference in names, "reference", f"{self.reference!r} is not one of the variants {names}")
+        require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds",
+                f"expected distinct seeds, got {self.seeds}")
+        require(all(self.models) and len({model_slug(m) for m in self.models}) == len(self.models), "models",
+                f"expected a list of distinct model names, got {self.models!r}")
+        require(self.transfer_benchmark is None or (bool(self.transfer_benchmark) and "/" not in
+                self.transfer_benchmark), "transfer_benchmark",
+                f"expected a benchmark name, got {self.transfer_benchmark!r}")
+        require(self.metric in METRIC_KEYS, "metric", f"expected one of {sorted(METRIC_KEYS)}, got {self.metric!r}")
+        require(0 <= self.gate_min_share <= 1, "gate_min_share",
+                f"expected a share in [0, 1], got {self.gate_min_share!r}")
 
     @property
     def runs_dir(self) -> Path:
@@ -114,115 +137,44 @@ def full_plan(cfg: EfficiencyConfig) -> list[tuple[EfficiencyConfig, Variant, in
 
 def train_config(cfg: EfficiencyConfig, variant: Variant, seed: int):
     """The TrainConfig of one run: base + the variant's dotted overrides + the seed (validated by prepo.config)."""
-    from prepo.config import config_from, dotted_mapping
+    from prepo.config import TrainConfig
+    from prepo.structured import build
 
-    overrides = {**variant.overrides, "run.seed": seed, "run.name": run_name(variant, seed, cfg.model)}
-    return config_from(cfg.train, *(dotted_mapping(key, value) for key, value in overrides.items()))
+    return build(TrainConfig, cfg.train, {**variant.overrides, "run.seed": seed,
+                                          "run.name": run_name(variant, seed, cfg.model)})
 
 
 def run_name(variant: Variant, seed: int, model: str | None = None) -> str:
     return f"{variant.name}-s{seed}" if model is None else f"{variant.name}-{model_slug(model)}-s{seed}"
 
 
-def _read_with_base(path: Path) -> dict:
-    """The YAML mapping at ``path`` over its ``base: other.yaml`` chain (prepo.config.yaml_layers); a derived config
-    must name itself (its results go to efficiency-<name>/)."""
-    from prepo.config import ConfigError, merge_mappings, yaml_layers
+def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
+    """Read the benchmark YAML and its ``base: other.yaml`` chain onto EfficiencyConfig (OmegaConf merges and
+    type-checks, prepo.structured); a derived config must name itself (its results go to efficiency-<name>/). Every
+    run's TrainConfig is built once here so a typo fails at once."""
+    from prepo.structured import ConfigError, build, yaml_layers
 
+    path = Path(path)
     if not path.is_file():
         raise BenchmarkConfigError(f"--config: {str(path)!r} does not exist")
     try:
         layers = yaml_layers(path)
+        for (_, base), (file, raw) in zip(layers, layers[1:]):
+            if raw.get("name") in (None, base.get("name")):
+                raise ConfigError(f"{file}: name: a config with a base needs a name of its own "
+                                  f"(base: {base.get('name')!r})")
+        if any("model" in raw for _, raw in layers):  # set per model from `models`, never by hand
+            raise ConfigError(f"{path}: unknown key(s) ['model']; the models to train are listed in `models`")
+        cfg = build(EfficiencyConfig, *(raw for _, raw in layers))
     except ConfigError as exc:
         raise BenchmarkConfigError(str(exc)) from None
-    for (_, base), (file, raw) in zip(layers, layers[1:]):
-        if raw.get("name") in (None, base.get("name")):
-            raise BenchmarkConfigError(f"{file}: name: a config with a base needs a name of its own "
-                                       f"(base: {base.get('name')!r})")
-    return merge_mappings(*(raw for _, raw in layers))
-
-
-def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
-    """Read and validate the benchmark YAML; every run's TrainConfig is built once here so a typo fails at once."""
-    path = Path(path)
-    raw = _read_with_base(path)
-    unknown = sorted(set(raw) - _TOP_KEYS)
-    if unknown:
-        raise BenchmarkConfigError(f"{path}: unknown key(s) {unknown}; valid: {sorted(_TOP_KEYS)}")
-    for key in ("name", "train", "variants"):
-        if key not in raw:
-            raise BenchmarkConfigError(f"{path}: missing key {key!r}")
-    name = raw["name"]
-    if not isinstance(name, str) or not name or "/" in name:
-        raise BenchmarkConfigError(f"name: must be a plain folder name, got {name!r}")
-    if not isinstance(raw["train"], dict):
-        raise BenchmarkConfigError("train: expected a mapping of training-config sections")
-    seeds = _seeds(raw.get("seeds", [0]), "seeds")
-    if not isinstance(raw["variants"], list) or not raw["variants"]:
-        raise BenchmarkConfigError("variants: expected a non-empty list")
-    variants = []
-    for i, item in enumerate(raw["variants"]):
-        where = f"variants[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise BenchmarkConfigError(f"{where}: expected a mapping with a non-empty 'name'")
-        extra = sorted(set(item) - {"name", "overrides", "seeds"})
-        if extra:
-            raise BenchmarkConfigError(f"{where}: unknown key(s) {extra}; valid: name, overrides, seeds")
-        overrides = item.get("overrides") or {}
-        if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
-            raise BenchmarkConfigError(f"{where}.overrides: expected a mapping of dotted keys to values")
-        variants.append(Variant(item["name"], dict(overrides), _seeds(item.get("seeds", seeds), f"{where}.seeds")))
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names) or any("/" in n for n in names):
-        raise BenchmarkConfigError(f"variants: names must be distinct plain names, got {names}")
-    reference = raw.get("reference", "random")
-    if reference not in names:
-        raise BenchmarkConfigError(f"reference: {reference!r} is not one of the variants {names}")
-    models = raw.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models) or \
-            len({model_slug(m) for m in models}) != len(models):
-        raise BenchmarkConfigError(f"models: expected a list of distinct model names, got {models!r}")
-    transfer = raw.get("transfer_benchmark")
-    if transfer is not None and (not isinstance(transfer, str) or not transfer or "/" in transfer):
-        raise BenchmarkConfigError(f"transfer_benchmark: expected a benchmark name, got {transfer!r}")
-    cfg = EfficiencyConfig(name=name, train=raw["train"], variants=variants, reference=reference, models=models,
-                           transfer_benchmark=transfer,
-                           runs_root=str(raw.get("runs_root", "runs")),
-                           results_root=str(raw.get("results_root", "benchmarks/results")),
-                           eval_dataset=raw.get("eval_dataset"),
-                           keep_checkpoints_after=bool(raw.get("keep_checkpoints_after", False)),
-                           notes=str(raw.get("notes") or ""), **_report_keys(raw))
-    from prepo.config import ConfigError
-
     for sub in per_model(cfg):
-        for variant in variants:
+        for variant in cfg.variants:
             try:
                 train_config(sub, variant, variant.seeds[0])
             except ConfigError as exc:
                 raise BenchmarkConfigError(f"variant {variant.name!r}: {exc}") from None
     return cfg
-
-
-def _report_keys(raw: dict) -> dict:
-    """metric, gate_min_gain, gate_min_share: validated, only those present."""
-    out = {k: raw[k] for k in ("metric", "gate_min_gain", "gate_min_share") if k in raw}
-    if "metric" in out and out["metric"] not in METRIC_KEYS:
-        raise BenchmarkConfigError(f"metric: expected one of {sorted(METRIC_KEYS)}, got {out['metric']!r}")
-    for key in ("gate_min_gain", "gate_min_share"):
-        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))):
-            raise BenchmarkConfigError(f"{key}: expected a number, got {out[key]!r}")
-    if not 0 <= out.get("gate_min_share", 0) <= 1:
-        raise BenchmarkConfigError(f"gate_min_share: expected a share in [0, 1], got {out['gate_min_share']!r}")
-    return out
-
-
-def _seeds(value, key: str) -> list[int]:
-    if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                          for s in value):
-        raise BenchmarkConfigError(f"{key}: expected a non-empty list of integers, got {value!r}")
-    if len(set(value)) != len(value):
-        raise BenchmarkConfigError(f"{key}: seeds must be distinct, got {value}")
-    return list(value)
 
 
 # --- run bookkeeping ----------------------------------------------------------------------------------------------

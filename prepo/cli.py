@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from prepo.checkpoint import run_dir_of
-from prepo.config import MIN_TEMPERATURE, ConfigError, DataConfig, load_config
+from prepo.config import (DTYPES, MIN_TEMPERATURE, ConfigError, DataConfig, EvalConfig, ModelConfig, RolloutConfig,
+                          RunConfig, load_config)
 from prepo.tasks.example import VERIFIERS
 from prepo.tasks.files import PRESETS, detect_preset, load_examples
 from prepo.tasks.prompts import PromptFormat
@@ -157,8 +158,10 @@ MATH_PROMPT = "{question}\nPlease reason step by step, and put your final answer
 
 
 def eval_parser() -> argparse.ArgumentParser:
+    """The options of ``prepo eval``; their defaults are the training config's (EvalConfig for the sampling, then
+    ModelConfig, RolloutConfig and RunConfig), so a model is scored as the trainer's held-out evaluation scores it."""
     p = argparse.ArgumentParser(prog="prepo eval", description=COMMANDS["eval"][1])
-    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, GGUF file, local folder or hub name")
+    p.add_argument("--model", default=ModelConfig.name_or_path, help="alias, GGUF file, local folder or hub name")
     p.add_argument("--data", action="append", required=True, metavar="FILE",
                    help="a dataset file (preset detected from its folder), PRESET=FILE, or a built-in task "
                    "arith[:N] / tiny-arith[:N] / tiny-chain[:N] (held-out problems); repeatable")
@@ -169,21 +172,25 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-field", default=None, help="the gold answer's field in --data files")
     p.add_argument("--verifier", choices=VERIFIERS, default=None,
                    help="how answers are checked for --data files (default: the preset's, else math)")
-    p.add_argument("--k", type=int, default=16, help="samples per problem (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="default 16 for arith, 1024 for benchmark files")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=EvalConfig.k, help=f"samples per problem (default {EvalConfig.k}: eval.k)")
+    p.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens,
+                   help="default 16 for built-in tasks, 1024 for benchmark files")
+    p.add_argument("--temperature", type=float, default=EvalConfig.temperature,
+                   help=f"default {EvalConfig.temperature} (greedy: eval.temperature)")
+    p.add_argument("--top-p", type=float, default=RolloutConfig.top_p)
+    p.add_argument("--seed", type=int, default=RunConfig.seed)
     p.add_argument("--limit", type=int, default=None, help="first N problems of each file")
-    p.add_argument("--engine", default="hf", help="rollout engine (hf)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows (prompts × samples) per generate call")
+    p.add_argument("--engine", default=RolloutConfig.engine,
+                   help=f"rollout engine (default {RolloutConfig.engine}: rollout.engine)")
+    p.add_argument("--batch-size", type=int, default=EvalConfig.rows_per_call,
+                   help=f"rows (prompts × samples) per generate call (default {EvalConfig.rows_per_call}: "
+                        "eval.rows_per_call)")
     p.add_argument("--system-prompt", default=None,
                    help="default: arith's own (prepo.tasks.prompts.ARITH_FORMAT, with its worked examples) or the "
                    "template's")
     p.add_argument("--prompt-template", default=None, help="user message around {question}; default: plain "
                    "for arith, a 'reason step by step ... \\boxed{}' instruction for benchmark files")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=ModelConfig.dtype, choices=DTYPES)
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", default=None, help="JSON report path (default: eval-<time>.json in the cwd)")
     p.add_argument("--no-progress", action="store_true")

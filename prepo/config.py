@@ -1,38 +1,22 @@
 """Training configuration: one dataclass per concern, loaded from YAML and overridden by dotted ``key=value`` pairs.
 
-Every field is documented once, here; ``__post_init__`` rejects bad values and bad combinations with the key's name.
+Every field is documented once, here; OmegaConf checks keys and types (prepo.structured), ``__post_init__`` ranges,
+choices and combinations, each error naming the key.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from prepo.structured import ConfigError, build, check, override, require, valid_keys, yaml_layers
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2")
 FILE_FIELDS = ("prompt_field", "answer_field", "answer_extractor", "verifier", "split")
 # the lowest sampling temperature (vLLM's floor too): logits / T overflow float32 below it and sampling fails on inf/nan
 MIN_TEMPERATURE = 0.01
-
-
-class ConfigError(ValueError):
-    """A bad key or value in a config file or override (the message names the key)."""
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _require_finite(section, prefix: str) -> None:
-    """Every float field of a config section is a finite number (inf and NaN pass most range checks)."""
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if isinstance(value, float):
-            _require(math.isfinite(value), f"{prefix}.{f.name}", f"must be a finite number, got {value}")
 
 
 @dataclass
@@ -45,10 +29,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        _require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
-        _require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        _require(self.attn_implementation in ATTN_IMPLEMENTATIONS, "model.attn_implementation",
-                 f"must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn_implementation!r}")
+        require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
+        check(self, "model", dtype=DTYPES, attn_implementation=ATTN_IMPLEMENTATIONS)
 
 
 @dataclass
@@ -71,33 +53,27 @@ class DataConfig:
     score_span: str = "question"            # prompt-perplexity tokens: the question only, or the whole prompt
 
     def __post_init__(self):
-        _require(bool(self.train), "data.train", "must be 'arith' or a file path")
-        _require(self.train_size >= 0, "data.train_size", f"must be >= 0, got {self.train_size}")
-        _require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
         from prepo.tasks.prompts import SCORE_SPANS
         from prepo.tasks.registry import BUILTIN_TASKS, builtin_tiers
 
-        _require(self.train not in BUILTIN_TASKS or self.train_size > 0, "data.train_size",
+        require(bool(self.train), "data.train", "must be 'arith' or a file path")
+        check(self, "data", train_size=">= 0", eval_size=">= 0", score_span=SCORE_SPANS)
+        builtin = self.train in BUILTIN_TASKS
+        require(not builtin or self.train_size > 0, "data.train_size",
                  f"must be > 0 for the built-in task {self.train!r}")
-
-        _require(self.score_span in SCORE_SPANS, "data.score_span",
-                 f"must be one of {SCORE_SPANS}, got {self.score_span!r}")
-        _require(self.prompt_template.count("{question}") == 1, "data.prompt_template",
+        require(self.prompt_template.count("{question}") == 1, "data.prompt_template",
                  f"must contain '{{question}}' exactly once, got {self.prompt_template!r}")
-
-        _require(self.train in BUILTIN_TASKS or self.tiers is None, "data.tiers",
-                 f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
-        _require(self.train in BUILTIN_TASKS or self.eval_tiers is None, "data.eval_tiers",
-                 f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
         for key in ("tiers", "eval_tiers"):
             value = getattr(self, key)
+            require(builtin or value is None, f"data.{key}",
+                     f"only applies to a built-in task (data.train in {list(BUILTIN_TASKS)})")
             if value is not None:
                 known = builtin_tiers(self.train)
+                require(bool(value), f"data.{key}", f"must not be empty; known tiers: {known}")
                 unknown_tiers = [t for t in value if t not in known]
-                _require(bool(value), f"data.{key}", f"must not be empty; known tiers: {known}")
-                _require(not unknown_tiers, f"data.{key}", f"unknown tier(s) {unknown_tiers}; known: {known}")
+                require(not unknown_tiers, f"data.{key}", f"unknown tier(s) {unknown_tiers}; known: {known}")
         unknown = sorted(set(self.fields or {}) - set(FILE_FIELDS))
-        _require(not unknown, "data.fields", f"unknown key(s) {unknown}; valid: {list(FILE_FIELDS)}")
+        require(not unknown, "data.fields", f"unknown key(s) {unknown}; valid: {list(FILE_FIELDS)}")
 
 
 @dataclass
@@ -118,27 +94,14 @@ class SelectionConfig:
     greso_p_min: float = 0.05       # greso: exploration probability floor (a skipped prompt is never gone for good)
 
     def __post_init__(self):
-        from prepo.selection import STRATEGIES
+        from prepo.selection import PACES, STRATEGIES
 
-        _require_finite(self, "selection")
-        _require(self.strategy in STRATEGIES, "selection.strategy",
-                 f"must be one of {tuple(STRATEGIES)}, got {self.strategy!r}")
-        _require(self.k >= 1, "selection.k", f"must be >= 1, got {self.k}")
-        _require(self.num_candidates >= 1, "selection.num_candidates", f"must be >= 1, got {self.num_candidates}")
-        _require(self.k <= self.num_candidates, "selection.k",
+        check(self, "selection", strategy=tuple(STRATEGIES), k=">= 1", num_candidates=">= 1",
+               score_batch_tokens=">= 1", pace=PACES, pace_gain="> 0", max_rounds=">= 1", greso_p_easy="in [0, 1]",
+               greso_p_hard="in [0, 1]", greso_p_min="in [0, 1]", greso_target_zero_variance="in [0, 1)",
+               greso_step="in [0, 1]")
+        require(self.k <= self.num_candidates, "selection.k",
                  f"K={self.k} is larger than the candidate batch |B|={self.num_candidates}")
-        _require(self.score_batch_tokens >= 1, "selection.score_batch_tokens", "must be >= 1")
-        from prepo.selection import PACES
-
-        _require(self.pace in PACES, "selection.pace", f"must be one of {PACES}, got {self.pace!r}")
-        _require(self.pace_gain > 0, "selection.pace_gain", f"must be > 0, got {self.pace_gain}")
-        _require(self.max_rounds >= 1, "selection.max_rounds", f"must be >= 1, got {self.max_rounds}")
-        for name in ("greso_p_easy", "greso_p_hard", "greso_p_min"):
-            value = getattr(self, name)
-            _require(0.0 <= value <= 1.0, f"selection.{name}", f"must be in [0, 1], got {value}")
-        _require(0.0 <= self.greso_target_zero_variance < 1.0, "selection.greso_target_zero_variance",
-                 f"must be in [0, 1), got {self.greso_target_zero_variance}")
-        _require(0.0 <= self.greso_step <= 1.0, "selection.greso_step", f"must be in [0, 1], got {self.greso_step}")
 
 
 @dataclass
@@ -152,19 +115,16 @@ class RolloutConfig:
     batch_size: int | None = None   # sequences per generate call (None: all at once)
 
     def __post_init__(self):
-        _require_finite(self, "rollout")
         from prepo.rollout import engine_names
 
-        _require(self.engine in engine_names(), "rollout.engine",
+        check(self, "rollout", max_new_tokens=">= 1", top_p="in (0, 1]", batch_size=">= 1")
+        require(self.engine in engine_names(), "rollout.engine",
                  f"unknown engine {self.engine!r}; known: {engine_names()}")
-        _require(self.group_size >= 2, "rollout.group_size",
+        require(self.group_size >= 2, "rollout.group_size",
                  f"must be >= 2, got {self.group_size} (advantages are relative to the group: with G=1 every "
                  "advantage is 0 and nothing is learned)")
-        _require(self.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        _require(self.temperature >= MIN_TEMPERATURE, "rollout.temperature",
+        require(self.temperature >= MIN_TEMPERATURE, "rollout.temperature",
                  f"must be >= {MIN_TEMPERATURE} (logits / T overflow below it), got {self.temperature}")
-        _require(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
-        _require(self.batch_size is None or self.batch_size >= 1, "rollout.batch_size", "must be >= 1 or null")
 
 
 @dataclass
@@ -185,17 +145,9 @@ class AlgorithmConfig:
     def __post_init__(self):
         from prepo.algorithm import LOSS_AGGREGATIONS, WEIGHTINGS
 
-        _require_finite(self, "algorithm")
-        _require(self.weighting in WEIGHTINGS, "algorithm.weighting",
-                 f"must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        _require(self.loss_aggregation in LOSS_AGGREGATIONS, "algorithm.loss_aggregation",
-                 f"must be one of {LOSS_AGGREGATIONS}, got {self.loss_aggregation!r}")
-        _require(0 <= self.eps_low < 1, "algorithm.eps_low", f"must be in [0, 1), got {self.eps_low}")
-        _require(self.eps_high >= 0, "algorithm.eps_high", f"must be >= 0, got {self.eps_high}")
-        _require(self.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {self.kl_coef}")
-        _require(self.ppo_epochs >= 1, "algorithm.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
-        _require(self.mini_batches >= 1, "algorithm.mini_batches", f"must be >= 1, got {self.mini_batches}")
-        _require(not (self.skip_zero_advantage and self.kl_coef > 0), "algorithm.skip_zero_advantage",
+        check(self, "algorithm", weighting=WEIGHTINGS, loss_aggregation=LOSS_AGGREGATIONS, eps_low="in [0, 1)",
+               eps_high=">= 0", kl_coef=">= 0", ppo_epochs=">= 1", mini_batches=">= 1")
+        require(not (self.skip_zero_advantage and self.kl_coef > 0), "algorithm.skip_zero_advantage",
                  "cannot skip zero-advantage rollouts while kl_coef > 0 (their KL term still has a gradient)")
 
 
@@ -213,20 +165,13 @@ class OptimConfig:
                                       # benchmarks/results/update-micro-batch.md)
 
     def __post_init__(self):
-        _require_finite(self, "optim")
-        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        for name in ("adam_beta1", "adam_beta2"):
-            _require(0 <= getattr(self, name) < 1, f"optim.{name}", f"must be in [0, 1), got {getattr(self, name)}")
-        _require(self.adam_eps > 0, "optim.adam_eps", f"must be > 0, got {self.adam_eps}")
-        _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(self.max_grad_norm >= 0, "optim.max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
-        _require(self.micro_batch_tokens >= 1, "optim.micro_batch_tokens", "must be >= 1")
+        check(self, "optim", lr="> 0", weight_decay=">= 0", adam_beta1="in [0, 1)", adam_beta2="in [0, 1)",
+               adam_eps="> 0", warmup_steps=">= 0", max_grad_norm=">= 0", micro_batch_tokens=">= 1")
 
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation before, during and after training (prepo.evaluate)."""
+    """Held-out evaluation before, during and after training (prepo.evaluate); ``prepo eval``'s defaults too."""
     every: int = 0                 # evaluate every N steps (0 = only before and after)
     before: bool = True            # evaluate the initial model
     k: int = 1                     # samples per problem (avg@k)
@@ -236,13 +181,9 @@ class EvalConfig:
     rows_per_call: int = 64        # samples (problems x k) per generate call: larger is faster for tiny models
 
     def __post_init__(self):
-        _require_finite(self, "eval")
-        _require(self.rows_per_call >= 1, "eval.rows_per_call", f"must be >= 1, got {self.rows_per_call}")
-        _require(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
-        _require(self.k >= 1, "eval.k", f"must be >= 1, got {self.k}")
-        _require(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE, "eval.temperature",
+        check(self, "eval", rows_per_call=">= 1", every=">= 0", k=">= 1", max_new_tokens=">= 1")
+        require(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE, "eval.temperature",
                  f"must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {self.temperature}")
-        _require(self.max_new_tokens is None or self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
 
 @dataclass
@@ -261,19 +202,14 @@ class RunConfig:
     report_to: list[str] = field(default_factory=list)  # also log to: tensorboard, wandb (offline without network)
 
     def __post_init__(self):
-        _require(bool(self.name) and self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
-                 "run.name", f"must be one plain folder name (no '/', '\\', '.' or '..'), got {self.name!r}")
-        _require(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
-        _require(self.save_every >= 0, "run.save_every", f"must be >= 0, got {self.save_every}")
-        _require(self.keep_checkpoints >= 0, "run.keep_checkpoints", f"must be >= 0, got {self.keep_checkpoints}")
-        _require(self.threads >= 0, "run.threads", f"must be >= 0, got {self.threads}")
-        _require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, got {self.device!r}")
-        _require(self.parallel in ("auto", "ddp", "fsdp"), "run.parallel",
-                 f"must be auto, ddp or fsdp, got {self.parallel!r}")
         from prepo.reporters import REPORTERS
 
+        require(bool(self.name) and self.name not in (".", "..") and not any(c in self.name for c in "/\\\0"),
+                 "run.name", f"must be one plain folder name (no '/', '\\', '.' or '..'), got {self.name!r}")
+        check(self, "run", steps=">= 1", save_every=">= 0", keep_checkpoints=">= 0", threads=">= 0",
+               device=("auto", "cpu", "cuda"), parallel=("auto", "ddp", "fsdp"))
         unknown = [name for name in self.report_to if name not in REPORTERS]
-        _require(not unknown, "run.report_to", f"unknown {unknown}; known: {list(REPORTERS)}")
+        require(not unknown, "run.report_to", f"unknown {unknown}; known: {list(REPORTERS)}")
 
 
 @dataclass
@@ -292,282 +228,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# --- loading: OmegaConf merges the dataclasses' defaults, YAML files (a ``base:`` chain), mappings and dotted overrides
-# with strict keys and typed values; the dataclasses' __post_init__ checks run last. Any error is one ConfigError line.
-# Values are taken literally: ${...} interpolations are never resolved (a config file must not read the environment).
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _valid_keys(cls, prefix: str = "") -> list[str]:
-    keys = []
-    for name, tp in _field_types(cls).items():
-        if dataclasses.is_dataclass(tp):
-            keys += _valid_keys(tp, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
-
-
-def _lookup(key: str):
-    """(the section class holding ``key``'s deepest known part, how many parts are known, that part's type or None)."""
-    cls, parts = TrainConfig, key.split(".")
-    for i, part in enumerate(parts):
-        tp = _field_types(cls).get(part)
-        if tp is None or i == len(parts) - 1 or not dataclasses.is_dataclass(tp):
-            return cls, i, tp
-        cls = tp
-    return cls, len(parts), None
-
-
-def _unknown_key(key: str) -> ConfigError:
-    cls, known, _ = _lookup(key)
-    prefix = ".".join(key.split(".")[:known])
-    valid = ", ".join(_valid_keys(cls, prefix + "." if prefix else ""))
-    return ConfigError(f"unknown config key(s) {key}; valid keys: {valid}")
-
-
-def _short(value) -> str:
-    """``repr(value)``, cut to 80 characters (a 100k-digit number stays one readable line)."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-
-
-def _expected_type(key: str):
-    """(the type ``key`` holds without Optional, its origin: list, dict, a dataclass or the type itself)."""
-    _, _, tp = _lookup(key)
-    inner = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if type(None) in typing.get_args(tp) else tp
-    return inner, typing.get_origin(inner) or inner
-
-
-def _bad_value(key: str, value) -> ConfigError:
-    """The one line for a value that does not fit ``key``'s type."""
-    inner, origin = _expected_type(key)
-    value = _Shown(_short(value))
-    if dataclasses.is_dataclass(inner) or origin is dict:
-        return ConfigError(f"{key}: expected a mapping, got {value!r}")
-    if origin is list:
-        return ConfigError(f"{key}: expected a list, got {value!r}")
-    if inner is bool:
-        return ConfigError(f"{key}: expected true or false, got {value!r}")
-    if inner is str:
-        return ConfigError(f"{key}: expected a string, got {value!r}")
-    return ConfigError(f"{key}: cannot read {value!r} as {getattr(inner, '__name__', inner)}")
-
-
-class _Shown(str):
-    """Text shown as itself by ``!r`` (an already shortened repr)."""
-
-    def __repr__(self):
-        return str(self)
-
-
-def _check_shapes(mapping: dict) -> None:
-    """A mapping or list given where the key holds something else: that key's one line (OmegaConf's merge would
-    raise a bare TypeError naming no key)."""
-    for name, section in mapping.items():
-        if not isinstance(section, dict) or not dataclasses.is_dataclass(_field_types(TrainConfig).get(name)):
-            continue
-        for key, value in section.items():
-            full = f"{name}.{key}"
-            if _lookup(full)[2] is None:
-                continue  # an unknown key: named by the merge
-            _, origin = _expected_type(full)
-            if ((isinstance(value, dict) and origin is not dict) or (isinstance(value, list) and origin is not list)
-                    or (origin in (dict, list) and value is not None and not isinstance(value, (dict, list, str)))):
-                raise _bad_value(full, value)
-
-
-# a config holds about a hundred values: an alias chain ("billion laughs") that expands past this is refused before
-# OmegaConf copies it node by node, and so is nesting deeper than any config needs
-YAML_MAX_NODES = 10_000
-YAML_MAX_DEPTH = 32
-
-
-def _yaml_loader(text: str):
-    """A yaml.SafeLoader over ``text`` that refuses a key given twice in one mapping (YAML would keep the last)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen = {}
-            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
-                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
-                    if key_node.value in seen:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"duplicate key {key_node.value!r} (first at line {seen[key_node.value]})",
-                            key_node.start_mark)
-                    seen[key_node.value] = key_node.start_mark.line + 1
-            return super().construct_mapping(node, deep=deep)
-
-    return Loader(text)
-
-
-def _expanded_size(node, memo: dict, depth: int = 0) -> int:
-    """Nodes in the YAML tree once every alias is copied out (what OmegaConf builds), up to YAML_MAX_NODES."""
-    import yaml
-
-    if depth > YAML_MAX_DEPTH:
-        raise ConfigError(f"nested deeper than {YAML_MAX_DEPTH} levels (or an alias that contains itself)")
-    if id(node) not in memo:
-        children = (node.value if isinstance(node, yaml.SequenceNode) else
-                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
-        total = 1
-        for child in children:
-            total += _expanded_size(child, memo, depth + 1)
-            if total > YAML_MAX_NODES:
-                raise ConfigError(f"expands to more than {YAML_MAX_NODES} values (aliases repeat whole "
-                                  "subtrees); write the values out")
-        memo[id(node)] = total
-    return memo[id(node)]
-
-
-def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file (yaml.SafeLoader: no tags, no code; duplicate keys, deep nesting and alias bombs
-    refused), or a ConfigError naming the file."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "does not exist"
-        raise ConfigError(f"config file {str(path)!r} {what}")
-    try:
-        loader = _yaml_loader(path.read_text(encoding="utf-8"))
-        try:
-            node = loader.get_single_node()
-            if node is not None:
-                _expanded_size(node, {})
-            loaded = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {str(path)!r}: malformed YAML{where}: {problem}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"config file {str(path)!r}: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {str(path)!r}: nested deeper than {YAML_MAX_DEPTH} levels") from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise ConfigError(f"config file {str(path)!r}: {str(exc).splitlines()[0][:200]}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level")
-    return loaded
-
-
-def yaml_layers(path: str | Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
-    """(file, mapping) for a YAML file and the ``base: other.yaml`` chain under it (relative to each file), the
-    deepest base first; each mapping without its ``base`` key. Merge them in order (:func:`merge_mappings`)."""
-    path = Path(path)
-    raw = read_yaml(path)
-    if "base" not in raw:
-        return [(path, raw)]
-    base_path = (path.parent / str(raw.pop("base"))).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise ConfigError(f"{path}: base: {base_path} includes itself")
-    return yaml_layers(base_path, seen + (path.resolve(),)) + [(path, raw)]
-
-
-def merge_mappings(*mappings) -> dict:
-    """Later mappings over earlier ones: mappings merge key by key, anything else (lists included) is replaced."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.create(m) for m in mappings]), resolve=False)
-
-
-def _override(item: str) -> dict:
-    """One ``dotted.key=value`` as a nested mapping, its value read as YAML (a list key also takes ``a, b``)."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. selection.strategy=random")
-    key, text = (part.strip() for part in item.split("=", 1))
-    cls, known, tp = _lookup(key)
-    if tp is None or known < len(key.split(".")) - 1:
-        raise _unknown_key(key)
-    if dataclasses.is_dataclass(tp):
-        raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{next(iter(_field_types(tp)))}=...")
-    optional = type(None) in typing.get_args(tp)
-    try:
-        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
-    except (OmegaConfBaseException, ValueError, yaml.YAMLError):  # not YAML: the text itself
-        value = text
-    if not text:
-        value = None if optional else ""
-    is_list = any(typing.get_origin(a) is list for a in (tp, *typing.get_args(tp)))
-    if is_list and isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if value is None and not optional:
-        raise _bad_value(key, text)
-    return dotted_mapping(key, value)
-
-
-def dotted_mapping(key: str, value) -> dict:
-    """``{"a.b": v}`` as ``{"a": {"b": v}}``."""
-    *sections, last = key.split(".")
-    out = node = {}
-    for part in sections:
-        node = node.setdefault(part, {})
-    node[last] = value
-    return out
-
-
-def _check_literal(node, prefix: str = "") -> None:
-    """Interpolations stay text, so only a string field may hold one."""
-    from omegaconf import DictConfig, OmegaConf
-
-    for name in node:
-        key = prefix + str(name)
-        if OmegaConf.is_interpolation(node, name):
-            _, _, tp = _lookup(key)
-            if tp is not None and tp is not str and str not in typing.get_args(tp):
-                raise _bad_value(key, OmegaConf.to_container(node, resolve=False)[name])
-        elif isinstance(node._get_node(name), DictConfig) and node[name] is not None:
-            _check_literal(node[name], key + ".")
-
-
-def config_from(*mappings, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The TrainConfig of the defaults, then ``mappings`` (nested sections, e.g. from YAML), then dotted
-    ``key=value`` overrides, checked key by key and value by value."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
-    layers = [OmegaConf.structured(TrainConfig)]
-    try:
-        for mapping in (*mappings, *(_override(item) for item in overrides)):
-            for name, section in mapping.items():
-                tp = _field_types(TrainConfig).get(name)
-                if dataclasses.is_dataclass(tp) and section is not None and not isinstance(section, dict):
-                    raise ConfigError(f"{name}: expected a mapping, got {section!r}")
-            _check_shapes(mapping)
-            layers.append(OmegaConf.create({k: v for k, v in mapping.items() if v is not None or k not in
-                                            _field_types(TrainConfig)}))
-        merged = OmegaConf.merge(*layers)
-        _check_literal(merged)
-        tree = OmegaConf.to_container(merged, resolve=False)  # OmegaConf's own instantiation would resolve ${...}
-    except ConfigKeyError as exc:
-        raise _unknown_key(exc.full_key) from None
-    except OmegaConfBaseException as exc:
-        key = exc.full_key or ""
-        if not key or _lookup(key)[2] is None:
-            raise ConfigError(f"{key or 'config'}: {str(exc).splitlines()[0]}") from None
-        raise _bad_value(key, exc.value if hasattr(exc, "value") else None) from None
-    return TrainConfig(**{name: section(**tree[name]) for name, section in _field_types(TrainConfig).items()})
-
-
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML file (optional; with its ``base:`` chain), apply ``key=value`` overrides, validate."""
-    mappings = [raw for _, raw in yaml_layers(path)] if path is not None else []
-    return config_from(*mappings, overrides=overrides)
+    files = [raw for _, raw in yaml_layers(path)] if path is not None else []
+    return build(TrainConfig, *files, *(override(TrainConfig, item) for item in overrides))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
@@ -599,7 +263,7 @@ def resume_changes(saved: dict, config: TrainConfig, allow=()) -> list[str]:
     part when that is unambiguous, e.g. ``steps``) and must not be in FIXED_ON_RESUME. Returns the allowed changes
     ("key: old -> new"); raises ConfigError naming every refused key.
     """
-    valid = _valid_keys(TrainConfig)
+    valid = valid_keys(TrainConfig)
     allowed = set()
     for name in allow:
         matches = [k for k in valid if k == name or k.endswith("." + name)]

@@ -285,3 +285,73 @@ def test_resume_refuses_a_changed_data_key_even_when_allowed(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key} .*cannot change"):
         resume_changes(saved, load_config(None, ["run.steps=3", override]), [key])
+
+
+def test_base_chains_resolve_relative_to_each_file(tmp_path):
+    """A chain of three files in three folders: each ``base:`` is relative to the file that names it, the nearest
+    file wins key by key; a loop through two files and a missing base are one line naming the file."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b").mkdir()
+    (tmp_path / "root.yaml").write_text("optim: {lr: 1.0e-6, weight_decay: 0.5}\nrun: {steps: 7, seed: 1}\n")
+    (tmp_path / "a" / "mid.yaml").write_text("base: ../root.yaml\noptim: {lr: 3.0e-6}\nrun: {seed: 2}\n")
+    leaf = tmp_path / "a" / "b" / "leaf.yaml"
+    leaf.write_text("base: ../mid.yaml\nrun: {seed: 3}\n")
+    cfg = load_config(leaf)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.run.steps, cfg.run.seed) == (3e-6, 0.5, 7, 3)
+    assert load_config(leaf, ["run.seed=4"]).run.seed == 4  # overrides come last
+    (tmp_path / "root.yaml").write_text("base: a/b/leaf.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(leaf)
+    (tmp_path / "a" / "mid.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file '.*nowhere\.yaml' does not exist"):
+        load_config(leaf)
+    (tmp_path / "root.yaml").write_text("run: {steps: 7}\n")
+    (tmp_path / "a" / "mid.yaml").write_text("base: ../root.yaml\nrun: {sed: 2}\n")  # a typo in a base is named
+    with pytest.raises(ConfigError, match=r"^unknown config key\(s\) run\.sed; valid keys: run\.name"):
+        load_config(leaf)
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("run.name=12", "run.name", "12"),                      # a string key keeps the text
+    ("optim.lr=1e-5", "optim.lr", 1e-5),                    # YAML 1.1 would read 1e-5 as a string
+    ("optim.lr=2", "optim.lr", 2.0),
+    ("run.progress=no", "run.progress", False),
+    ("run.steps=0x10", "run.steps", 16),
+    ("data.system_prompt=", "data.system_prompt", None),   # nothing after '=': null where null is allowed ...
+    ("data.tiers=", "data.tiers", None),
+    ("run.report_to=", "run.report_to", []),               # ... else empty
+    ("run.report_to=tensorboard", "run.report_to", ["tensorboard"]),
+    ("data.tiers=add1,mul2", "data.tiers", ["add1", "mul2"]),
+    ("data.tiers=sub1", "data.tiers", ["sub1"]),
+    ("data.tiers=null", "data.tiers", None),
+    ("data.system_prompt=Answer with a number, nothing else.", "data.system_prompt",
+     "Answer with a number, nothing else."),
+    ("data.prompt_template=Q: {question} = ?", "data.prompt_template", "Q: {question} = ?"),
+    ("eval.max_new_tokens=null", "eval.max_new_tokens", None),
+])
+def test_override_values_are_typed_by_the_key(override, key, expected):
+    section, name = key.split(".")
+    value = getattr(getattr(load_config(None, [override]), section), name)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_mappings_take_dotted_keys_and_sections():
+    from prepo.config import TrainConfig
+    from prepo.structured import build
+
+    cfg = build(TrainConfig, {"optim": {"lr": 1e-5, "weight_decay": 0.1}}, {"optim.lr": 2e-5, "run.steps": 3})
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.run.steps) == (2e-5, 0.1, 3)
+    assert build(TrainConfig, {"run": None}) == TrainConfig()  # an empty section keeps the defaults
+    with pytest.raises(ConfigError, match=r"^unknown config key\(s\) optim\.lrr; valid keys: optim\.lr"):
+        build(TrainConfig, {"optim.lrr": 1})
+
+
+@pytest.mark.parametrize("text", ["a\\${x}", "a\\\\${x}", "${", "$ {x} }", "\\", "${a:${b}}", "${{x}}$"])
+def test_strings_with_dollars_and_backslashes_stay_verbatim(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"system_prompt": text, "tiers": [f"add1{text}"]}}))
+    with pytest.raises(ConfigError, match=r"data\.tiers: unknown tier"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"data": {"system_prompt": text}}))
+    assert load_config(path).data.system_prompt == text
+    assert load_config(None, [f"data.system_prompt={text}"]).data.system_prompt == text

@@ -175,3 +175,18 @@ def test_prepo_eval_arith_scores_the_problems_training_holds_out(tiers, tmp_path
     _, held = load_datasets(DataConfig(train="arith", tiers=tiers, eval_size=24))
     assert seen["datasets"] == {"arith": held["arith"]}
     assert seen["kw"]["system_prompt"]["arith"] == ARITH_FORMAT.system_prompt
+
+
+def test_eval_defaults_are_the_training_configs():
+    """`prepo eval` scores a model as the trainer's held-out evaluation does unless told otherwise: its defaults are
+    read from EvalConfig (then ModelConfig, RolloutConfig, RunConfig), not written again beside them."""
+    from prepo.cli import eval_parser
+    from prepo.config import EvalConfig, ModelConfig, RolloutConfig, RunConfig
+
+    args = eval_parser().parse_args(["--data", "arith:2"])
+    ev = EvalConfig()
+    assert (args.k, args.temperature, args.max_new_tokens, args.batch_size) == (
+        ev.k, ev.temperature, ev.max_new_tokens, ev.rows_per_call)
+    model, rollout = ModelConfig(), RolloutConfig()
+    assert (args.model, args.dtype, args.top_p, args.engine, args.seed) == (
+        model.name_or_path, model.dtype, rollout.top_p, rollout.engine, RunConfig().seed)

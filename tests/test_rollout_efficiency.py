@@ -174,6 +174,25 @@ def test_plan_runs_the_headline_variants_first_seed_by_seed(tmp_path):
     ("name: x\ntrain: {}\nvariants: [{name: a, seeds: [1, 1]}]\nreference: a\n", "seeds"),
     ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nstep: 3\n", "unknown"),
     ("name: a/b\ntrain: {}\nvariants: [{name: a}]\nreference: a\n", "name"),
+    # read onto EfficiencyConfig by OmegaConf (prepo.structured): each error names its key
+    ("name: x\nvariants: [{name: a}]\nreference: a\n", r"^train: missing"),
+    ("name: x\ntrain: 3\nvariants: [{name: a}]\nreference: a\n", r"^train: expected a mapping, got 3$"),
+    ("name: x\ntrain: {}\nvariants: {name: a}\nreference: a\n", r"^variants: expected a list"),
+    ("name: x\ntrain: {}\nvariants: [{overrides: {}}]\nreference: a\n", r"variants\[0\]\.name"),
+    ("name: x\ntrain: {}\nvariants: [{name: a, seed: [1]}]\nreference: a\n", r"Key 'seed' not in 'Variant'"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nseeds: [one]\n", r"^seeds\[0\]"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nseeds: []\n", r"^seeds: expected distinct"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nmetric: best\n", r"^metric: expected one of"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\ngate_min_share: 1.5\n", r"^gate_min_share: expected"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\ngate_min_gain: much\n",
+     r"^gate_min_gain: cannot read 'much' as float$"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nmodels: [m, m]\n", r"^models: expected .*distinct"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\ntransfer_benchmark: a/b\n", "^transfer_benchmark"),
+    ("name: x\ntrain: {}\nvariants: [{name: a}]\nreference: a\nmodel: m\n", r"unknown key\(s\) \['model'\]"),
+    ("name: x\ntrain: {optim: {lr: 0}}\nvariants: [{name: a}]\nreference: a\n",
+     r"^variant 'a': optim\.lr: must be > 0"),
+    ("name: x\ntrain: {}\nvariants: [{name: a, overrides: {optim.lrr: 1}}]\nreference: a\n",
+     r"^variant 'a': unknown config key\(s\) optim\.lrr; valid keys: optim\.lr"),
 ])
 def test_bad_benchmark_config(tmp_path, text, match):
     path = tmp_path / "bad.yaml"
@@ -199,6 +218,17 @@ def test_config_with_a_base(tmp_path):
     derived.write_text("base: derived.yaml\nname: loop\n")
     with pytest.raises(eff.BenchmarkConfigError, match="includes itself"):
         eff.load_efficiency_config(derived)
+
+
+def test_benchmark_values_are_typed_and_literal(tmp_path):
+    """Values are converted to the field's type; train values are taken literally, ${...} included."""
+    path = tmp_path / "b.yaml"
+    path.write_text("{name: x, reference: a, variants: [{name: a}], gate_min_gain: 1, keep_checkpoints_after: yes,"
+                    " train: {data: {system_prompt: 'x ${oc.env:HOME}'}, run: {steps: '2'}}}\n")
+    cfg = eff.load_efficiency_config(path)
+    run = eff.train_config(cfg, cfg.variants[0], 3)
+    assert (cfg.gate_min_gain, cfg.keep_checkpoints_after, cfg.variants[0].seeds) == (1.0, True, [0])
+    assert (run.data.system_prompt, run.run.steps, run.run.name) == ("x ${oc.env:HOME}", 2, "a-s3")
 
 
 def test_shipped_configs_load():
