@@ -8,8 +8,8 @@ import os
 
 import torch
 
-from benchmarks import harness
-from benchmarks.harness import Case, Floor, Provider, Suite
+from benchmarks.kernels import harness
+from benchmarks.kernels.harness import Case, Floor, Provider, Suite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Logits of a trained LM have a spread of a few units; the scale only matters for how many exps underflow.

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.efficiency_stats import (RESAMPLES, speedup_for_gain, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
+from benchmarks.rl.efficiency_stats import (RESAMPLES, speedup_for_gain, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
                                          paired_difference, paired_ratio, rollouts_to_reach, t_interval,
                                          validity_gate)
 

@@ -8,9 +8,9 @@ import math
 
 import torch
 
-from benchmarks import harness
-from benchmarks.harness import Case, Floor, Provider, Suite
-from benchmarks.logprobs_entropy import DTYPES, _importable, _native_ok, _triton_ok, eager_logprobs_entropy
+from benchmarks.kernels import harness
+from benchmarks.kernels.harness import Case, Floor, Provider, Suite
+from benchmarks.kernels.logprobs_entropy import DTYPES, _importable, _native_ok, _triton_ok, eager_logprobs_entropy
 
 # Rows per chunk of the "chunked torch" peer: activation checkpointing per chunk, the usual hand-written fix.
 TORCH_CHUNK_ROWS = 256

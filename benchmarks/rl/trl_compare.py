@@ -20,8 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import RESULTS_DIR
+
 K, G, NEW_TOKENS, LR, TEMPERATURE = 4, 8, 64, 1e-6, 1.0
-RESULT = Path(__file__).parent / "results" / "trl-compare-cpu.md"
+RESULT = RESULTS_DIR / "trl-compare-cpu.md"
 
 
 def _prepo_prompts(tokenizer, examples):
@@ -107,7 +109,7 @@ def run_prepo(steps: int, seed: int, extra: list[str] = ()) -> dict:
 
 
 def _child(side: str, steps: int, seed: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.trl_compare", "--side", side, "--steps", str(steps), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "benchmarks.rl.trl_compare", "--side", side, "--steps", str(steps), "--seed", str(seed)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -14,11 +14,11 @@ import sys
 
 import torch
 
-from benchmarks import harness
+from benchmarks import RESULTS_DIR
+from benchmarks.kernels import harness
 
 # Modules that register their suites when imported.
-SUITE_MODULES = ("benchmarks.logprobs_entropy", "benchmarks.linear_logprobs_entropy")
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SUITE_MODULES = ("benchmarks.kernels.logprobs_entropy", "benchmarks.kernels.linear_logprobs_entropy")
 
 
 def load_suites() -> dict[str, harness.Suite]:

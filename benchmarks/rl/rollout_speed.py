@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-RESULT = Path(__file__).parent / "results" / "rollout-speed.md"
+from benchmarks import RESULTS_DIR
+
+RESULT = RESULTS_DIR / "rollout-speed.md"
 VOCAB, K, G, NEW_TOKENS, TEMPERATURE = 64, 16, 8, 40, 1.0
 SPECIALS = ["<pad>", "<unk>", "<|end|>"]
 

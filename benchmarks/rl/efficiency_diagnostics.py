@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.rollout_efficiency import BenchmarkConfigError, load_efficiency_config, train_config
+from benchmarks.rl.rollout_efficiency import BenchmarkConfigError, load_efficiency_config, train_config
 
 
 def average_ranks(values: Sequence[float]) -> np.ndarray:

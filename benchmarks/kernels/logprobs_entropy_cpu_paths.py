@@ -14,11 +14,12 @@ import time
 
 import torch
 
-from benchmarks import harness
-from benchmarks.logprobs_entropy import (DTYPES, _make_case, _make_inputs, _runner, eager_logprobs_entropy,
+from benchmarks import RESULTS_DIR
+from benchmarks.kernels import harness
+from benchmarks.kernels.logprobs_entropy import (DTYPES, _make_case, _make_inputs, _runner, eager_logprobs_entropy,
                                          with_cpu_capability)
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu-paths.md")
+OUT = os.path.join(RESULTS_DIR, "cpu-paths.md")
 # The CPU flags that decide which loops can run (csrc/cpu_capability.cpp), and AMX for the record.
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16")
 # (target, limit): each is a ratio of two rows of one table (measured in the same run).

@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from benchmarks import RESULTS_DIR
+
 # How: the launchers themselves (logprobs_entropy_triton, linear_logprobs_entropy_triton) run on "meta" tensors under
 # triton_tiles.recording(family) for every dtype, fp32 precision and bias choice; each recorded launch gives the exact
 # signature Triton would specialise, and every configuration triton_tiles.choices lists for that kernel (the table the
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 # logits-path kernels' jobs with their divisibility attributes dropped). The expected time of each kernel at the
 # shapes benchmarks/gpu_suite.sh benchmarks (the suites' --quick CUDA grid) is its bytes and FLOPs per call against
 # H100 SXM peaks.
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "triton-resources.md")
+RESULTS = os.path.join(RESULTS_DIR, "triton-tiles.md")
 # H100 SXM: HBM3 bandwidth and dense bf16 tensor-core rate (TF32: half; fp32 without tensor cores: 67 TFLOP/s).
 H100_BYTES_PER_S = 3.35e12
 H100_FLOPS = {"bf16": 990e12, "fp16": 990e12, "tf32": 495e12, "ieee": 67e12}
@@ -84,7 +86,7 @@ def _record_logits(N, V, dtype):
 
 def suite_shapes() -> dict:
     """The shapes gpu_suite.sh benchmarks: the logits and linear suites' --quick CUDA grids (one point each)."""
-    from benchmarks import linear_logprobs_entropy, logprobs_entropy
+    from benchmarks.kernels import linear_logprobs_entropy, logprobs_entropy
 
     lg, ln = logprobs_entropy._grid("cuda", True), linear_logprobs_entropy._grid("cuda", True)
     return {"logits": {k: lg[k][0] for k in ("N", "V", "dtype")},

@@ -73,7 +73,7 @@ def testbed_spearman(results_root: str | Path, model: str | None) -> float | Non
     """Spearman over the training tiers from ``benchmarks.testbed_report --save`` for ``model`` (None: not run)."""
     if model is None:
         return None
-    from benchmarks.rollout_efficiency import model_slug
+    from benchmarks.rl.rollout_efficiency import model_slug
 
     path = Path(results_root) / f"testbed-{model_slug(model)}.json"
     if not path.is_file():
@@ -85,8 +85,8 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     """Gains of the transfer benchmark's runs (trained on short tiers, evaluated on the longest) for ``model``."""
     if not benchmark:
         return []
-    from benchmarks.efficiency_summary import RunRecord, read_metrics
-    from benchmarks.rollout_efficiency import model_slug
+    from benchmarks.rl.efficiency_summary import RunRecord, read_metrics
+    from benchmarks.rl.rollout_efficiency import model_slug
 
     folder = Path(results_root) / f"efficiency-{benchmark}"
     if model is not None and (folder / model_slug(model)).is_dir():

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from benchmarks import harness, linear_logprobs_entropy
+from benchmarks.kernels import harness, linear_logprobs_entropy
 
 
 def cpu_and_wall(fn, repeats: int) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
+from benchmarks.rl.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
                                            summary_markdown)
 
 # config keys that may differ between a run's start and its resume without changing what it computes
@@ -57,7 +57,7 @@ class EfficiencyConfig:
     variants: list[Variant]
     reference: str = "random"                   # the variant whose final accuracy is the target
     runs_root: str = "runs"                     # run dirs (checkpoints): <runs_root>/efficiency-<name>/
-    results_root: str = "benchmarks/results"    # committed outputs: <results_root>/efficiency-<name>/
+    results_root: str = "results"               # committed outputs: <results_root>/efficiency-<name>/
     eval_dataset: str | None = None             # which held-out set the report uses (None: the only/first one)
     keep_checkpoints_after: bool = False        # keep a finished run's checkpoints (they are ~3× the model size)
     notes: str = ""                             # free text appended to summary.md (what was tried and why)
@@ -193,7 +193,7 @@ def load_efficiency_config(path: str | Path) -> EfficiencyConfig:
     cfg = EfficiencyConfig(name=name, train=raw["train"], variants=variants, reference=reference, models=models,
                            transfer_benchmark=transfer,
                            runs_root=str(raw.get("runs_root", "runs")),
-                           results_root=str(raw.get("results_root", "benchmarks/results")),
+                           results_root=str(raw.get("results_root", "results")),
                            eval_dataset=raw.get("eval_dataset"),
                            keep_checkpoints_after=bool(raw.get("keep_checkpoints_after", False)),
                            notes=str(raw.get("notes") or ""), **_report_keys(raw))
@@ -360,7 +360,7 @@ def _eval_size(records: list[RunRecord], dataset: str | None, cfg: EfficiencyCon
 def summarize(cfg: EfficiencyConfig, command: str) -> Path:
     """Rebuild summary.md and curves.png in the results folder from whatever runs exist: with several models, each
     model's own (in its subfolder) and the pooled one (paired by model and seed) at the top."""
-    from benchmarks.efficiency_conditions import condition_lines, model_lines
+    from benchmarks.rl.efficiency_conditions import condition_lines, model_lines
 
     subs = per_model(cfg)
     parts = [(sub, *collect_runs(sub)) for sub in subs]
@@ -461,7 +461,7 @@ def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) 
 
     prepare_models(cfg)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # see _forward_sigterm
-    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rollout_efficiency", "--config", config_path,
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rl.rollout_efficiency", "--config", config_path,
                                  "--shard", f"{i}/{jobs}"]) for i in range(jobs)]
     signal.signal(signal.SIGTERM, lambda signum, frame: [w.send_signal(signal.SIGINT) for w in workers])
     try:
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkConfigError as exc:
         print(f"rollout_efficiency: {exc}", file=sys.stderr)
         return 2
-    command = f"python -m benchmarks.rollout_efficiency --config {args.config}"
+    command = f"python -m benchmarks.rl.rollout_efficiency --config {args.config}"
     if args.summarize_only:
         print(f"wrote {summarize(cfg, command)}")
         return 0

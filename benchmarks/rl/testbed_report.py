@@ -7,10 +7,11 @@ usage: python -m benchmarks.testbed_report [--model tiny-chain[@seed]] [--per-ti
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks import RESULTS_DIR
 
 
 def ranks(x) -> np.ndarray:
@@ -127,10 +128,10 @@ def main(argv=None) -> int:
         else:
             trained, trained_numbers = testbed_report(model, tokenizer, tiers=train_tiers, **kw)
         print(trained)
-        from benchmarks.rollout_efficiency import model_slug
+        from benchmarks.rl.rollout_efficiency import model_slug
 
         slug = model_slug(args.model)
-        out = Path(f"benchmarks/results/testbed-{slug}.md")
+        out = RESULTS_DIR / f"testbed-{slug}.md"
         out.write_text(f"# The {task} testbed policy before RL (model: {args.model}, weights sha256 {sha})\n\n"
                        f"`python -m benchmarks.testbed_report --model {args.model} --per-tier {args.per_tier} --max-new-tokens "
                        f"{args.max_new_tokens} --save`: held-out problems ({args.per_tier} a tier), {args.k} samples "
