@@ -1,6 +1,6 @@
 """Every Triton launch the package can make compiles for sm_80 / sm_90 / sm_100 without spills, within shared memory.
 
-The compilation runs on this CPU (no GPU) in a subprocess without TRITON_INTERPRET: benchmarks.triton_resources.
+The compilation runs on this CPU (no GPU) in a subprocess without TRITON_INTERPRET: benchmarks.kernels.triton_tiles.
 """
 import json
 import os

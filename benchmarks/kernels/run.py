@@ -1,9 +1,9 @@
-"""Kernel microbenchmarks: ``python -m benchmarks.kernels [--quick] [--suite logits] [--N 2048 --V 49152]``.
+"""Kernel microbenchmarks: ``python -m benchmarks.kernels.run [--quick] [--suite logits] [--N 2048 --V 49152]``.
 
 Prints one table per case (median time, x eager torch, x the floor, peak extra memory) and can save them as markdown.
 
-Adding a suite: write ``benchmarks/<name>.py`` that builds a ``harness.Suite`` (cases, inputs, providers, floor) and
-calls ``harness.register`` at import, then add the module's name to SUITE_MODULES.
+Adding a suite: write ``benchmarks/kernels/<op>.py`` that builds a ``harness.Suite`` (cases, inputs, providers,
+floor) and calls ``harness.register`` at import, then add the module's name to SUITE_MODULES.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=harness.CPU_BUDGET_S, help="CPU seconds per measurement")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--out", help="write the markdown tables here")
-    ap.add_argument("--save", action="store_true", help="write to benchmarks/results/<device>.md")
+    ap.add_argument("--save", action="store_true", help="write to results/<device>.md")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     overrides = _parse_overrides(args)
 
     lines = harness.header(args.device)
-    lines.append(f"- command: `python -m benchmarks.kernels {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    given = argv if argv is not None else sys.argv[1:]
+    lines.append(f"- command: `python -m benchmarks.kernels.run {' '.join(given)}`")
     lines.append("")
     print("\n".join(lines), flush=True)
     for name in args.suite:

@@ -1,6 +1,6 @@
-"""pytest-benchmark view of the kernel suites: ``pytest benchmarks/test_bench_kernels.py`` (``make test`` never runs it).
+"""pytest-benchmark view of the kernel suites: ``pytest benchmarks/kernels/test_bench_kernels.py`` (not make test).
 
-Same registry as ``python -m benchmarks.kernels``: its --quick cases, or the full default grid with PREPO_BENCH_FULL=1.
+Same registry as ``python -m benchmarks.kernels.run``: its --quick cases, or the full grid with PREPO_BENCH_FULL=1.
 """
 from __future__ import annotations
 

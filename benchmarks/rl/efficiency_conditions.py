@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from benchmarks import model_slug
+
 SPEARMAN_MAX = -0.3          # Spearman(question perplexity, pass rate) over the training tiers, at most
 ZERO_VARIANCE_MIN = 0.40     # the reference's zero-variance share of groups in the first quarter, at least ...
 GREEDY_GAIN_MIN = 0.10       # the reference's greedy held-out gain, at least (RL teaches, not only sharpens) ...
@@ -70,11 +72,9 @@ def _share_line(values: Sequence[float], threshold: float) -> tuple[bool | None,
 
 
 def testbed_spearman(results_root: str | Path, model: str | None) -> float | None:
-    """Spearman over the training tiers from ``benchmarks.testbed_report --save`` for ``model`` (None: not run)."""
+    """Spearman over the training tiers from ``benchmarks.rl.testbed_report --save`` for ``model`` (None: not run)."""
     if model is None:
         return None
-    from benchmarks.rl.rollout_efficiency import model_slug
-
     path = Path(results_root) / f"testbed-{model_slug(model)}.json"
     if not path.is_file():
         return None
@@ -86,7 +86,6 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     if not benchmark:
         return []
     from benchmarks.rl.efficiency_summary import RunRecord, read_metrics
-    from benchmarks.rl.rollout_efficiency import model_slug
 
     folder = Path(results_root) / f"efficiency-{benchmark}"
     if model is not None and (folder / model_slug(model)).is_dir():

@@ -1,7 +1,7 @@
 """Rollout-efficiency benchmark: train one model from the same seeds with PREPO and the baselines, evaluate on held-out
-problems every few steps, and report accuracy against rollouts generated (``benchmarks.efficiency_summary``).
+problems every few steps, and report accuracy against rollouts generated (``benchmarks.rl.efficiency_summary``).
 
-usage: python -m benchmarks.rollout_efficiency --config configs/efficiency-cpu.yaml [--summarize-only]
+usage: python -m benchmarks.rl.rollout_efficiency --config configs/efficiency-cpu.yaml [--summarize-only]
 
 Runs go sequentially into ``<runs_root>/efficiency-<name>/<variant>-s<seed>/`` (checkpoints there); each run's
 metrics.jsonl, config.yaml and status.json are copied to ``<results_root>/efficiency-<name>/<variant>-s<seed>/``, and
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import model_slug
 from benchmarks.rl.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
                                            summary_markdown)
 
@@ -68,7 +69,7 @@ class EfficiencyConfig:
                                                 # per model (<results>/<model>/) and pooled; [] = train.model's own
     model: str | None = None                    # set on the per-model configs (per_model) only
     transfer_benchmark: str | None = None       # the benchmark whose runs measure transfer (its name), for the
-                                                # pre-registered conditions (benchmarks.efficiency_conditions)
+                                                # pre-registered conditions (benchmarks.rl.efficiency_conditions)
 
     @property
     def runs_dir(self) -> Path:
@@ -91,11 +92,6 @@ class EfficiencyConfig:
             for i in range(depth):
                 order += [(v, v.seeds[i]) for v in group if i < len(v.seeds)]
         return order
-
-
-def model_slug(model: str) -> str:
-    """A folder name for a model: ``tiny-chain@1`` → ``tiny-chain-b1`` (build seed 1), a path → its last part."""
-    return Path(str(model).rstrip("/")).name.replace("@", "-b")
 
 
 def per_model(cfg: EfficiencyConfig) -> list[EfficiencyConfig]:
@@ -473,7 +469,8 @@ def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rollout_efficiency", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rl.rollout_efficiency",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/efficiency-cpu.yaml)")
     p.add_argument("--summarize-only", action="store_true", help="rebuild summary.md and curves.png, train nothing")
     p.add_argument("--jobs", type=int, default=1,
