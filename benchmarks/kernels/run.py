@@ -18,7 +18,8 @@ from benchmarks import RESULTS_DIR
 from benchmarks.kernels import harness
 
 # Modules that register their suites when imported.
-SUITE_MODULES = ("benchmarks.kernels.logprobs_entropy", "benchmarks.kernels.linear_logprobs_entropy")
+SUITE_MODULES = ("benchmarks.kernels.logprobs_entropy", "benchmarks.kernels.linear_logprobs_entropy",
+                 "benchmarks.kernels.sequence_perplexity")
 
 
 def load_suites() -> dict[str, harness.Suite]:
