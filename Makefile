@@ -59,7 +59,7 @@ train: $(STAMP)
 	$(VENV)/bin/prepo train --config configs/demo.yaml --overwrite
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.kernels
+	$(PY) -m benchmarks.kernels.run
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) build *.egg-info prepo_kernels/_C*.so

@@ -2,21 +2,21 @@
 # GPU check in one command, for a lent CUDA machine with torch/triton/transformers already installed (no network, no
 # pip, no C++ extension needed), in at most 8 minutes with compilation, so that a 15-minute window leaves a rerun:
 #   1. the kernel tests on CUDA                                                   (TEST_TIMEOUT_S, default 170 s)
-#   2. 3 steps of `prepo train` in bf16, HF engine, on a small Llama built on the spot (benchmarks/gpu_train.py):
+#   2. 3 steps of `prepo train` in bf16, HF engine, on a small Llama built on the spot (benchmarks/rl/gpu_train.py):
 #      the training loop's GPU path (pk.hf -> the fused linear path's Triton kernels) runs once
 #                                                                                 (TRAIN_TIMEOUT_S, default 100 s)
-#   3. the kernel benchmarks at the shapes benchmarks/results/triton-resources.md gives H100 floor times for
-#      (--quick: logits N=8192 V=151936 bf16, fused linear N=8192 H=4096 V=151936 bf16) -> benchmarks/results/<device>.md
+#   3. the kernel benchmarks at the shapes results/triton-tiles.md gives H100 floor times for
+#      (--quick: logits N=8192 V=151936 bf16, fused linear N=8192 H=4096 V=151936 bf16) -> results/<device>.md
 #                                                        (what is left of TOTAL_S, less RESOURCES_S; at least 60 s)
-#   4. python -m benchmarks.triton_resources with this machine's Triton on all its CPUs (compiles only; no GPU)
+#   4. python -m benchmarks.kernels.triton_tiles with this machine's Triton on all its CPUs (compiles only; no GPU)
 #                                                                     (RESOURCES_S, default 60 s, when that is left)
 #
 #   bash benchmarks/gpu_suite.sh            # from anywhere; runs from the source tree with PYTHONPATH=.
 #
 # TOTAL_S (default 420) bounds steps 1-4; each `timeout -k 10` may add 10 s of kill grace, and start-up a few more:
-# under 8 minutes in all. Logs (and a copy of the tables) go to $OUT when set, else benchmarks/results.
+# under 8 minutes in all. Logs (and a copy of the tables) go to $OUT when set, else results.
 # Env overrides: PYTHON, TOTAL_S, TEST_TIMEOUT_S, TRAIN_TIMEOUT_S, RESOURCES_S, GPU_TESTS (test files), BENCH_ARGS
-# (extra `python -m benchmarks.kernels` flags), TABLE (where the benchmark table goes), and DEVICE=cpu for a dry run
+# (extra `python -m benchmarks.kernels.run` flags), TABLE (where the benchmark table goes), and DEVICE=cpu for a dry run
 # of this script on a machine without a GPU (interpreted kernels, fp32 training: slow, steps get cut by timeouts).
 set -uo pipefail
 
@@ -29,8 +29,8 @@ TRAIN_TIMEOUT_S="${TRAIN_TIMEOUT_S:-100}"
 RESOURCES_S="${RESOURCES_S:-60}"
 START=$(date +%s)
 DEVICE="${DEVICE:-cuda}"
-LOGDIR="${OUT:-benchmarks/results}"
-mkdir -p "$LOGDIR" benchmarks/results
+LOGDIR="${OUT:-results}"
+mkdir -p "$LOGDIR" results
 elapsed() { echo $(( $(date +%s) - START )); }
 
 if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -56,7 +56,7 @@ echo "== tests exit code $TEST_RC ($(elapsed)s so far)"
 # 2. the training loop on the GPU: 3 steps, bf16, HF engine
 if [ "$DEVICE" = cuda ]; then TRAIN_DTYPE=bfloat16; else TRAIN_DTYPE=float32; fi
 echo "== 2. prepo train, 3 steps, $TRAIN_DTYPE on $DEVICE (timeout ${TRAIN_TIMEOUT_S}s)"
-timeout -k 10 "$TRAIN_TIMEOUT_S" "$PY" -u -m benchmarks.gpu_train --device "$DEVICE" --dtype "$TRAIN_DTYPE" --steps 3 \
+timeout -k 10 "$TRAIN_TIMEOUT_S" "$PY" -u -m benchmarks.rl.gpu_train --device "$DEVICE" --dtype "$TRAIN_DTYPE" --steps 3 \
     2>&1 | tee "$LOGDIR/gpu_train.log"
 TRAIN_RC=${PIPESTATUS[0]}
 echo "== train exit code $TRAIN_RC ($(elapsed)s so far)"
@@ -77,8 +77,8 @@ fi
     2>/dev/null || echo "TRL kernel peer row: absent (trl not importable and no wheel in $TRL_WHEEL_DIR/)"
 
 # 3. the benchmark table at the --quick shapes; torch.compile with dynamic shapes compiles once per dtype
-NAME=$("$PY" -c "from benchmarks import harness; print(harness.results_filename('$DEVICE'))")
-TABLE="${TABLE:-benchmarks/results/$NAME}"
+NAME=$("$PY" -c "from benchmarks.kernels import harness; print(harness.results_filename('$DEVICE'))")
+TABLE="${TABLE:-results/$NAME}"
 LEFT=$(( TOTAL_S - $(elapsed) - RESOURCES_S ))
 BENCH_RC=3
 if [ "$LEFT" -lt 60 ]; then
@@ -86,7 +86,7 @@ if [ "$LEFT" -lt 60 ]; then
 else
     echo "== 3. benchmark -> $TABLE (timeout ${LEFT}s)"
     # shellcheck disable=SC2086
-    timeout -k 10 "$LEFT" "$PY" -u -m benchmarks.kernels --device "$DEVICE" --suite logits linear --quick \
+    timeout -k 10 "$LEFT" "$PY" -u -m benchmarks.kernels.run --device "$DEVICE" --suite logits linear --quick \
         --compile dynamic --out "$TABLE" ${BENCH_ARGS:-} 2>&1 | tee "$LOGDIR/gpu_bench.log"
     BENCH_RC=${PIPESTATUS[0]}
     echo "== benchmark exit code $BENCH_RC ($(elapsed)s so far)"
@@ -96,12 +96,12 @@ if [ -n "${OUT:-}" ] && [ -f "$TABLE" ] && ! [ "$TABLE" -ef "$OUT/$(basename "$T
 fi
 
 # 4. registers / spills / shared memory of every launch configuration with this machine's Triton (informative here:
-#    tests/test_triton_resources.py enforces them with the development machine's Triton)
+#    tests/test_triton_tiles.py enforces them with the development machine's Triton)
 LEFT=$(( TOTAL_S - $(elapsed) ))
 if [ "$LEFT" -ge 30 ]; then
-    echo "== 4. triton resources with this machine's Triton -> $LOGDIR/triton-resources-device.md (timeout ${LEFT}s)"
-    env -u TRITON_INTERPRET timeout -k 10 "$LEFT" "$PY" -m benchmarks.triton_resources \
-        --out "$LOGDIR/triton-resources-device.md" 2>&1 | grep -v -i "warn" | tail -n 20
+    echo "== 4. triton resources with this machine's Triton -> $LOGDIR/triton-tiles-device.md (timeout ${LEFT}s)"
+    env -u TRITON_INTERPRET timeout -k 10 "$LEFT" "$PY" -m benchmarks.kernels.triton_tiles \
+        --out "$LOGDIR/triton-tiles-device.md" 2>&1 | grep -v -i "warn" | tail -n 20
     echo "== resources exit code ${PIPESTATUS[0]} ($(elapsed)s in all)"
 else
     echo "gpu_suite.sh: ${LEFT}s left; skipping the resource report" >&2

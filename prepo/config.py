@@ -162,7 +162,7 @@ class OptimConfig:
     warmup_steps: int = 0             # linear warm-up from 0 to lr, then constant
     max_grad_norm: float = 1.0        # 0 = no clipping (the norm is still reported)
     micro_batch_tokens: int = 1024    # tokens per forward/backward in the update (peak memory against time:
-                                      # benchmarks/results/update-micro-batch.md)
+                                      # results/update-micro-batch.md)
 
     def __post_init__(self):
         check(self, "optim", lr="> 0", weight_decay=">= 0", adam_beta1="in [0, 1)", adam_beta2="in [0, 1)",

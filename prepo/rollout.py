@@ -215,7 +215,7 @@ def fast_engine_supports(model) -> tuple[bool, str]:
 
 def prefer_fast_engine(model) -> bool:
     """The choice of engine "auto": the fast engine for a model it runs that lives on the CPU (where it is tested and
-    measured: benchmarks/results/rollout-speed.md), transformers generate otherwise."""
+    measured: results/rollout-speed.md), transformers generate otherwise."""
     first = next(model.parameters(), None)
     return first is not None and first.device.type == "cpu" and fast_engine_supports(model)[0]
 

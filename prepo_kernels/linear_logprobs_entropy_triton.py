@@ -61,7 +61,7 @@ def _precision(dtype: torch.dtype) -> str:
 # Triton specialises a kernel on its launch arguments (pointers 16-byte aligned, integers divisible by 16 or equal to
 # 1) and compiles one kernel per combination; an unaligned launch (a row stride or H not a multiple of 16, a non-unit
 # inner stride) gets no hints, loads element by element and needs more registers. So each kernel comes in two
-# variants, both compiled and checked by benchmarks.triton_resources: the aligned one, hinted on hidden / weight /
+# variants, both compiled and checked by benchmarks.kernels.triton_tiles: the aligned one, hinted on hidden / weight /
 # bias / dZ, their strides and H but never on what changes from call to call (row counts, vocabulary ends, splits,
 # the per-row vectors), launched when ``aligned()`` holds; and the unaligned one, hinted on nothing, with its own
 # tiles (triton_tiles.LINEAR_FWD_UNALIGNED: the aligned tiles spill there on sm_90 / sm_100).
@@ -233,7 +233,7 @@ def _common(hidden, weight):
     return (hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1))
 
 
-def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_index: int = -100):
+def forward(hidden, rows, weight, bias, targets, temperature: float, ignore_index: int):
     """Per kept row: (lp, ent, lse, ez) float32 (``ignore_index`` is unused: ``rows`` already excludes those)."""
     Nk = targets.shape[0]
     V, H = weight.shape

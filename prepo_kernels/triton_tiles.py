@@ -1,7 +1,7 @@
 """Every launch configuration the Triton launchers can choose, per GPU architecture and dtype, and the one launch path.
 
 The launchers (``logprobs_entropy_triton``, ``linear_logprobs_entropy_triton``) pick from here;
-``benchmarks.triton_resources`` compiles all of it.
+``benchmarks.kernels.triton_tiles`` compiles all of it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-# Architectures whose launch configurations are compiled and checked (benchmarks.triton_resources and its test):
+# Architectures whose launch configurations are compiled and checked (benchmarks.kernels.triton_tiles and its test):
 # sm_80 (A100), sm_90 (H100 / H200), sm_100 (B200). Every other device runs the configurations of its family.
 ARCHS = (80, 90, 100)
 
@@ -68,7 +68,7 @@ def _lin(bn, bv, bh, warps, stages, group=8) -> Tiles:
 # Keyed by (family, dot kind): "16bit" (bf16 / fp16 inputs), "tf32" and "ieee" (fp32 inputs, by torch's TF32 setting).
 # Rows x vocabulary tiles of 64 x 128 with 8 warps, or 64 x 64 with 4: 32 fp32 accumulator registers per thread, so
 # the online-softmax epilogue's [BLOCK_N, BLOCK_V] temporaries fit beside them: at most 240 registers, no spill on any
-# target (benchmarks/results/triton-resources.md). 128 x 128 tiles (the previous choice) held 64 per thread and
+# target (results/triton-tiles.md). 128 x 128 tiles (the previous choice) held 64 per thread and
 # used all 255 registers, one block per SM, with spills on sm_90 / sm_100. fp32 tiles take half the hidden step (the
 # same bytes per stage); "ieee" has no tensor cores (FMA dot, operands in registers): a 16-wide hidden step.
 # Several entries for one key are all spill-free; triton.autotune picks among them per (V, H, dtype, precision) on

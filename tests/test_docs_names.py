@@ -1,7 +1,10 @@
-"""Every `prepo.*` / `prepo_kernels.*` / `pk.*` name the README and docs mention exists in the code (stale words fail)."""
+"""Every `prepo.*` / `prepo_kernels.*` / `pk.*` name, repository path and `python -m` module the README, docs and
+configs mention exists in the code (stale words fail); module paths in the code's own usage lines are checked too.
+"""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -9,6 +12,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# where commands are written down: docstrings and usage lines of the benchmarks, the Makefile, the GPU script
+COMMANDS = [*DOCS, *CONFIGS, *sorted((ROOT / "benchmarks").rglob("*.py")), *sorted((ROOT / "prepo").rglob("*.py")),
+            *sorted((ROOT / "prepo_kernels").glob("*.py")),
+            *sorted(f for f in (ROOT / "tests").glob("*.py") if f.name != Path(__file__).name),
+            ROOT / "Makefile", *sorted((ROOT / "benchmarks").rglob("*.sh"))]
 # a dotted name in backticks or in running text: prepo.selection.pace_update, pk.logprobs_and_entropy, prepo_kernels.hf
 NAME = re.compile(r"(?<![\w/.-])((?:prepo_kernels|prepo|pk)(?:\.[A-Za-z_]\w*)+)")
 
@@ -45,12 +54,13 @@ def test_named_thing_exists(doc, name):
         pytest.fail(f"{doc} mentions {name}, which does not exist ({exc})")
 
 
-PATH = re.compile(r"(?<![\w/.-])((?:prepo|prepo_kernels|benchmarks|tests|configs|csrc|docs|examples)/[\w/.-]*\w\.(?:py|yaml|md|cpp|h|sh|json))")
+PATH = re.compile(r"(?<![\w/.-])((?:prepo|prepo_kernels|benchmarks|results|tests|configs|csrc|docs|examples)/"
+                  r"[\w/.-]*\w\.(?:py|yaml|md|cpp|h|sh|json|png))")
 
 
 def paths() -> list[tuple[str, str]]:
     out = []
-    for doc in DOCS:
+    for doc in DOCS + CONFIGS:
         text = doc.read_text()
         for path in sorted(set(PATH.findall(text))):
             out.append((doc.name, path))
@@ -62,3 +72,25 @@ def test_named_file_exists(doc, path):
     here = ROOT / path
     beside = (ROOT / "docs" / path) if doc != "README.md" else here
     assert here.exists() or beside.exists(), f"{doc} mentions {path}, which does not exist"
+
+
+# `python -m benchmarks.rl.rollout_efficiency`, `-m prepo`, and the ["-m", "benchmarks.x"] of a subprocess call
+MODULE = re.compile(r"""-m["']?,?\s+["']?((?:benchmarks|prepo_kernels|prepo)(?:\.\w+)*)\b""")
+
+
+def modules() -> list[tuple[str, str]]:
+    out = []
+    for doc in COMMANDS:
+        for module in sorted(set(MODULE.findall(doc.read_text()))):
+            out.append((str(doc.relative_to(ROOT)), module))
+    return out
+
+
+@pytest.mark.parametrize("doc, module", modules())
+def test_named_module_runs(doc, module):
+    """The module exists and runs as ``python -m`` (a package needs a ``__main__``)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None, f"{doc} runs `python -m {module}`, which does not exist"
+    if spec.submodule_search_locations is not None:
+        assert importlib.util.find_spec(module + ".__main__") is not None, \
+            f"{doc} runs `python -m {module}`, a package without __main__"

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import rollout_efficiency as eff
-from benchmarks.efficiency_stats import (by_quarter, common_range_auc, cost_ratio, mean_accuracy, paired_difference,
+from benchmarks.rl import rollout_efficiency as eff
+from benchmarks.rl.efficiency_stats import (by_quarter, common_range_auc, cost_ratio, mean_accuracy, paired_difference,
                                          paired_ratio, percentile_interval, t_interval, t_quantile, validity_gate)
-from benchmarks.efficiency_summary import RunRecord, build_report, resolve_metrics, summary_markdown
+from benchmarks.rl.efficiency_summary import RunRecord, build_report, resolve_metrics, summary_markdown
 
 X = np.array([0.0, 100.0, 200.0, 300.0, 400.0])  # cumulative rollouts at each evaluation
 
@@ -235,7 +235,7 @@ def test_report_keys_reach_the_config(tmp_path):
 def test_speedup_power_bound_on_a_linear_curve():
     """y = x / X on [0, X]: a k× faster strategy's curve is min(kx/X, 1), mean 1 − 1/(2k) against 1/2, a gain of
     (k − 1)/(2k): 0.25 at k = 2, 1/3 at k = 3."""
-    from benchmarks.efficiency_stats import speedup_for_gain, speedup_gain
+    from benchmarks.rl.efficiency_stats import speedup_for_gain, speedup_gain
 
     xs, ys = [0.0, 500.0, 1000.0], [0.0, 0.5, 1.0]
     assert speedup_gain(xs, ys, 1.0) == pytest.approx(0.0, abs=1e-12)
@@ -249,7 +249,7 @@ def test_speedup_power_bound_on_a_linear_curve():
 def test_percentile_interval_and_bootstrap_on_a_known_sample():
     """Order statistics of a known sample (any order in), and the bootstrap's interval for the mean of 100 fair coin
     flips: the normal approximation gives 0.5 ± 1.96 · 0.05."""
-    from benchmarks.efficiency_stats import bootstrap
+    from benchmarks.rl.efficiency_stats import bootstrap
 
     sample = np.random.default_rng(3).permutation(201).astype(float)  # 0, 1, ..., 200 shuffled
     assert percentile_interval(sample, 0.90) == (10.0, 190.0)
@@ -265,7 +265,7 @@ def test_percentile_interval_and_bootstrap_on_a_known_sample():
 
 
 def test_cost_to_reach_takes_the_first_evaluation_at_the_target():
-    from benchmarks.efficiency_stats import rollouts_to_reach
+    from benchmarks.rl.efficiency_stats import rollouts_to_reach
 
     assert rollouts_to_reach([0, 100, 200, 300], [0.1, 0.4, 0.4, 0.6], 0.4) == 100.0   # reached exactly, then flat
     assert rollouts_to_reach([0, 100, 200], [0.4, 0.5, 0.6], 0.4) == 0.0

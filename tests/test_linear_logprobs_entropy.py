@@ -263,7 +263,7 @@ def _unaligned_views(h):
                     reason="triton unavailable")
 def test_triton_unaligned_launches_take_the_unhinted_kernels(monkeypatch):
     """Issue #18 item 10: a launch Triton cannot give alignment hints runs the kernels' unhinted variant (the one
-    benchmarks.triton_resources compiles with its own tiles), forward and backward, with the same values."""
+    benchmarks.kernels.triton_tiles compiles with its own tiles), forward and backward, with the same values."""
     from prepo_kernels import triton_tiles
 
     launched = []

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import rollout_efficiency as eff
-from benchmarks.efficiency_summary import (RunRecord, binomial_se, build_report, mean_curve, rollouts_to_reach,
+from benchmarks.rl import rollout_efficiency as eff
+from benchmarks.rl.efficiency_summary import (RunRecord, binomial_se, build_report, mean_curve, rollouts_to_reach,
                                            summary_markdown)
 from tiny_lm import save_tiny
 
@@ -109,7 +109,7 @@ def test_runner_end_to_end_then_skips(tmp_path, tiny_model, monkeypatch):
     (results / "summary.md").unlink()
     path = write_config(tmp_path, tiny_model, "tiny")
     assert eff.main(["--config", path, "--summarize-only"]) == 0
-    command = f"python -m benchmarks.rollout_efficiency --config {path}"
+    command = f"python -m benchmarks.rl.rollout_efficiency --config {path}"
     assert (results / "summary.md").read_text() == summary.replace("`cmd`", f"`{command}`")
 
 
@@ -347,7 +347,7 @@ def test_report_target_ratio_and_table():
 
 
 def test_ratio_text():
-    from benchmarks.efficiency_summary import ratio_text
+    from benchmarks.rl.efficiency_summary import ratio_text
 
     assert ratio_text(300.0, 100.0, True) == "3.00×"
     assert ratio_text(100.0, 400.0, True) == "0.25×"
@@ -372,7 +372,7 @@ def _reference_spearman(x, y):
 
 
 def test_spearman_against_brute_force():
-    from benchmarks.efficiency_diagnostics import spearman
+    from benchmarks.rl.efficiency_diagnostics import spearman
 
     rng = np.random.default_rng()
     for _ in range(50):
@@ -392,7 +392,7 @@ def test_spearman_against_brute_force():
 
 
 def test_diagnostics_on_the_tiny_model(tmp_path, tiny_model):
-    from benchmarks.efficiency_diagnostics import measure, to_markdown
+    from benchmarks.rl.efficiency_diagnostics import measure, to_markdown
 
     only_random = "- {name: random, overrides: {selection.strategy: random}}\n"
     d = measure(write_config(tmp_path, tiny_model, "diag", only_random), per_tier=2)

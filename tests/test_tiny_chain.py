@@ -167,7 +167,7 @@ def test_efficiency_benchmark_runs_on_the_chain_testbed(tmp_path, monkeypatch):
     the pooled summary with the pre-registered conditions first, and one summary per model."""
     import yaml
 
-    from benchmarks import rollout_efficiency as rex
+    from benchmarks.rl import rollout_efficiency as rex
 
     monkeypatch.setitem(tiny_model.RECIPES, "tiny-chain", SMALL)
     monkeypatch.setenv("PREPO_CACHE", str(tmp_path / "cache"))

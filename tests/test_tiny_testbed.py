@@ -117,7 +117,7 @@ def test_loads_by_name_builds_once_and_generates(tmp_path, monkeypatch):
 
 
 def test_report_statistics_known_answers():
-    from benchmarks.testbed_report import ranks, spearman
+    from benchmarks.rl.testbed_report import ranks, spearman
 
     assert ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
     assert spearman([1, 2, 3, 4], [10, 20, 30, 400]) == pytest.approx(1.0)
@@ -132,7 +132,7 @@ def test_efficiency_benchmark_runs_on_the_testbed(tmp_path, monkeypatch):
     greedy) and writes the summary with its validity gate."""
     import yaml
 
-    from benchmarks import rollout_efficiency as rex
+    from benchmarks.rl import rollout_efficiency as rex
 
     monkeypatch.setitem(tiny_model.RECIPES, "tiny-arith", SMALL)
     monkeypatch.setenv("PREPO_CACHE", str(tmp_path / "cache"))

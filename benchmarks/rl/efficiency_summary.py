@@ -11,14 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.efficiency_stats import (RESAMPLES, speedup_for_gain, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
+from benchmarks.rl.efficiency_stats import (RESAMPLES, speedup_for_gain, Gate, PairedDifference, PairedRatio, by_quarter, common_range_auc,
                                          paired_difference, paired_ratio, rollouts_to_reach, t_interval,
                                          validity_gate)
-
-def model_slug(model: str) -> str:
-    """A folder name for a model: ``tiny-chain@1`` → ``tiny-chain-b1`` (build seed 1), a path → its last part."""
-    return Path(str(model).rstrip("/")).name.replace("@", "-b")
-
 
 # --- curves -------------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""pytest-benchmark view of the kernel suites: ``pytest benchmarks/test_bench_kernels.py`` (``make test`` never runs it).
+"""pytest-benchmark view of the kernel suites: ``pytest benchmarks/kernels/test_bench_kernels.py`` (not make test).
 
-Same registry as ``python -m benchmarks.kernels``: its --quick cases, or the full default grid with PREPO_BENCH_FULL=1.
+Same registry as ``python -m benchmarks.kernels.run``: its --quick cases, or the full grid with PREPO_BENCH_FULL=1.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import harness, kernels
+from benchmarks.kernels import harness, run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FULL = os.environ.get("PREPO_BENCH_FULL", "0") == "1"
@@ -17,8 +17,8 @@ ROUNDS = 20 if DEVICE == "cuda" else 3
 
 
 def _params():
-    for suite in kernels.load_suites().values():
-        for case in kernels.select_cases(suite, DEVICE, quick=not FULL, overrides={}):
+    for suite in run.load_suites().values():
+        for case in run.select_cases(suite, DEVICE, quick=not FULL, overrides={}):
             for provider in suite.providers:
                 for op in harness.OPS:
                     reason = harness.why_skip(suite, case, provider, op, DEVICE)

@@ -1,7 +1,7 @@
 """Rollout-efficiency benchmark: train one model from the same seeds with PREPO and the baselines, evaluate on held-out
-problems every few steps, and report accuracy against rollouts generated (``benchmarks.efficiency_summary``).
+problems every few steps, and report accuracy against rollouts generated (``benchmarks.rl.efficiency_summary``).
 
-usage: python -m benchmarks.rollout_efficiency --config configs/efficiency-cpu.yaml [--summarize-only]
+usage: python -m benchmarks.rl.rollout_efficiency --config configs/efficiency-cpu.yaml [--summarize-only]
 
 Runs go sequentially into ``<runs_root>/efficiency-<name>/<variant>-s<seed>/`` (checkpoints there); each run's
 metrics.jsonl, config.yaml and status.json are copied to ``<results_root>/efficiency-<name>/<variant>-s<seed>/``, and
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, model_slug, plot, read_metrics,
+from benchmarks import model_slug
+from benchmarks.rl.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
                                            summary_markdown)
 
 # config keys that may differ between a run's start and its resume without changing what it computes
@@ -55,7 +56,7 @@ class EfficiencyConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # the seeds of a variant that names none
     reference: str = "random"                   # the variant whose final accuracy is the target
     runs_root: str = "runs"                     # run dirs (checkpoints): <runs_root>/efficiency-<name>/
-    results_root: str = "benchmarks/results"    # committed outputs: <results_root>/efficiency-<name>/
+    results_root: str = "results"               # committed outputs: <results_root>/efficiency-<name>/
     eval_dataset: str | None = None             # which held-out set the report uses (None: the only/first one)
     keep_checkpoints_after: bool = False        # keep a finished run's checkpoints (they are ~3× the model size)
     notes: str = ""                             # free text appended to summary.md (what was tried and why)
@@ -66,7 +67,7 @@ class EfficiencyConfig:
                                                 # per model (<results>/<model>/) and pooled; [] = train.model's own
     model: str | None = None                    # set on the per-model configs (per_model) only
     transfer_benchmark: str | None = None       # the benchmark whose runs measure transfer (its name), for the
-                                                # pre-registered conditions (benchmarks.efficiency_conditions)
+                                                # pre-registered conditions (benchmarks.rl.efficiency_conditions)
 
     def __post_init__(self):
         """What the types cannot say (they are checked when the YAML is read: load_efficiency_config)."""
@@ -307,7 +308,7 @@ def _eval_size(records: list[RunRecord], dataset: str | None, cfg: EfficiencyCon
 def summarize(cfg: EfficiencyConfig, command: str) -> Path:
     """Rebuild summary.md and curves.png in the results folder from whatever runs exist: with several models, each
     model's own (in its subfolder) and the pooled one (paired by model and seed) at the top."""
-    from benchmarks.efficiency_conditions import condition_lines, model_lines
+    from benchmarks.rl.efficiency_conditions import condition_lines, model_lines
 
     subs = per_model(cfg)
     parts = [(sub, *collect_runs(sub)) for sub in subs]
@@ -408,7 +409,7 @@ def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) 
 
     prepare_models(cfg)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # see _forward_sigterm
-    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rollout_efficiency", "--config", config_path,
+    workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.rl.rollout_efficiency", "--config", config_path,
                                  "--shard", f"{i}/{jobs}"]) for i in range(jobs)]
     signal.signal(signal.SIGTERM, lambda signum, frame: [w.send_signal(signal.SIGINT) for w in workers])
     try:
@@ -420,7 +421,8 @@ def _run_jobs(config_path: str, jobs: int, cfg: EfficiencyConfig, command: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rollout_efficiency", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rl.rollout_efficiency",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/efficiency-cpu.yaml)")
     p.add_argument("--summarize-only", action="store_true", help="rebuild summary.md and curves.png, train nothing")
     p.add_argument("--jobs", type=int, default=1,
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkConfigError as exc:
         print(f"rollout_efficiency: {exc}", file=sys.stderr)
         return 2
-    command = f"python -m benchmarks.rollout_efficiency --config {args.config}"
+    command = f"python -m benchmarks.rl.rollout_efficiency --config {args.config}"
     if args.summarize_only:
         print(f"wrote {summarize(cfg, command)}")
         return 0

@@ -8,9 +8,10 @@ import math
 
 import torch
 
-from benchmarks import harness
-from benchmarks.harness import Case, Floor, Provider, Suite
-from benchmarks.logprobs_entropy import DTYPES, _importable, _native_ok, _triton_ok, eager_logprobs_entropy
+from benchmarks.kernels import harness
+from benchmarks.kernels.harness import Case, Floor, Provider, Suite
+from benchmarks.kernels.logprobs_entropy import DTYPES, _importable, _native_ok, _triton_ok, eager_logprobs_entropy
+from prepo_kernels import IGNORE_INDEX
 
 # Rows per chunk of the "chunked torch" peer: activation checkpointing per chunk, the usual hand-written fix.
 TORCH_CHUNK_ROWS = 256
@@ -23,7 +24,7 @@ def _grid(device: str, quick: bool) -> dict:
         return {"N": [8192] if quick else [8192, 32768], "H": [4096], "V": [151936], "dtype": ["bf16"],
                 "ignored": [0]}
     # SmolLM2-135M's head (H = 576, V = 49152) on 2048 tokens: a few seconds per call here already.
-    # ignored = % of positions whose target is -100 (prompt, padding): `--param ignored=0,50`
+    # ignored = % of positions whose target is IGNORE_INDEX (prompt, padding): `--param ignored=0,50`
     return {"N": [2048], "H": [576], "V": [49152], "dtype": ["fp32"], "ignored": [0]}
 
 
@@ -46,8 +47,8 @@ def _make_inputs(case: Case, device: str) -> dict:
     # lm_head-like scale: logits with a spread of a few units
     weight = (torch.randn(V, H, device=device) * (2.0 / math.sqrt(H))).to(dtype)
     targets = torch.randint(0, V, (N,), device=device)
-    targets[torch.randperm(N, device=device)[: N * case.params["ignored"] // 100]] = -100
-    keep = targets != -100
+    targets[torch.randperm(N, device=device)[: N * case.params["ignored"] // 100]] = IGNORE_INDEX
+    keep = targets != IGNORE_INDEX
     # peers without an ignore_index score every position with a valid stand-in target and mask afterwards
     return {"hidden": hidden, "weight": weight, "targets": targets, "keep": keep, "safe": targets.clamp(min=0)}
 

@@ -1,7 +1,7 @@
 """The ``logprobs_entropy`` op's CPU paths side by side in one run: one read of the logits, the native kernels' loops
 (AVX-512, AVX2, scalar) forward and forward+backward in place, eager and compiled torch; issue #20's targets checked.
 
-``python -m benchmarks.logprobs_entropy_cpu_paths [--N 2048] [--V 49152] [--dtype fp32 bf16] [--save]``
+``python -m benchmarks.kernels.logprobs_entropy_cpu_paths [--N 2048] [--V 49152] [--dtype fp32 bf16] [--save]``
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import time
 
 import torch
 
-from benchmarks import harness
-from benchmarks.logprobs_entropy import (DTYPES, _make_case, _make_inputs, _runner, eager_logprobs_entropy,
+from benchmarks import RESULTS_DIR
+from benchmarks.kernels import harness
+from benchmarks.kernels.logprobs_entropy import (DTYPES, _make_case, _make_inputs, _runner, eager_logprobs_entropy,
                                          with_cpu_capability)
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu-paths.md")
+OUT = os.path.join(RESULTS_DIR, "cpu-paths.md")
 # The CPU flags that decide which loops can run (csrc/cpu_capability.cpp), and AMX for the record.
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_bf16")
 # (target, limit): each is a ratio of two rows of one table (measured in the same run).
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
              "one warm-up call; the rows take turns, one call each per round, so that all see the same load; logits "
              "that an in-place backward overwrote are restored untimed; fwd+bwd = the gradient of sum(lp) + "
              "sum(entropy), temperature 1",
-             f"- command: `python -m benchmarks.logprobs_entropy_cpu_paths {' '.join(argv or sys.argv[1:])}`".rstrip()]
+             f"- command: `python -m benchmarks.kernels.logprobs_entropy_cpu_paths "
+             f"{' '.join(argv or sys.argv[1:])}`".rstrip()]
     for dtype, rows in results.items():
         lines += ["", f"## {dtype}", ""] + case_table(rows)
     lines += ["", "## Targets (issue #20), ratios of rows in the same table", ""] + targets_table(results, paths)

@@ -1,6 +1,7 @@
 """A few steps of ``prepo train`` on a small random Llama built here (no download, no network): the loop's GPU path once.
 
-``python -m benchmarks.gpu_train [--device cuda] [--steps 3] [--dtype bfloat16] [--out DIR]`` (benchmarks/gpu_suite.sh).
+``python -m benchmarks.rl.gpu_train [--device cuda] [--steps 3] [--dtype bfloat16] [--out DIR]``
+(benchmarks/gpu_suite.sh).
 """
 from __future__ import annotations
 

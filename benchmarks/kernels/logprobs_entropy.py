@@ -8,14 +8,14 @@ import os
 
 import torch
 
-from benchmarks import harness
-from benchmarks.harness import Case, Floor, Provider, Suite
+from benchmarks.kernels import harness
+from benchmarks.kernels.harness import Case, Floor, Provider, Suite
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Logits of a trained LM have a spread of a few units; the scale only matters for how many exps underflow.
 LOGIT_SCALE = 3.0
 # "static": torch.compile per shape (after a dynamo reset, so no recompile limit is hit); "dynamic": one compile with
-# symbolic shapes reused across cases (much less compile time; set by `benchmarks.kernels --compile dynamic`).
+# symbolic shapes reused across cases (much less compile time; set by `benchmarks.kernels.run --compile dynamic`).
 COMPILE_ENV = "PREPO_BENCH_COMPILE"
 
 
@@ -194,7 +194,8 @@ PROVIDERS = (
              work_copies={"fwd+bwd": 1}),
     Provider("prepo native in-place", _prepo("native", inplace=True), ops=("fwd+bwd",), devices=("cpu",),
              available=_native_ok, mutates_inputs=True),
-    # the AVX2 loops on a CPU that has AVX-512 too (benchmarks/logprobs_entropy_cpu_paths.py: every path side by side)
+    # the AVX2 loops on a CPU that has AVX-512 too (benchmarks/kernels/logprobs_entropy_cpu_paths.py: every path side
+    # by side)
     Provider("prepo native, avx2 loops", _prepo("native", capability="avx2"), ops=("fwd",), devices=("cpu",),
              available=_native_path_ok("avx2")),
     Provider("prepo native in-place, avx2 loops", _prepo("native", inplace=True, capability="avx2"),

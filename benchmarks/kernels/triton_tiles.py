@@ -1,6 +1,6 @@
 """Compile every Triton launch the package can make for sm_80 / sm_90 / sm_100 on this CPU: registers, spills, memory.
 
-``python -m benchmarks.triton_resources [--check] [--out PATH] [--jobs N]`` -> benchmarks/results/triton-resources.md
+``python -m benchmarks.kernels.triton_tiles [--check] [--out PATH] [--jobs N]`` -> results/triton-tiles.md
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from benchmarks import RESULTS_DIR
+
 # How: the launchers themselves (logprobs_entropy_triton, linear_logprobs_entropy_triton) run on "meta" tensors under
 # triton_tiles.recording(family) for every dtype, fp32 precision and bias choice; each recorded launch gives the exact
 # signature Triton would specialise, and every configuration triton_tiles.choices lists for that kernel (the table the
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 # logits-path kernels' jobs with their divisibility attributes dropped). The expected time of each kernel at the
 # shapes benchmarks/gpu_suite.sh benchmarks (the suites' --quick CUDA grid) is its bytes and FLOPs per call against
 # H100 SXM peaks.
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "triton-resources.md")
+RESULTS = os.path.join(RESULTS_DIR, "triton-tiles.md")
 # H100 SXM: HBM3 bandwidth and dense bf16 tensor-core rate (TF32: half; fp32 without tensor cores: 67 TFLOP/s).
 H100_BYTES_PER_S = 3.35e12
 H100_FLOPS = {"bf16": 990e12, "fp16": 990e12, "tf32": 495e12, "ieee": 67e12}
@@ -43,7 +45,7 @@ GPU_NAMES = {80: "A100", 90: "H100/H200", 100: "B200"}
 def _no_interpreter():
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("TRITON_INTERPRET=1: the kernels are interpreted functions and cannot be compiled; "
-                           "run without it (tests/test_triton_resources.py starts a clean subprocess)")
+                           "run without it (tests/test_triton_tiles.py starts a clean subprocess)")
 
 
 # --- 1. what the launchers launch ---------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ def _meta(shape, dtype):
 def _record_linear(N, H, V, dtype, bias: bool, ignored: bool, aligned: bool = True):
     import torch
 
-    from prepo_kernels import linear_logprobs_entropy_triton
+    from prepo_kernels import IGNORE_INDEX, linear_logprobs_entropy_triton
 
     # unaligned: hidden rows H + 1 apart (a view), which the launchers send to the kernels' unhinted variant
     hidden = _meta((N, H), dtype) if aligned else _meta((N, H + 1), dtype)[:, :H]
@@ -66,25 +68,26 @@ def _record_linear(N, H, V, dtype, bias: bool, ignored: bool, aligned: bool = Tr
     rows = _meta((N - N // 4,), torch.int64) if ignored else None
     nk = N if rows is None else rows.shape[0]
     targets = _meta((nk,), torch.int64)
-    _, _, lse, ez = linear_logprobs_entropy_triton.forward(hidden, rows, weight, b, targets, 1.0)
+    _, _, lse, ez = linear_logprobs_entropy_triton.forward(hidden, rows, weight, b, targets, 1.0, IGNORE_INDEX)
     g = _meta((nk,), torch.float32)
-    linear_logprobs_entropy_triton.backward(g, g, hidden, rows, weight, b, targets, lse, ez, 1.0, -100, (True, True, bias))
+    linear_logprobs_entropy_triton.backward(g, g, hidden, rows, weight, b, targets, lse, ez, 1.0, IGNORE_INDEX,
+                                            (True, True, bias))
 
 
 def _record_logits(N, V, dtype):
     import torch
 
-    from prepo_kernels import logprobs_entropy_triton
+    from prepo_kernels import IGNORE_INDEX, logprobs_entropy_triton
 
     logits, targets = _meta((N, V), dtype), _meta((N,), torch.int64)
-    _, _, lse, ez = logprobs_entropy_triton.forward(logits, targets, 1.0, -100)
+    _, _, lse, ez = logprobs_entropy_triton.forward(logits, targets, 1.0, IGNORE_INDEX)
     g = _meta((N,), torch.float32)
-    logprobs_entropy_triton.backward(g, g, logits, targets, lse, ez, 1.0, -100, _meta((N, V), dtype))
+    logprobs_entropy_triton.backward(g, g, logits, targets, lse, ez, 1.0, IGNORE_INDEX, _meta((N, V), dtype))
 
 
 def suite_shapes() -> dict:
     """The shapes gpu_suite.sh benchmarks: the logits and linear suites' --quick CUDA grids (one point each)."""
-    from benchmarks import linear_logprobs_entropy, logprobs_entropy
+    from benchmarks.kernels import linear_logprobs_entropy, logprobs_entropy
 
     lg, ln = logprobs_entropy._grid("cuda", True), linear_logprobs_entropy._grid("cuda", True)
     return {"logits": {k: lg[k][0] for k in ("N", "V", "dtype")},
@@ -424,7 +427,7 @@ def report(results: list[Result], drift: list[str], times: list[dict], wall: flo
 
     lines = ["# Triton kernels compiled for NVIDIA targets (on CPU, no GPU)", "",
              f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}; {_versions()}",
-             f"- command: `python -m benchmarks.triton_resources` ({len(results)} compilations, {wall:.0f} s wall, "
+             f"- command: `python -m benchmarks.kernels.triton_tiles` ({len(results)} compilations, {wall:.0f} s wall, "
              f"{cpu:.0f} s CPU in the worker processes; cached compilations are faster)",
              "- what: every launch the launchers make (`triton_tiles.recording`: each dtype, fp32 precision, bias, "
              "aligned and unaligned hidden states, forward and backward) compiled at every configuration "
@@ -436,10 +439,10 @@ def report(results: list[Result], drift: list[str], times: list[dict], wall: flo
              "against Triton's cubin: byte-identical, or the same registers and stack frame in `cuobjdump -res-usage`: "
              f"{'yes' if all(r.same_cubin for r in results) else 'NO, see problems'}); shared memory from the "
              "compiled metadata; blocks/SM from 64K registers, the SM's shared memory and 2048 threads",
-             "- limits checked by `tests/test_triton_resources.py`: no compilation error, no spill, shared memory "
+             "- limits checked by `tests/test_triton_tiles.py`: no compilation error, no spill, shared memory "
              "per block <= " + ", ".join(f"sm_{a} {v // 1024} KiB" for a, v in triton_tiles.SMEM_LIMIT.items()) +
              " (family 80 at sm_86/89/120's 99 KiB; A100 itself allows 163 KiB)",
-             "- other Triton versions and the tiles used before: `benchmarks/results/triton-resources-*.md`", ""]
+             "- other Triton versions and the tiles used before: `results/triton-tiles-*.md`", ""]
     problems = [f"sm_{r.arch} {r.kernel} {r.dtype} {r.variant} {r.hints} {r.tiles}: {p}" for r in results
                 for p in r.problems]
     problems += drift

@@ -1,6 +1,6 @@
 """Every Triton launch the package can make compiles for sm_80 / sm_90 / sm_100 without spills, within shared memory.
 
-The compilation runs on this CPU (no GPU) in a subprocess without TRITON_INTERPRET: benchmarks.triton_resources.
+The compilation runs on this CPU (no GPU) in a subprocess without TRITON_INTERPRET: benchmarks.kernels.triton_tiles.
 """
 import json
 import os
@@ -32,7 +32,7 @@ def test_every_launch_configuration_compiles_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.triton_resources", "--check", "--out", "",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels.triton_tiles", "--check", "--out", "",
                            "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     problems = [line for line in proc.stderr.splitlines() if line.startswith("PROBLEM")]
     assert proc.returncode == 0, "\n".join(problems) or proc.stderr[-3000:]

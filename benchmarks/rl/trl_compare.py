@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct (``prepo.models.load_model_and_tokenizer()``), 4 arith pro
 temperature 1, one update per batch, lr 1e-6, no KL; each side runs in its own process (peak RSS is per process).
 Both train on the same prompt text: arith problems as prepo's trainer formats them (chat template, worked examples,
 the reply started as "a + b ="), given to TRL as plain-text prompts; the table counts the tokens each side generated.
-TRL is installed only for this (``pip install "prepo[trl]"``). Run: ``python -m benchmarks.trl_compare``; writes
-benchmarks/results/trl-compare-cpu.md.
+TRL is installed only for this (``pip install "prepo[trl]"``). Run: ``python -m benchmarks.rl.trl_compare``; writes
+results/trl-compare-cpu.md.
 """
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import RESULTS_DIR
+
 K, G, NEW_TOKENS, LR, TEMPERATURE = 4, 8, 64, 1e-6, 1.0
-RESULT = Path(__file__).parent / "results" / "trl-compare-cpu.md"
+RESULT = RESULTS_DIR / "trl-compare-cpu.md"
 
 
 def _prepo_prompts(tokenizer, examples):
@@ -107,7 +109,7 @@ def run_prepo(steps: int, seed: int, extra: list[str] = ()) -> dict:
 
 
 def _child(side: str, steps: int, seed: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.trl_compare", "--side", side, "--steps", str(steps), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "benchmarks.rl.trl_compare", "--side", side, "--steps", str(steps), "--seed", str(seed)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
     timed = (f"medians over the steps after the first {a.skip}" if n_steps > a.skip
              else f"{n_steps} step(s) each, warm-up included")
     text = (f"# TRL GRPOTrainer vs prepo's loop on CPU\n\n{datetime.date.today().isoformat()}, {_cpu_model()}, "
-            f"{os.cpu_count()} cores, `python -m benchmarks.trl_compare` ({timed}).\n\n"
+            f"{os.cpu_count()} cores, `python -m benchmarks.rl.trl_compare` ({timed}).\n\n"
             + (f"{a.note}\n\n" if a.note else "") + f"SmolLM2-135M-Instruct fp32, {K} arith prompts × {G} rollouts, "
             f"{NEW_TOKENS} new tokens, temperature {TEMPERATURE}, lr {LR}, no KL, one update per batch; each side in "
             f"its own process. TRL: GRPOTrainer defaults otherwise (generate = `_generate_and_score_completions`). "

@@ -1,7 +1,7 @@
 """Does a benchmark task give PREPO's curriculum something to work with? Per difficulty tier of the starting policy:
 question perplexity (what the window sorts by), sampled pass rate, zero-variance groups, greedy accuracy.
 
-usage: python -m benchmarks.efficiency_diagnostics --config configs/efficiency-cpu.yaml [--per-tier 6]
+usage: python -m benchmarks.rl.efficiency_diagnostics --config configs/efficiency-cpu.yaml [--per-tier 6]
 Writes diagnostics.md (and .json) beside summary.md. Prompts are encoded, scored and rolled out by a real Trainer of
 the reference variant, so the numbers describe exactly what the runs see.
 """
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.rollout_efficiency import BenchmarkConfigError, load_efficiency_config, train_config
+from benchmarks.rl.rollout_efficiency import BenchmarkConfigError, load_efficiency_config, train_config
 
 
 def average_ranks(values: Sequence[float]) -> np.ndarray:
@@ -108,7 +108,8 @@ def to_markdown(d: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.efficiency_diagnostics", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rl.efficiency_diagnostics",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--per-tier", type=int, default=6, help="training prompts measured per tier")
     args = p.parse_args(argv)

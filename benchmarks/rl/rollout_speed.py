@@ -1,5 +1,5 @@
 """Rollout tokens/s on the CPU, transformers ``generate`` (HFEngine) against the fast engine (prepo.rollout_fast),
-and where a training step's time goes. Run: ``python -m benchmarks.rollout_speed [--save]``.
+and where a training step's time goes. Run: ``python -m benchmarks.rl.rollout_speed [--save]``.
 """
 # The model: a random LlamaForCausalLM shaped like the tiny-chain testbed's (hidden 128, 4 layers, 4 heads, 2 key/value
 # heads, vocabulary 64, tied embeddings); 16 prompts of 15-25 tokens x 8 samples = 128 rows x up to 40 new tokens at
@@ -8,7 +8,7 @@ and where a training step's time goes. Run: ``python -m benchmarks.rollout_speed
 # by call so they share the machine's load. --smollm2 adds a SmolLM2-135M-shaped random model (32 rows x 32 tokens,
 # one timed call), --vllm the vLLM engine (start-up reported apart), --compile the fast engine's forward under
 # torch.compile (compilation reported apart); --breakdown RUN_DIR... tabulates runs' metrics.jsonl by stage. --save
-# writes the report (--out, default benchmarks/results/rollout-speed.md).
+# writes the report (--out, default results/rollout-speed.md).
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-RESULT = Path(__file__).parent / "results" / "rollout-speed.md"
+from benchmarks import RESULTS_DIR
+
+RESULT = RESULTS_DIR / "rollout-speed.md"
 VOCAB, K, G, NEW_TOKENS, TEMPERATURE = 64, 16, 8, 40, 1.0
 SPECIALS = ["<pad>", "<unk>", "<|end|>"]
 
@@ -231,7 +233,7 @@ def main(argv=None) -> None:
                         help="time HFEngine and FastEngine at their defaults only (not HF at 128 rows, not MKL)")
     parser.add_argument("--save", action="store_true", help="write the report (--out)")
     parser.add_argument("--out", type=Path, default=RESULT, help=f"the report's path (default {RESULT.name} in "
-                        "benchmarks/results/)")
+                        "results/)")
     args = parser.parse_args(argv)
     if any(t < 1 for t in args.threads) or args.repeats < 1:
         parser.error("--threads and --repeats: expected positive ints")
@@ -253,7 +255,7 @@ def main(argv=None) -> None:
     text = "\n".join([
         "# Rollout speed on the CPU: transformers generate (hf) vs the fast engine",
         "",
-        f"`python -m benchmarks.rollout_speed {' '.join(argv if argv is not None else sys.argv[1:])}`, "
+        f"`python -m benchmarks.rl.rollout_speed {' '.join(argv if argv is not None else sys.argv[1:])}`, "
         f"{datetime.date.today()}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores. The machine is shared with other jobs: `uptime` before and after each thread "
         "count:", "", *[f"    {line}" for line in loads], "",

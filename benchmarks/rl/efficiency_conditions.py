@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from benchmarks.efficiency_summary import RunRecord, model_slug, read_metrics
+from benchmarks import model_slug
 
 SPEARMAN_MAX = -0.3          # Spearman(question perplexity, pass rate) over the training tiers, at most
 ZERO_VARIANCE_MIN = 0.40     # the reference's zero-variance share of groups in the first quarter, at least ...
@@ -72,7 +72,7 @@ def _share_line(values: Sequence[float], threshold: float) -> tuple[bool | None,
 
 
 def testbed_spearman(results_root: str | Path, model: str | None) -> float | None:
-    """Spearman over the training tiers from ``benchmarks.testbed_report --save`` for ``model`` (None: not run)."""
+    """Spearman over the training tiers from ``benchmarks.rl.testbed_report --save`` for ``model`` (None: not run)."""
     if model is None:
         return None
     path = Path(results_root) / f"testbed-{model_slug(model)}.json"
@@ -85,6 +85,8 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     """Gains of the transfer benchmark's runs (trained on short tiers, evaluated on the longest) for ``model``."""
     if not benchmark:
         return []
+    from benchmarks.rl.efficiency_summary import RunRecord, read_metrics
+
     folder = Path(results_root) / f"efficiency-{benchmark}"
     if model is not None and (folder / model_slug(model)).is_dir():
         folder = folder / model_slug(model)

@@ -1,16 +1,17 @@
 """Where a testbed policy (``tiny-arith``, ``tiny-chain``) starts: pass rate per tier at a temperature and greedy, and
 the Spearman correlation between each question's perplexity (question tokens only) and its pass rate.
 
-usage: python -m benchmarks.testbed_report [--model tiny-chain[@seed]] [--per-tier 64] [--k 8] [--temperature 1.0]
+usage: python -m benchmarks.rl.testbed_report [--model tiny-chain[@seed]] [--per-tier 64] [--k 8] [--temperature 1.0]
        [--max-new-tokens N] [--save]   (the task is the model's: tiny-chain@1 is scored on tiny-chain problems)
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks import RESULTS_DIR, model_slug
 
 
 def ranks(x) -> np.ndarray:
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiers", default=None, help="comma-separated tiers (default: all)")
     p.add_argument("--config", default=None, help="the efficiency config whose training tiers get their own table "
                    "(default: configs/efficiency-tiny.yaml or configs/efficiency-chain.yaml by task)")
-    p.add_argument("--save", action="store_true", help="write benchmarks/results/testbed-<model>.md (all tiers, "
+    p.add_argument("--save", action="store_true", help="write results/testbed-<model>.md (all tiers, "
                    "then the training tiers of the efficiency config) and its numbers as JSON beside it")
     args = p.parse_args(argv)
     from prepo.models import load_model_and_tokenizer
@@ -128,14 +129,12 @@ def main(argv=None) -> int:
         else:
             trained, trained_numbers = testbed_report(model, tokenizer, tiers=train_tiers, **kw)
         print(trained)
-        from benchmarks.efficiency_summary import model_slug
-
         slug = model_slug(args.model)
-        out = Path(f"benchmarks/results/testbed-{slug}.md")
+        out = RESULTS_DIR / f"testbed-{slug}.md"
         out.write_text(f"# The {task} testbed policy before RL (model: {args.model}, weights sha256 {sha})\n\n"
-                       f"`python -m benchmarks.testbed_report --model {args.model} --per-tier {args.per_tier} --max-new-tokens "
-                       f"{args.max_new_tokens} --save`: held-out problems ({args.per_tier} a tier), {args.k} samples "
-                       f"each at T = {args.temperature:g}, and greedy.\n\n## Every tier\n\n{text}\n\n"
+                       f"`python -m benchmarks.rl.testbed_report --model {args.model} --per-tier {args.per_tier} "
+                       f"--max-new-tokens {args.max_new_tokens} --save`: held-out problems ({args.per_tier} a tier), "
+                       f"{args.k} samples each at T = {args.temperature:g}, and greedy.\n\n## Every tier\n\n{text}\n\n"
                        f"## The training tiers of {config}\n\n{trained}\n")
         out.with_suffix(".json").write_text(json.dumps({"model": args.model, "sha256": sha, "all": numbers,
                                                         "train_tiers": trained_numbers}) + "\n")

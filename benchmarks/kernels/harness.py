@@ -1,6 +1,7 @@
 """Shared kernel-benchmark harness: suites of cases x providers, timing, peak extra memory, floors, markdown tables.
 
-A suite module (e.g. ``benchmarks.logprobs_entropy``) only says how to build inputs and call each provider; this file times.
+A suite module (e.g. ``benchmarks.kernels.logprobs_entropy``) only says how to build inputs and call each provider;
+this file times.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class Floor:
 
 @dataclass(frozen=True)
 class Suite:
-    """A family of cases and providers. Register one with ``register``; ``benchmarks.kernels`` then runs it."""
+    """A family of cases and providers. Register one with ``register``; ``benchmarks.kernels.run`` then runs it."""
 
     name: str
     title: str
@@ -320,7 +321,7 @@ def header(device: str) -> list[str]:
                      f"{CPU_BUDGET_S:.0f} s per measurement); the machine may be shared, so ratios within one table "
                      "are what to compare")
         lines.append("- peak extra memory: peak RSS during one call minus RSS before it, freed heap pages returned "
-                     "and the peak mark reset first (see benchmarks/harness.py: peak_extra_bytes)")
+                     "and the peak mark reset first (see benchmarks/kernels/harness.py: peak_extra_bytes)")
     else:
         lines.append(f"- timing: triton.testing.do_bench median ({GPU_WARMUP_MS} ms warm-up, {GPU_REP_MS} ms of "
                      "calls); peak extra memory: torch.cuda.max_memory_allocated above the memory before the call")

@@ -1,9 +1,9 @@
-"""Kernel microbenchmarks: ``python -m benchmarks.kernels [--quick] [--suite logits] [--N 2048 --V 49152]``.
+"""Kernel microbenchmarks: ``python -m benchmarks.kernels.run [--quick] [--suite logits] [--N 2048 --V 49152]``.
 
 Prints one table per case (median time, x eager torch, x the floor, peak extra memory) and can save them as markdown.
 
-Adding a suite: write ``benchmarks/<name>.py`` that builds a ``harness.Suite`` (cases, inputs, providers, floor) and
-calls ``harness.register`` at import, then add the module's name to SUITE_MODULES.
+Adding a suite: write ``benchmarks/kernels/<op>.py`` that builds a ``harness.Suite`` (cases, inputs, providers,
+floor) and calls ``harness.register`` at import, then add the module's name to SUITE_MODULES.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import sys
 
 import torch
 
-from benchmarks import harness
+from benchmarks import RESULTS_DIR
+from benchmarks.kernels import harness
 
 # Modules that register their suites when imported.
-SUITE_MODULES = ("benchmarks.logprobs_entropy", "benchmarks.linear_logprobs_entropy")
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SUITE_MODULES = ("benchmarks.kernels.logprobs_entropy", "benchmarks.kernels.linear_logprobs_entropy",
+                 "benchmarks.kernels.sequence_perplexity")
 
 
 def load_suites() -> dict[str, harness.Suite]:
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=harness.CPU_BUDGET_S, help="CPU seconds per measurement")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     ap.add_argument("--out", help="write the markdown tables here")
-    ap.add_argument("--save", action="store_true", help="write to benchmarks/results/<device>.md")
+    ap.add_argument("--save", action="store_true", help="write to results/<device>.md")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     overrides = _parse_overrides(args)
 
     lines = harness.header(args.device)
-    lines.append(f"- command: `python -m benchmarks.kernels {' '.join(argv if argv is not None else sys.argv[1:])}`")
+    given = argv if argv is not None else sys.argv[1:]
+    lines.append(f"- command: `python -m benchmarks.kernels.run {' '.join(given)}`")
     lines.append("")
     print("\n".join(lines), flush=True)
     for name in args.suite:

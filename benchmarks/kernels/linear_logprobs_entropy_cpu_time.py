@@ -1,6 +1,7 @@
 """CPU-time view of the ``linear_logprobs_entropy`` suite, for a shared CPU where wall time measures the neighbours.
 
-``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.linear_logprobs_entropy_cpu_time``: process CPU seconds per call, median.
+``OMP_WAIT_POLICY=PASSIVE python -m benchmarks.kernels.linear_logprobs_entropy_cpu_time``: process CPU seconds per
+call, median.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks import harness, linear_logprobs_entropy
+from benchmarks.kernels import harness, linear_logprobs_entropy
 
 
 def cpu_and_wall(fn, repeats: int) -> tuple[float, float]:
