@@ -55,8 +55,11 @@ ifneq ($(VERL),0)
 		tests/test_integration_verl.py -k real_verl
 endif
 
+# The default job: SmolLM2-135M learns arith with PREPO, ~3 min on 2 idle cores; it raised held-out accuracy on 5 of 5
+# seeds (results/default-job.md). `make train CONFIG=configs/tiny.yaml`: the tiny-arith testbed instead.
+CONFIG ?= configs/demo.yaml
 train: $(STAMP)
-	$(VENV)/bin/prepo train --config configs/demo.yaml --overwrite
+	$(VENV)/bin/prepo train --config $(CONFIG) --overwrite
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.kernels.run
