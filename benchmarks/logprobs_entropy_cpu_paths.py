@@ -1,5 +1,5 @@
-"""The ``logprobs_entropy`` op's CPU paths side by side in one run: one read of the logits, the native kernels' loops
-(AVX-512, AVX2, scalar) forward and forward+backward in place, eager and compiled torch; issue #20's targets checked.
+"""The ``logprobs_entropy`` op's CPU paths side by side in one run: one read and one in-place read+write of the logits,
+the native loops (AVX-512, AVX2, scalar) forward and fwd+bwd in place, eager and compiled torch; issue #20's targets.
 
 ``python -m benchmarks.logprobs_entropy_cpu_paths [--N 2048] [--V 49152] [--dtype fp32 bf16] [--save]``
 """
@@ -28,6 +28,11 @@ TARGETS = {
     "all": [("fwd+bwd in place / forward", 2.0), ("eager fwd+bwd / fwd+bwd in place", 8.0),
             ("torch.compile fwd+bwd / fwd+bwd in place", 3.0)],
 }
+READ = "one read (logits.sum())"
+# The least an in-place backward can cost: it reads N*V logits and writes N*V gradients over them.
+READ_WRITE = "in-place read+write (mul_(1), bytes as fp32)"
+# Not a target: the least fwd+bwd in place can take, in forwards, given the forward measured (fwd + READ_WRITE).
+FLOOR = "floor: (forward + in-place read+write) / forward"
 
 
 class Row:
@@ -61,6 +66,14 @@ def time_rows(rows: list[Row], rounds: int, slow_s: float, log) -> None:
             f"median {statistics.median(r.times) * 1e3:9.1f} ms | {len(r.times)} calls")
 
 
+def read_write(x: torch.Tensor) -> torch.Tensor:
+    """x.mul_(1) over x's bytes seen as fp32 (torch's bf16 / fp16 mul_ converts and is compute-bound; this is not)."""
+    flat = x.view(-1)
+    if flat.element_size() < 4 and flat.numel() * flat.element_size() % 4 == 0:
+        flat = flat.view(torch.float32)
+    return flat.mul_(1.0)
+
+
 def cpu_flags() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -90,13 +103,13 @@ def measure(N: int, V: int, dtype: str, paths: list[str], rounds: int, slow_s: f
     torch._dynamo.reset()
     compiled = torch.compile(eager_logprobs_entropy)
     # every row that leaves x overwritten restores it before the next row's call
-    rows = ([Row("one read (logits.sum())", "", lambda: x.sum())]
+    rows = ([Row(READ, "", lambda: x.sum()), Row(READ_WRITE, "", lambda: read_write(x))]
             + [Row("forward", p, fused("fwd", p, False)) for p in paths]
             + [Row("fwd+bwd in place", p, fused("fwd+bwd", p, True), reset=restore) for p in paths]
             + [Row("fwd+bwd, new gradient buffer", paths[0], fused("fwd+bwd", paths[0], False), reset=restore),
                Row("eager fwd+bwd", "", _runner("fwd+bwd", x, lambda xl: eager_logprobs_entropy(xl, t)), reset=restore),
                Row("torch.compile fwd+bwd", "", _runner("fwd+bwd", x, lambda xl: compiled(xl, t)), reset=restore)])
-    rows[0].reset = restore
+    rows[0].reset = rows[1].reset = restore  # the same cache state as the rows that restore x (its tail in L3)
     time_rows(rows, rounds, slow_s, log)
     return [(r.what, r.path, min(r.times), statistics.median(r.times), len(r.times)) for r in rows]
 
@@ -106,7 +119,7 @@ def _pick(rows, what, path=""):
 
 
 def case_table(rows) -> list[str]:
-    (read,) = [r[2] for r in _pick(rows, "one read (logits.sum())")]
+    (read,) = [r[2] for r in _pick(rows, READ)]
     fwd = {r[1]: r[2] for r in rows if r[0] == "forward"}
     lines = ["| what | loops | min ms | median ms | calls | x one read (min) | x its forward (min) |",
              "|---|---|---|---|---|---|---|"]
@@ -122,11 +135,12 @@ def ratios(rows, path: str) -> dict[str, tuple[float, float]]:
         (r,) = _pick(rows, what, p)
         return r[2], r[3]
 
-    read = get("one read (logits.sum())")
+    read, rw = get(READ), get(READ_WRITE)
     fwd, inplace = get("forward", path), get("fwd+bwd in place", path)
     eager, compiled = get("eager fwd+bwd"), get("torch.compile fwd+bwd")
     return {
         "forward / one read": (fwd[0] / read[0], fwd[1] / read[1]),
+        FLOOR: ((fwd[0] + rw[0]) / fwd[0], (fwd[1] + rw[1]) / fwd[1]),
         "fwd+bwd in place / forward": (inplace[0] / fwd[0], inplace[1] / fwd[1]),
         "eager fwd+bwd / fwd+bwd in place": (eager[0] / inplace[0], eager[1] / inplace[1]),
         "torch.compile fwd+bwd / fwd+bwd in place": (compiled[0] / inplace[0], compiled[1] / inplace[1]),
@@ -145,6 +159,9 @@ def targets_table(results: dict, paths: list[str]) -> list[str]:
             met = ["yes" if (v <= limit if upper else v >= limit) else "no" for v in per_path[shown[0]][name]]
             bound = f"<= {limit:g}x" if upper else f">= {limit:g}x"
             lines.append(f"| {dtype} | {name} {bound} | " + " | ".join(cells) + f" | {'; '.join(met)} |")
+            if name == "fwd+bwd in place / forward":
+                cells = [f"{per_path[p][FLOOR][0]:.2f}x; {per_path[p][FLOOR][1]:.2f}x" for p in shown]
+                lines.append(f"| {dtype} | {FLOOR} (not a target) | " + " | ".join(cells) + " | - |")
     return lines
 
 
@@ -182,6 +199,9 @@ def main(argv=None) -> int:
              "one warm-up call; the rows take turns, one call each per round, so that all see the same load; logits "
              "that an in-place backward overwrote are restored untimed; fwd+bwd = the gradient of sum(lp) + "
              "sum(entropy), temperature 1",
+             f"- floor: an in-place backward reads the N*V logits and writes N*V gradients over them, so it takes at "
+             f"least one in-place read+write pass (row '{READ_WRITE}'); '{FLOOR}' is the least the 'fwd+bwd in place / "
+             "forward' ratio can be here, given the forward measured",
              f"- command: `python -m benchmarks.logprobs_entropy_cpu_paths {' '.join(argv or sys.argv[1:])}`".rstrip()]
     for dtype, rows in results.items():
         lines += ["", f"## {dtype}", ""] + case_table(rows)
