@@ -103,8 +103,9 @@ __m512 load_tail(const T* p, int64_t n, float pad) {
 // loops flush the denormals between about -87.3 and -110 to 0 (FTZ), as the AVX2 exp's mask does below -86.
 constexpr float kExpFloor = -110.0f;
 
-// How r = d - v ln2 is formed in exp_nonpos: kExact with ln2 in two parts (the backward: every gradient element within
-// 0.99 ulp), kFast with ln2 rounded to one float (the forward: one FMA less per vector; see exp_nonpos).
+// How r = d - v ln2 is formed in exp_nonpos: kExact with ln2 in two parts (the fp32 backward: every gradient element
+// within 0.99 ulp), kFast with ln2 rounded to one float (the forward, and the backward of 16-bit data, whose rounding
+// to bf16 / fp16 is 2^-8 / 2^-11: one FMA less per vector; see exp_nonpos).
 enum class Reduction { kExact, kFast };
 
 // e^d for d <= 0 (d may be -inf; NaN gives NaN); dc receives max(d, kExpFloor), finite, for the e * d terms.
@@ -241,15 +242,17 @@ void fwd_row(const T* row, int64_t V, float inv_t, Online<float>& st) {
 }
 
 // dlogits_j = p_j (c0 - ge d_j), d_j = z_j - lse (RowGrad in rows.h). Each vector is loaded before it is stored, so
-// out == x (in-place backward) is safe; the tail is a masked load and store inside the row.
+// out == x (in-place backward) is safe; the tail is a masked load and store inside the row. fp32 runs at the speed of
+// an in-place read+write pass whichever exp; 16-bit data is bound by the arithmetic, and takes the faster exp.
 template <typename T, bool kScaled>
 void bwd_loop(const T* x, T* out, int64_t V, const RowGrad<float>& g) {
   const __m512 vinv = _mm512_set1_ps(g.inv_t), vlse = _mm512_set1_ps(g.lse);
   const __m512 vc0 = _mm512_set1_ps(g.c0), vge = _mm512_set1_ps(g.ge);
   const int64_t full = V - V % kLanes;
+  constexpr Reduction kRed = sizeof(T) == sizeof(float) ? Reduction::kExact : Reduction::kFast;
   const auto grad = [&](__m512 xv) {
     __m512 dc;
-    const __m512 p = exp_nonpos<Reduction::kExact>(shifted<kScaled>(xv, vinv, vlse), dc);
+    const __m512 p = exp_nonpos<kRed>(shifted<kScaled>(xv, vinv, vlse), dc);
     return _mm512_mul_ps(p, _mm512_fnmadd_ps(vge, dc, vc0));
   };
   int64_t j = 0;
