@@ -103,19 +103,22 @@ __m512 load_tail(const T* p, int64_t n, float pad) {
 // loops flush the denormals between about -87.3 and -110 to 0 (FTZ), as the AVX2 exp's mask does below -86.
 constexpr float kExpFloor = -110.0f;
 
-// How r = d - v ln2 is formed in exp_nonpos: kExact with ln2 in two parts (the fp32 backward: every gradient element
-// within 0.99 ulp), kFast with ln2 rounded to one float (the forward, and the backward of 16-bit data, whose rounding
-// to bf16 / fp16 is 2^-8 / 2^-11: one FMA less per vector; see exp_nonpos).
-enum class Reduction { kExact, kFast };
+// What exp_nonpos is accurate to, per use (measured over every float in [-87.3, 0] against double exp):
+// - kUlp: ln2 in two parts, e^r by degree 3: 0.99 ulp (the AVX2 exp of vec_avx2.h: 1.01). The fp32 backward, which
+//   runs at the speed of an in-place read+write pass whichever exp it takes.
+// - kSum: ln2 rounded to one float, one FMA less: 0.97 ulp on [-1, 0], 1.25 on [-10, 0], 4.5 at -87 (the one-float ln2
+//   is off by 1.9e-9, times |v| <= 126), and at most 5.8e-8 absolute everywhere, as kUlp: the forward, whose sums are
+//   >= 1 (the row max adds e^0) and cannot tell the two apart.
+// - k16Bit: kSum with e^r by degree 2, one FMA less again: relative error <= 7.4e-7, over 600x below the rounding of
+//   the result to fp16 (up to 2^-11) and 5000x below bf16 (2^-8). The backward of bf16 / fp16 data, bound by arithmetic.
+// e^0 = 1 exactly in all three.
+enum class ExpAccuracy { kUlp, kSum, k16Bit };
 
 // e^d for d <= 0 (d may be -inf; NaN gives NaN); dc receives max(d, kExpFloor), finite, for the e * d terms.
 // d = (k + j/16) ln2 + r, |r| <= ln2/32: e^d = 2^k 2^(j/16) e^r, 2^(j/16) from a 16-entry table held in a register
-// (vpermps), e^r - 1 by a degree-3 polynomial (least-max-error coefficients on that interval, error 1.6e-9), 2^k by
-// vscalefps. Max error over every float in [-87.3, 0] against double exp: kExact 0.99 ulp (the AVX2 exp of
-// vec_avx2.h: 1.01); kFast 0.97 ulp on [-1, 0], 1.25 on [-10, 0], 4.5 at -87 (the one-float ln2 is off by 1.9e-9, times
-// |v| <= 126), and at most 5.8e-8 absolute everywhere, as kExact: the forward's sums, >= 1 (the row max adds e^0), cannot
-// tell the two apart. e^0 = 1 exactly in both. 10 (kFast) or 11 vector operations per 16 lanes.
-template <Reduction kRed>
+// (vpermps), e^r - 1 by a polynomial (least-max-error coefficients on that interval: degree 3, error 1.6e-9; degree 2,
+// 4.3e-7), 2^k by vscalefps. 11 (kUlp), 10 (kSum) or 9 (k16Bit) vector operations per 16 lanes.
+template <ExpAccuracy kAcc>
 inline __m512 exp_nonpos(__m512 d, __m512& dc) {
   const __m512 table = _mm512_setr_ps(0x1.000000p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f,
                                       0x1.3dea64p+0f, 0x1.4bfdaep+0f, 0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f,
@@ -127,15 +130,19 @@ inline __m512 exp_nonpos(__m512 d, __m512& dc) {
   const __m512 shifter = _mm512_set1_ps(786432.0f);
   const __m512 t = _mm512_fmadd_ps(dc, _mm512_set1_ps(1.44269504088896341f), shifter);
   const __m512 v = _mm512_sub_ps(t, shifter);
-  __m512 r;
-  if constexpr (kRed == Reduction::kExact) {
+  __m512 r, q;
+  if constexpr (kAcc == ExpAccuracy::kUlp) {
     r = _mm512_fnmadd_ps(v, _mm512_set1_ps(0x1.63p-1f), dc);  // ln2 in two parts: v * hi is exact
     r = _mm512_fnmadd_ps(v, _mm512_set1_ps(-0x1.bd0106p-13f), r);
   } else {
     r = _mm512_fnmadd_ps(v, _mm512_set1_ps(0x1.62e430p-1f), dc);
   }
-  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(0x1.55573ep-3f), r, _mm512_set1_ps(0x1.00022p-1f));
-  q = _mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r);  // e^r - 1
+  if constexpr (kAcc == ExpAccuracy::k16Bit) {  // e^r - 1
+    q = _mm512_mul_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.fffff6p-2f), r, _mm512_set1_ps(0x1.0003d6p+0f)), r);
+  } else {
+    q = _mm512_fmadd_ps(_mm512_set1_ps(0x1.55573ep-3f), r, _mm512_set1_ps(0x1.00022p-1f));
+    q = _mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r);
+  }
   const __m512 s = _mm512_permutexvar_ps(_mm512_castps_si512(t), table);
   return _mm512_scalef_ps(_mm512_fmadd_ps(s, q, s), v);  // 2^k (2^(j/16) e^r)
 }
@@ -159,7 +166,7 @@ inline __m512 shifted(__m512 x, __m512 vinv, __m512 vm) {
 template <bool kScaled>
 inline void accumulate(__m512 x, __m512 vinv, __m512 vm, __m512& s0, __m512& s1) {
   __m512 dc;
-  const __m512 e = exp_nonpos<Reduction::kFast>(shifted<kScaled>(x, vinv, vm), dc);
+  const __m512 e = exp_nonpos<ExpAccuracy::kSum>(shifted<kScaled>(x, vinv, vm), dc);
   s0 = _mm512_add_ps(s0, e);
   s1 = _mm512_fmadd_ps(e, dc, s1);
 }
@@ -243,16 +250,16 @@ void fwd_row(const T* row, int64_t V, float inv_t, Online<float>& st) {
 
 // dlogits_j = p_j (c0 - ge d_j), d_j = z_j - lse (RowGrad in rows.h). Each vector is loaded before it is stored, so
 // out == x (in-place backward) is safe; the tail is a masked load and store inside the row. fp32 runs at the speed of
-// an in-place read+write pass whichever exp; 16-bit data is bound by the arithmetic, and takes the faster exp.
+// an in-place read+write pass whichever exp; 16-bit data is bound by the arithmetic, and takes the cheapest exp.
 template <typename T, bool kScaled>
 void bwd_loop(const T* x, T* out, int64_t V, const RowGrad<float>& g) {
   const __m512 vinv = _mm512_set1_ps(g.inv_t), vlse = _mm512_set1_ps(g.lse);
   const __m512 vc0 = _mm512_set1_ps(g.c0), vge = _mm512_set1_ps(g.ge);
   const int64_t full = V - V % kLanes;
-  constexpr Reduction kRed = sizeof(T) == sizeof(float) ? Reduction::kExact : Reduction::kFast;
+  constexpr ExpAccuracy kAcc = sizeof(T) == sizeof(float) ? ExpAccuracy::kUlp : ExpAccuracy::k16Bit;
   const auto grad = [&](__m512 xv) {
     __m512 dc;
-    const __m512 p = exp_nonpos<kRed>(shifted<kScaled>(xv, vinv, vlse), dc);
+    const __m512 p = exp_nonpos<kAcc>(shifted<kScaled>(xv, vinv, vlse), dc);
     return _mm512_mul_ps(p, _mm512_fnmadd_ps(vge, dc, vc0));
   };
   int64_t j = 0;
