@@ -193,11 +193,14 @@ constexpr int64_t kPrefetchBytes = 16384;
 
 // Forward over one row, tile by tile as in rows.h: the tile's max, then one exp per element with the tile in L1,
 // kUnroll independent vectors per step (the exp is a long dependency chain; more of them in flight keep the FMA
-// units busy). The max of the next tile is taken inside the same loop (its loads come from memory while this tile's
-// exps run, instead of a separate pass that waits on memory), and the tiles ahead are prefetched.
+// units busy); the tiles ahead are prefetched. The next tile's max: for 16-bit data (bound by arithmetic) inside this
+// tile's exp loop, its loads from memory overlapping the exps (10% faster than a separate pass); for fp32 (bound by
+// memory) in a pass of its own after the loop, whose back-to-back loads keep more misses in flight (20% faster than
+// interleaved; both measured streaming 2048 x 49152 logits on the 2-core EPYC).
 template <typename T, bool kScaled>
 void fwd_tiles(const T* row, int64_t V, float inv_t, Online<float>& st) {
   constexpr int kUnroll = 4, kStep = kUnroll * kLanes;
+  constexpr bool kMaxAhead = sizeof(T) < sizeof(float);
   const float ninf = -std::numeric_limits<float>::infinity();
   const __m512 vinv = _mm512_set1_ps(inv_t);
   float tmax = tile_max(row, std::min(kTile, V), _mm512_set1_ps(ninf));
@@ -209,7 +212,7 @@ void fwd_tiles(const T* row, int64_t V, float inv_t, Online<float>& st) {
     const __m512 vm = _mm512_set1_ps(st.ref());
     const T* next = p + kTile;
     const int64_t next_len = std::clamp<int64_t>(V - start - kTile, 0, kTile);
-    const int64_t next_steps = next_len - next_len % kStep;  // the part of the next tile maxed in the loop below
+    const int64_t next_steps = kMaxAhead ? next_len - next_len % kStep : 0;  // the part maxed in the loop below
     __m512 nmax = _mm512_set1_ps(ninf), nmax2 = nmax;
     __m512 s0[kUnroll], s1[kUnroll];
     for (int u = 0; u < kUnroll; ++u) s0[u] = s1[u] = _mm512_setzero_ps();
