@@ -20,11 +20,12 @@
   template void fwd_row<T>(const T* row, int64_t V, float inv_t, Online<float>& st);     \
   template void bwd_row<T>(const T* x, T* out, int64_t V, const RowGrad<float>& g);
 
-// GCC 12 warns that the `undefined` pass-through operand inside its own AVX-512 intrinsics may be uninitialized
-// (GCC bug 105593, fixed in 12.3): a false positive in every unmasked _mm512 call.
+// GCC 12 warns that the `undefined` pass-through operand inside its own AVX-512 intrinsics is (or may be)
+// uninitialized (GCC bug 105593, fixed in 12.3): a false positive in every unmasked _mm512 call.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #if defined(__clang__)
