@@ -441,3 +441,35 @@ def test_sigterm_still_stops_a_runner_started_with_sigint_ignored():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_summary_names_the_update_regime_and_checks_clip_higher(tmp_path, tiny_model):
+    """On-policy configs say the PPO ratio stays 1; a mini-batch config says how many optimizer steps a rollout batch
+    takes, and its conditions gain the 'clip-higher acts' row, measured from the runs' clip_frac."""
+    from benchmarks.rl.efficiency_conditions import clip_fraction
+    from benchmarks.rl.efficiency_summary import regime_line
+
+    assert "on-policy" in regime_line(1, 1) and "does not act" in regime_line(1, 1)
+    assert "3 optimizer mini-batches × 2 epochs" in regime_line(2, 3) and "clip-higher acts" in regime_line(2, 3)
+    variants = textwrap.dedent("""\
+        - {name: prepo, overrides: {selection.strategy: ppl, algorithm.weighting: entropy}}
+        - {name: random, overrides: {selection.strategy: random, algorithm.weighting: none}}
+    """)
+    for sub in ("on", "mb"):
+        (tmp_path / sub).mkdir()
+    on = eff.load_efficiency_config(write_config(tmp_path / "on", tiny_model, "on", variants))
+    path = Path(write_config(tmp_path / "mb", tiny_model, "mb", variants))
+    path.write_text(path.read_text().replace("  optim: {lr: 1.0e-3}",
+                                             "  optim: {lr: 1.0e-3}\n  algorithm: {mini_batches: 2, ppo_epochs: 2}"))
+    mb = eff.load_efficiency_config(path)
+    for cfg in (on, mb):
+        eff.run_all(cfg, "cmd", log=lambda msg: None)
+    text_on, text_mb = ((cfg.results_dir / "summary.md").read_text() for cfg in (on, mb))
+    assert "Update regime: **on-policy**" in text_on and "clip-higher acts: share" not in text_on
+    assert "Update regime: **2 optimizer mini-batches × 2 epochs per rollout batch**" in text_mb
+    row = next(ln for ln in text_mb.splitlines() if "clip-higher acts: share" in ln)
+    records, _ = eff.collect_runs(eff.per_model(mb)[0])
+    cf = clip_fraction(records)
+    assert cf is not None and f"| {cf:.4f} |" in row
+    steps = [r["optimizer_steps"] for rec in records for r in rec.train_rows()]
+    assert all(s in (2, 4) for s in steps) and 4 in steps   # 2 epochs × (1 or 2 parts: K = 2 groups, zero-var skipped)

@@ -59,6 +59,12 @@ def clipped_share(records) -> tuple[float | None, int]:
     return (clipped / steps if steps else None), steps
 
 
+def clip_fraction(records) -> float | None:
+    """Mean share of response tokens whose PPO ratio was clipped (clip_frac), over every training row."""
+    vals = [float(row["clip_frac"]) for r in records for row in r.train_rows() if row.get("clip_frac") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("**held**" if ok else "**failed**")
 
@@ -136,6 +142,11 @@ def condition_lines(cfg, per_model: Sequence[tuple[str | None, list]]) -> list[s
         lines.append(f"| {name} | share of optimizer steps with a clipped gradient < {CLIPPED_MAX:.0%} (all runs) | "
                      f"{'–' if share is None else f'{share:.1%} of {steps}'} | "
                      f"{_verdict(None if share is None else share < CLIPPED_MAX)} |")
+        alg = cfg.train.get("algorithm") or {}
+        if int(alg.get("mini_batches", 1)) > 1 or int(alg.get("ppo_epochs", 1)) > 1:
+            cf = clip_fraction(records)
+            lines.append(f"| {name} | clip-higher acts: share of tokens with a clipped PPO ratio > 0 (all runs) | "
+                         f"{'–' if cf is None else f'{cf:.4f}'} | {_verdict(None if cf is None else cf > 0)} |")
     return lines + [""]
 
 

@@ -408,6 +408,11 @@ def _diagnostics(s: StrategyStats) -> str:
         parts.append(f"ppl window {min(win_lo):.1f}–{max(win_hi):.1f}")
     if (disc := avg("discarded_step")) is not None and disc > 0:
         parts.append(f"discarded/step {disc:.1f}")
+    steps = sum(r.get("optimizer_steps") or 0 for r in rows)
+    if steps:
+        parts.append(f"optimizer steps clipped {sum(r.get('clipped_steps') or 0 for r in rows) / steps:.0%}")
+    if (cf := avg("clip_frac")) is not None and cf > 0:
+        parts.append(f"PPO-clipped tokens {cf:.3f}")
     return ", ".join(parts) or "–"
 
 
@@ -601,12 +606,24 @@ def quarter_lines(report: Report) -> list[str]:
     return lines[:-1]
 
 
+def regime_line(ppo_epochs: int, mini_batches: int) -> str:
+    """Which update regime the runs use: on-policy (one optimizer step per rollout batch) or the paper's (several
+    optimizer mini-batches per rollout batch, verl's ppo_mini_batch_size, so the policy moves and clip-higher acts)."""
+    if (ppo_epochs, mini_batches) == (1, 1):
+        return ("Update regime: **on-policy**, one optimizer step per rollout batch (`algorithm.mini_batches: 1`, "
+                "`ppo_epochs: 1`): the PPO ratio stays 1, so clip-higher does not act.")
+    return (f"Update regime: **{mini_batches} optimizer mini-batch{'es' if mini_batches > 1 else ''} × {ppo_epochs} "
+            f"epoch{'s' if ppo_epochs > 1 else ''} per rollout batch** (`algorithm.mini_batches: {mini_batches}`, "
+            f"`ppo_epochs: {ppo_epochs}`; verl's ppo_mini_batch_size = the selected groups / {mini_batches}): the "
+            "policy moves between optimizer steps, so the PPO ratio leaves 1 and clip-higher acts.")
+
+
 def summary_markdown(report: Report, *, name: str, command: str, run_status: Sequence[tuple[str, str]],
-                     notes: str = "") -> str:
+                     notes: str = "", regime: str = "") -> str:
     """summary.md: the validity gate, the overview table, the paired comparison (primary metric, then the secondary
     one), the diagnostics by quarter, the noise, the runs' status and the free-text notes of the configuration."""
     ref = next((s for s in report.stats if s.variant == report.reference), None)
-    lines = [f"# Rollout efficiency: {name}", "", f"Made by `{command}`.", ""]
+    lines = [f"# Rollout efficiency: {name}", "", f"Made by `{command}`.", ""] + ([regime, ""] if regime else [])
     primary, *secondary = report.comparisons or [None]
     if primary is not None:
         lines += ["## Validity gate", ""] + gate_lines(primary, report.reference)

@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks import model_slug
 from benchmarks.rl.efficiency_summary import (METRIC_KEYS, RunRecord, build_report, plot, read_metrics,
-                                           summary_markdown)
+                                           regime_line, summary_markdown)
 
 # config keys that may differ between a run's start and its resume without changing what it computes
 _VOLATILE_KEYS = {("run", "progress"), ("run", "threads"), ("run", "device"), ("run", "name"), ("run", "output_root"),
@@ -327,6 +327,17 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
     return _write_summary(cfg, pooled, status, command, header=header)
 
 
+def _regime(cfg: EfficiencyConfig) -> str:
+    """The update regime line for summary.md: one line if every variant shares it, else one per variant."""
+    lines = {}
+    for v in cfg.variants:
+        alg = train_config(cfg, v, v.seeds[0]).algorithm
+        lines.setdefault(regime_line(alg.ppo_epochs, alg.mini_batches), []).append(v.name)
+    if len(lines) == 1:
+        return next(iter(lines))
+    return "\n".join(f"- {', '.join(names)}: {line}" for line, names in lines.items())
+
+
 def _write_summary(cfg: EfficiencyConfig, records: list[RunRecord], status_lines, command: str,
                    header: list[str]) -> Path:
     dataset = cfg.eval_dataset
@@ -350,7 +361,8 @@ def _write_summary(cfg: EfficiencyConfig, records: list[RunRecord], status_lines
         if (out / extra).is_file():
             notes = (notes + "\n\n" + ("\n" + (out / extra).read_text()).replace("\n# ", "\n### ")).strip()
     text = summary_markdown(report, name=cfg.name + (f" ({cfg.model})" if cfg.model else ""), command=command,
-                            run_status=status_lines, notes=notes)
+                            run_status=status_lines, notes=notes,
+                            regime=_regime(first))
     if header:
         title, rest = text.split("\n", 1)
         text = title + "\n\n" + "\n".join(header).rstrip() + "\n" + rest
