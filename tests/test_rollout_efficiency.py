@@ -466,6 +466,10 @@ def test_summary_names_the_update_regime_and_checks_clip_higher(tmp_path, tiny_m
         eff.run_all(cfg, "cmd", log=lambda msg: None)
     text_on, text_mb = ((cfg.results_dir / "summary.md").read_text() for cfg in (on, mb))
     assert "Update regime: **on-policy**" in text_on and "clip-higher acts: share" not in text_on
+    walls = [json.loads((on.results_dir / run / "status.json").read_text())["wall_seconds"]
+             for run in ("prepo-s0", "random-s0")]
+    assert f"2 of 2 planned runs complete: {sum(walls) / 3600:.2f} h of run time" in text_on
+    assert f"≈ {sum(walls) / 7200:.2f} h as two runs at once" in text_on
     assert "Update regime: **2 optimizer mini-batches × 2 epochs per rollout batch**" in text_mb
     row = next(ln for ln in text_mb.splitlines() if "clip-higher acts: share" in ln)
     records, _ = eff.collect_runs(eff.per_model(mb)[0])

@@ -320,11 +320,32 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
               for r in records]
     status = [(f"{model_slug(sub.model)}/{run}" if sub.model else run, line) for sub, _, lines in parts
               for run, line in lines]
-    header = condition_lines(cfg, [(sub.model, records) for sub, records, _ in parts])
+    header = condition_lines(cfg, [(sub.model, records) for sub, records, _ in parts]) + budget_lines(subs)
     if cfg.models:
         header += model_lines(cfg) + ["", "Pooled below over the models (model m's seed s is paired as seed "
                                       "1000·m + s); each model's own summary is in its folder.", ""]
     return _write_summary(cfg, pooled, status, command, header=header)
+
+
+def budget_lines(subs: list[EfficiencyConfig]) -> list[str]:
+    """The '## Wall time' section: what the runs in the results took (status.json's wall_seconds, resumed parts
+    summed, model loading included; model builds not), in total and as two runs at once (``--jobs 2``)."""
+    walls, planned = {}, 0
+    for sub in subs:
+        for variant, seed in sub.plan():
+            planned += 1
+            status = read_status(sub.results_dir / run_name(variant, seed))
+            if status.get("complete") and status.get("wall_seconds"):
+                walls.setdefault(variant.name, []).append(float(status["wall_seconds"]))
+    if not walls:
+        return []
+    total, done = sum(map(sum, walls.values())), sum(map(len, walls.values()))
+    per = ", ".join(f"{name} {sorted(w)[len(w) // 2] / 60:.1f}" for name, w in walls.items())
+    return ["## Wall time", "",
+            f"{done} of {planned} planned runs complete: {total / 3600:.2f} h of run time in all (status.json's "
+            f"wall_seconds, model loading included, model builds not), so ≈ {total / 7200:.2f} h as two runs at once "
+            f"(`--jobs 2`) on this 2-core machine. Median minutes a run: {per}. Runs that shared the machine with "
+            "other work took longer than on idle cores, so this is an upper bound for these runs.", ""]
 
 
 def _regime(cfg: EfficiencyConfig) -> str:
