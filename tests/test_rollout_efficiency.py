@@ -446,7 +446,7 @@ def test_sigterm_still_stops_a_runner_started_with_sigint_ignored():
 def test_summary_names_the_update_regime_and_checks_clip_higher(tmp_path, tiny_model):
     """On-policy configs say the PPO ratio stays 1; a mini-batch config says how many optimizer steps a rollout batch
     takes, and its conditions gain the 'clip-higher acts' row, measured from the runs' clip_frac."""
-    from benchmarks.rl.efficiency_conditions import clip_fraction
+    from benchmarks.rl.efficiency_summary import clip_fraction
     from benchmarks.rl.efficiency_summary import regime_line
 
     assert "on-policy" in regime_line(1, 1) and "does not act" in regime_line(1, 1)

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks import model_slug
+from benchmarks.rl.efficiency_summary import RunRecord, clip_fraction, clipped_share, read_metrics
 
 SPEARMAN_MAX = -0.3          # Spearman(question perplexity, pass rate) over the training tiers, at most
 ZERO_VARIANCE_MIN = 0.40     # the reference's zero-variance share of groups in the first quarter, at least ...
@@ -48,23 +49,6 @@ def first_quarter(records, key: str) -> float | None:
     return float(np.mean(means)) if means else None
 
 
-def clipped_share(records) -> tuple[float | None, int]:
-    """(share of optimizer steps whose gradient norm exceeded max_grad_norm, optimizer steps seen)."""
-    steps = clipped = 0
-    for r in records:
-        for row in r.train_rows():
-            if row.get("optimizer_steps"):
-                steps += int(row["optimizer_steps"])
-                clipped += int(row.get("clipped_steps") or 0)
-    return (clipped / steps if steps else None), steps
-
-
-def clip_fraction(records) -> float | None:
-    """Mean share of response tokens whose PPO ratio was clipped (clip_frac), over every training row."""
-    vals = [float(row["clip_frac"]) for r in records for row in r.train_rows() if row.get("clip_frac") is not None]
-    return float(np.mean(vals)) if vals else None
-
-
 def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("**held**" if ok else "**failed**")
 
@@ -91,8 +75,6 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     """Gains of the transfer benchmark's runs (trained on short tiers, evaluated on the longest) for ``model``."""
     if not benchmark:
         return []
-    from benchmarks.rl.efficiency_summary import RunRecord, read_metrics
-
     folder = Path(results_root) / f"efficiency-{benchmark}"
     if model is not None and (folder / model_slug(model)).is_dir():
         folder = folder / model_slug(model)
@@ -104,8 +86,9 @@ def transfer_gains(results_root: str | Path, benchmark: str | None, model: str |
     return out
 
 
-def condition_lines(cfg, per_model: Sequence[tuple[str | None, list]]) -> list[str]:
-    """The '## Pre-registered conditions' section: one table row per condition and model."""
+def condition_lines(cfg, per_model: Sequence[tuple[str | None, list]], off_policy: bool = False) -> list[str]:
+    """The '## Pre-registered conditions' section: one table row per condition and model; ``off_policy`` (several
+    optimizer steps per rollout batch) adds the 'clip-higher acts' row."""
     ref = cfg.reference
     lines = ["## Pre-registered conditions (checked before any comparison)", "",
              "Written down before the runs: the comparison tests the paper's claim only where all of them hold. "
@@ -142,8 +125,7 @@ def condition_lines(cfg, per_model: Sequence[tuple[str | None, list]]) -> list[s
         lines.append(f"| {name} | share of optimizer steps with a clipped gradient < {CLIPPED_MAX:.0%} (all runs) | "
                      f"{'–' if share is None else f'{share:.1%} of {steps}'} | "
                      f"{_verdict(None if share is None else share < CLIPPED_MAX)} |")
-        alg = cfg.train.get("algorithm") or {}
-        if int(alg.get("mini_batches", 1)) > 1 or int(alg.get("ppo_epochs", 1)) > 1:
+        if off_policy:
             cf = clip_fraction(records)
             lines.append(f"| {name} | clip-higher acts: share of tokens with a clipped PPO ratio > 0 (all runs) | "
                          f"{'–' if cf is None else f'{cf:.4f}'} | {_verdict(None if cf is None else cf > 0)} |")

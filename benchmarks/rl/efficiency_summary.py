@@ -379,6 +379,23 @@ def plot(report: Report, path: str | Path, title: str) -> Path:
     return path
 
 
+def clipped_share(records) -> tuple[float | None, int]:
+    """(share of optimizer steps whose gradient norm exceeded max_grad_norm, optimizer steps seen)."""
+    steps = clipped = 0
+    for r in records:
+        for row in r.train_rows():
+            if row.get("optimizer_steps"):
+                steps += int(row["optimizer_steps"])
+                clipped += int(row.get("clipped_steps") or 0)
+    return (clipped / steps if steps else None), steps
+
+
+def clip_fraction(records) -> float | None:
+    """Mean share of response tokens whose PPO ratio was clipped (clip_frac), over every training row."""
+    vals = [float(row["clip_frac"]) for r in records for row in r.train_rows() if row.get("clip_frac") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def _diagnostics(s: StrategyStats) -> str:
     """Mean over the complete seeds' training rows: zero-variance share, entropy-weight range, perplexity window."""
     rows = [r for run in s.complete for r in run.train_rows()]
@@ -408,10 +425,10 @@ def _diagnostics(s: StrategyStats) -> str:
         parts.append(f"ppl window {min(win_lo):.1f}–{max(win_hi):.1f}")
     if (disc := avg("discarded_step")) is not None and disc > 0:
         parts.append(f"discarded/step {disc:.1f}")
-    steps = sum(r.get("optimizer_steps") or 0 for r in rows)
-    if steps:
-        parts.append(f"optimizer steps clipped {sum(r.get('clipped_steps') or 0 for r in rows) / steps:.0%}")
-    if (cf := avg("clip_frac")) is not None and cf > 0:
+    share, _ = clipped_share(s.complete)
+    if share is not None:
+        parts.append(f"optimizer steps clipped {share:.0%}")
+    if (cf := clip_fraction(s.complete)) is not None and cf > 0:
         parts.append(f"PPO-clipped tokens {cf:.3f}")
     return ", ".join(parts) or "–"
 

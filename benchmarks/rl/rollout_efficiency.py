@@ -320,7 +320,8 @@ def summarize(cfg: EfficiencyConfig, command: str) -> Path:
               for r in records]
     status = [(f"{model_slug(sub.model)}/{run}" if sub.model else run, line) for sub, _, lines in parts
               for run, line in lines]
-    header = condition_lines(cfg, [(sub.model, records) for sub, records, _ in parts]) + budget_lines(subs)
+    off_policy = any(s != (1, 1) for s in update_settings(subs[0]).values())
+    header = condition_lines(cfg, [(sub.model, records) for sub, records, _ in parts], off_policy) + budget_lines(subs)
     if cfg.models:
         header += model_lines(cfg) + ["", "Pooled below over the models (model m's seed s is paired as seed "
                                       "1000·m + s); each model's own summary is in its folder.", ""]
@@ -348,12 +349,20 @@ def budget_lines(subs: list[EfficiencyConfig]) -> list[str]:
             "other work took longer than on idle cores, so this is an upper bound for these runs.", ""]
 
 
+def update_settings(cfg: EfficiencyConfig) -> dict[str, tuple[int, int]]:
+    """Each variant's (ppo_epochs, mini_batches): its update regime, overrides applied."""
+    out = {}
+    for v in cfg.variants:
+        alg = train_config(cfg, v, v.seeds[0]).algorithm
+        out[v.name] = (alg.ppo_epochs, alg.mini_batches)
+    return out
+
+
 def _regime(cfg: EfficiencyConfig) -> str:
     """The update regime line for summary.md: one line if every variant shares it, else one per variant."""
     lines = {}
-    for v in cfg.variants:
-        alg = train_config(cfg, v, v.seeds[0]).algorithm
-        lines.setdefault(regime_line(alg.ppo_epochs, alg.mini_batches), []).append(v.name)
+    for name, (epochs, mini_batches) in update_settings(cfg).items():
+        lines.setdefault(regime_line(epochs, mini_batches), []).append(name)
     if len(lines) == 1:
         return next(iter(lines))
     return "\n".join(f"- {', '.join(names)}: {line}" for line, names in lines.items())
